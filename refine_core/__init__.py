@@ -1,0 +1,17 @@
+"""refine core: contracts, registry, config and engines. Model-, robot- and vendor-agnostic."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .episode import ACTION_DIM, Episode, Step
+from .errors import RefineError, UnknownComponent, UsageError
+from .hookspecs import hookimpl
+from .plugins import get_registry
+from .reasoning import Reasoning, TaskPlanning
+from .specs import ActionCodecSpec, BackboneSpec, BenchmarkSpec, DatasetSpec, NoOptions, TeacherSpec
+
+__all__ = [
+    "ACTION_DIM", "ActionCodecSpec", "BackboneSpec", "BenchmarkSpec", "DatasetSpec", "Episode",
+    "NoOptions", "Reasoning", "RefineError", "Step", "TaskPlanning", "TeacherSpec",
+    "UnknownComponent", "UsageError", "__version__", "get_registry", "hookimpl",
+]

@@ -1,0 +1,49 @@
+"""`refine config show`: the resolved run config, components checked against their specs."""
+from __future__ import annotations
+
+import json
+
+import typer
+
+from ..config import COMPONENTS, dump_yaml
+from ..errors import UnknownComponent
+from ..plugins import get_registry
+from .options import (BackboneOpt, BenchmarkOpt, CodecOpt, ConfigOpt, DatasetOpt, JsonOpt, SetOpt,
+                      TeacherOpt, load_config)
+from .output import print_warning
+
+config_app = typer.Typer(help="Inspect run configuration.", no_args_is_help=True)
+
+
+@config_app.command("show")
+def show(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    backbone: BackboneOpt = None,
+    codec: CodecOpt = None,
+    teacher: TeacherOpt = None,
+    dataset: DatasetOpt = None,
+    benchmark: BenchmarkOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the resolved config (defaults < --config < component flags < --set).
+
+    Options of registered components are validated; a component that is not installed is
+    reported as a warning, since the commands that use it fail at start anyway.
+    """
+    cfg = load_config(config, set_, backbone, codec, teacher, dataset, benchmark)
+    registry = get_registry()
+    for kind in COMPONENTS:
+        component = getattr(cfg, kind)
+        try:
+            registry.validate_options(kind, component.name, component.options)
+        except UnknownComponent as exc:
+            print_warning(str(exc))
+    if as_json:
+        typer.echo(json.dumps(cfg.to_dict(), indent=2))
+    else:
+        typer.echo(dump_yaml(cfg), nl=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(config_app, name="config")
