@@ -9,9 +9,14 @@ from .hookspecs import hookimpl
 from .plugins import get_registry
 from .reasoning import Reasoning, TaskPlanning
 from .specs import ActionCodecSpec, BackboneSpec, BenchmarkSpec, DatasetSpec, NoOptions, TeacherSpec
+from .dataset import RobotDataset
+from .stats import DatasetStatistics, Statistics
+from .teacher import Annotation, AnnotationRequest, Teacher, TeacherIdentity, TokenUsage
 
 __all__ = [
-    "ACTION_DIM", "ActionCodecSpec", "BackboneSpec", "BenchmarkSpec", "DatasetSpec", "Episode",
-    "NoOptions", "Reasoning", "RefineError", "Step", "TaskPlanning", "TeacherSpec",
-    "UnknownComponent", "UsageError", "__version__", "get_registry", "hookimpl",
+    "ACTION_DIM", "ActionCodecSpec", "Annotation", "AnnotationRequest", "BackboneSpec",
+    "BenchmarkSpec", "DatasetSpec", "DatasetStatistics", "Episode", "NoOptions", "Reasoning",
+    "RefineError", "RobotDataset", "Statistics", "Step", "TaskPlanning", "Teacher",
+    "TeacherIdentity", "TeacherSpec", "TokenUsage", "UnknownComponent", "UsageError",
+    "__version__", "get_registry", "hookimpl",
 ]

@@ -78,7 +78,8 @@ class Registry:
             for ep in self._selected_entry_points():
                 dist = ep.dist.name if ep.dist else ep.name
                 version = ep.dist.version if ep.dist else "?"
-                self._load(ep.name, dist, version, ep.load)
+                name = ep.name if ep.name not in self.plugins else f"{ep.name} ({dist})"
+                self._load(name, dist, version, ep.load)
         self._collect()
 
     # -- loading ---------------------------------------------------------------------------

@@ -9,7 +9,6 @@ import os
 import sys
 from typing import Annotated
 
-import click
 import typer
 
 from .. import __version__
@@ -55,14 +54,14 @@ def main(argv: list[str] | None = None) -> None:
         app = build_app()
         command = typer.main.get_command(app)
         command.main(args=argv, prog_name="refine", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:  # typer/click usage errors: keep their own message
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         print_error("aborted")
         sys.exit(130)
+    except typer.exceptions.TyperException as exc:  # typer's usage errors: keep their own message
+        exc.show()
+        sys.exit(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         print_error("interrupted")
         sys.exit(130)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
 import typer
 
@@ -25,11 +26,12 @@ def show(
     dataset: DatasetOpt = None,
     benchmark: BenchmarkOpt = None,
     as_json: JsonOpt = False,
+    check: Annotated[bool, typer.Option("--check", help="Fail (exit 2) if a component is not installed.")] = False,
 ) -> None:
     """Print the resolved config (defaults < --config < component flags < --set).
 
-    Options of registered components are validated; a component that is not installed is
-    reported as a warning, since the commands that use it fail at start anyway.
+    Options of registered components are always validated. A component that is not installed
+    is a warning (the commands that use it fail at start anyway), or with --check an error.
     """
     cfg = load_config(config, set_, backbone, codec, teacher, dataset, benchmark)
     registry = get_registry()
@@ -38,6 +40,8 @@ def show(
         try:
             registry.validate_options(kind, component.name, component.options)
         except UnknownComponent as exc:
+            if check:
+                raise
             print_warning(str(exc))
     if as_json:
         typer.echo(json.dumps(cfg.to_dict(), indent=2))
