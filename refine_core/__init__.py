@@ -3,6 +3,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .codec import ActionCodec, ActionDecodeError
 from .episode import ACTION_DIM, Episode, Step
 from .errors import RefineError, UnknownComponent, UsageError
 from .hookspecs import hookimpl
@@ -14,7 +15,8 @@ from .stats import DatasetStatistics, Statistics
 from .teacher import Annotation, AnnotationRequest, Teacher, TeacherIdentity, TokenUsage
 
 __all__ = [
-    "ACTION_DIM", "ActionCodecSpec", "Annotation", "AnnotationRequest", "BackboneSpec",
+    "ACTION_DIM", "ActionCodec", "ActionCodecSpec", "ActionDecodeError",
+    "Annotation", "AnnotationRequest", "BackboneSpec",
     "BenchmarkSpec", "DatasetSpec", "DatasetStatistics", "Episode", "NoOptions", "Reasoning",
     "RefineError", "RobotDataset", "Statistics", "Step", "TaskPlanning", "Teacher",
     "TeacherIdentity", "TeacherSpec", "TokenUsage", "UnknownComponent", "UsageError",

@@ -27,7 +27,10 @@ ENTRY_POINT_GROUP = "refine"
 ENV_FILTER = "REFINE_PLUGINS"
 
 # Modules of the built-in plugins, each a package whose __init__ holds its hook implementations.
-BUILTIN_PLUGINS: tuple[str, ...] = ()
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "plugins.action_codecs",
+    "plugins.hf_vlm",
+)
 
 
 @dataclass

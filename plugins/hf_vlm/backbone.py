@@ -1,0 +1,165 @@
+"""HFVLMBackbone: a PaliGemma-layout transformers model (SigLIP → projector → Gemma/Gemma-2) as a
+refine backbone. Loads a local directory or hub id (safetensors), or builds the `tiny` preset.
+
+Prompt (PaliGemma's): image tokens × num_patches, bos, lower-cased instruction, "\\n"; the suffix
+(reasoning, action tokens, eos) is the prefix-LM's causal part (`token_type_ids` = 1).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from refine_core.backbone import Backbone
+from refine_core.errors import UsageError
+from refine_core.images import to_pixel_values
+
+SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
+SUPPORTED_MODEL_TYPES = ("paligemma",)
+
+
+def _dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+class HFVLMBackbone(Backbone):
+    name = "hf_vlm"
+
+    def __init__(self, options) -> None:
+        self.options = options
+        self.codec = None  # attached by attach_codec (see refine_core.backbone)
+        if options.path:
+            self._load(options.path)
+        elif options.preset == "tiny":
+            self._build_tiny(options.seed)
+        else:
+            raise UsageError("hf_vlm needs a model: set backbone.path=DIR_OR_HUB_ID or backbone.preset=tiny")
+        vision = self.model.config.vision_config
+        self.num_image_tokens = (vision.image_size // vision.patch_size) ** 2
+        self.image_token_id = int(self.model.config.image_token_id)
+        self.model.config.use_cache = False
+
+    # -- construction ---------------------------------------------------------------------------
+    def _build_tiny(self, seed: int) -> None:
+        from transformers import PaliGemmaForConditionalGeneration
+
+        from .tiny import build_config, build_tokenizer
+
+        self.tokenizer = build_tokenizer()
+        config = build_config(len(self.tokenizer), self.tokenizer.convert_tokens_to_ids("<image>"))
+        if self.options.attn_implementation != "auto":
+            config._attn_implementation = self.options.attn_implementation
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.model = PaliGemmaForConditionalGeneration(config).to(_dtype(self.options.dtype))
+        vision = config.vision_config
+        self.image_size, self.image_mean, self.image_std = vision.image_size, SIGLIP_MEAN, SIGLIP_STD
+
+    def _load(self, path: str) -> None:
+        from transformers import AutoConfig, AutoTokenizer, PaliGemmaForConditionalGeneration
+
+        local = Path(path)
+        if local.exists() and not (local / "config.json").is_file():
+            raise UsageError(f"backbone.path {path} has no config.json: point it at a saved model directory")
+        try:
+            config = AutoConfig.from_pretrained(path)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"Cannot read a model config from backbone.path={path!r}: {str(exc).splitlines()[0]}") from None
+        if config.model_type not in SUPPORTED_MODEL_TYPES:
+            raise UsageError(f"hf_vlm loads PaliGemma-layout models (model_type paligemma); {path} has "
+                             f"model_type {config.model_type!r}. Use the backbone made for it (refine list backbone).")
+        attn = {} if self.options.attn_implementation == "auto" else {
+            "attn_implementation": self.options.attn_implementation}
+        self.model = PaliGemmaForConditionalGeneration.from_pretrained(path, dtype=_dtype(self.options.dtype), **attn)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        vision = config.vision_config
+        self.image_size, self.image_mean, self.image_std = vision.image_size, SIGLIP_MEAN, SIGLIP_STD
+        preprocessor = local / "preprocessor_config.json"
+        if preprocessor.is_file():
+            spec = json.loads(preprocessor.read_text())
+            self.image_mean = tuple(spec.get("image_mean", self.image_mean))
+            self.image_std = tuple(spec.get("image_std", self.image_std))
+            size = spec.get("size", {})
+            self.image_size = int(size.get("height", self.image_size)) if isinstance(size, dict) else int(size)
+
+    # -- data -----------------------------------------------------------------------------------
+    @property
+    def eos_id(self) -> int:
+        return int(self.tokenizer.eos_token_id)
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.eos_id)
+
+    def prompt_ids(self, instruction: str) -> list[int]:
+        text = self.tokenizer(instruction.strip().lower() + "\n", add_special_tokens=False)["input_ids"]
+        return [self.image_token_id] * self.num_image_tokens + [int(self.tokenizer.bos_token_id)] + list(text)
+
+    def image_inputs(self, frames: Sequence[np.ndarray]) -> dict[str, Any]:
+        pixels = to_pixel_values(frames, self.image_size, self.image_mean, self.image_std)
+        return {"pixel_values": pixels.to(self.model.dtype)}
+
+    def image_token_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Indices of the image placeholders in one sequence (patch order, row-major)."""
+        return (input_ids == self.image_token_id).nonzero().flatten()
+
+    # -- model ----------------------------------------------------------------------------------
+    def _inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        device = self.model.device
+        keys = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
+        return {k: batch[k].to(device) for k in keys if k in batch}
+
+    def forward(self, batch: dict[str, Any], output_attentions: bool = False) -> Any:
+        out = self.model(**self._inputs(batch), use_cache=False, output_attentions=output_attentions)
+        return out if output_attentions else out.logits
+
+    def blocks(self) -> list[tuple[str, torch.nn.Module]]:
+        layers = self.model.model.language_model.layers
+        return [(f"model.language_model.layers.{i}", layer) for i, layer in enumerate(layers)]
+
+    def vision_modules(self) -> list[tuple[str, torch.nn.Module]]:
+        return [("model.vision_tower", self.model.model.vision_tower)]
+
+    def embedding_modules(self) -> list[tuple[str, torch.nn.Module]]:
+        return [("model.language_model.embed_tokens", self.model.model.language_model.embed_tokens)]
+
+    def lora_targets(self) -> list[str]:
+        # every linear of the language model (attention and MLP), as VLM2VLA's "all linear layers"
+        return ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+    # -- inference ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_ids(self, image: np.ndarray, instruction: str, max_new_tokens: int,
+                     prefix_ids: Sequence[int] = ()) -> list[int]:
+        prompt = self.prompt_ids(instruction)
+        ids = torch.tensor([prompt + list(prefix_ids)], device=self.model.device)
+        token_types = torch.tensor([[0] * len(prompt) + [1] * len(prefix_ids)], device=self.model.device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out = self.model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=token_types,
+                pixel_values=self.image_inputs([image])["pixel_values"].to(self.model.device),
+                max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.eos_id,
+                pad_token_id=self.pad_id, use_cache=True)
+        finally:
+            self.model.train(was_training)
+        new = out[0, ids.shape[1]:].tolist()
+        return new[: new.index(self.eos_id)] if self.eos_id in new else new
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        (directory / "preprocessor_config.json").write_text(json.dumps({
+            "image_processor_type": "SiglipImageProcessor", "image_mean": list(self.image_mean),
+            "image_std": list(self.image_std), "size": {"height": self.image_size, "width": self.image_size},
+            "do_normalize": True, "do_rescale": True, "rescale_factor": 1 / 255, "resample": 3,
+        }, indent=2))

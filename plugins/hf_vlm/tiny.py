@@ -1,0 +1,77 @@
+"""The `tiny` preset: a randomly initialised PaliGemma-2 (SigLIP + Gemma-2) small enough for CPU tests,
+with a byte-level BPE tokenizer trained in-process on a fixed robot-language corpus (deterministic:
+same corpus, same merges), so nothing is downloaded.
+
+The vocabulary ends with `RESERVED_TOKENS` never produced from text (like Gemma's `<unusedN>`), so an
+id codec that takes the last vocabulary ids (OpenVLA's bins) does not collide with words.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+
+SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"]
+RESERVED_TOKENS = 300
+BPE_VOCAB = 2048
+IMAGE_SIZE, PATCH_SIZE = 224, 14
+
+_COLOURS = "red blue green yellow orange purple black white pink brown gray".split()
+_OBJECTS = ("block cube plate bowl cup can sponge spoon carrot eggplant towel drawer lid cloth banana apple "
+            "bottle marker box basket pot pan table gripper arm robot object target").split()
+_VERBS = ("put place pick move lift lower open close push pull grasp release approach descend rotate "
+          "stack wipe slide reach align hold carry drop turn").split()
+_WORDS = ("the a an on in into onto to from of with and then is are it its above below left right front "
+          "behind near far up down forward backward toward away closer top bottom center side next "
+          "still not yet already now first second next finally gripper open closed holding empty "
+          "observation situation analysis spatial reasoning task planning logical steps sub action "
+          "step phase motion scene camera view shows visible located position distance height aligned "
+          "must should will needs robot arm end effector over under between task goal done complete "
+          "remaining x y z roll pitch yaw translation rotation small large slightly quickly carefully").split()
+
+
+def _corpus():
+    """Deterministic sentences covering instructions, reasoning tags and numbers."""
+    for verb, colour, obj, colour2, obj2 in itertools.islice(
+        itertools.product(_VERBS, _COLOURS, _OBJECTS[:12], _COLOURS[:4], _OBJECTS[12:18]), 0, 6000, 7
+    ):
+        yield f"{verb} the {colour} {obj} on the {colour2} {obj2}"
+    yield " ".join(_WORDS)
+    for tag in ("<Observation>:", "<Situation Analysis>:", "<Spatial Reasoning>:", "<Task Planning>:",
+                "<logical_steps>", "<sub_action>", "<1>", "<2>", "<3>", "<4>"):
+        yield f"{tag} the gripper is open {tag}"
+    for i in range(-1000, 1001, 7):
+        yield f"[{i / 1000:.3f}, {-i / 1000:.3f}, {i}]"
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=BPE_VOCAB, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_corpus(), trainer)
+    # Append the reserved ids to the model vocabulary itself (not as added tokens) so they count in
+    # `vocab_size` and sit at its end.
+    data = json.loads(tok.to_str())
+    vocab = data["model"]["vocab"]
+    start = len(vocab)
+    for i in range(RESERVED_TOKENS):
+        vocab[f"<unused{i}>"] = start + i
+    tok = Tokenizer.from_str(json.dumps(data))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   unk_token="<unk>", extra_special_tokens=["<image>"])
+
+
+def build_config(vocab_size: int, image_token_id: int):
+    from transformers import Gemma2Config, PaliGemmaConfig, SiglipVisionConfig
+
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=64)
+    text = Gemma2Config(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
+                        sliding_window=1024, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    return PaliGemmaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_id=image_token_id,
+                           projection_dim=64, hidden_size=64, pad_token_id=0)

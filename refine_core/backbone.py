@@ -1,0 +1,169 @@
+"""The backbone contract: a model + tokenizer + action codec that turns training samples into
+batches, gives logits for the reasoning-aware loss, names its parts (for freezing and LoRA) and
+generates reasoning and actions.
+
+Training:   batch = backbone.collate(samples, order=..., drop=[...]);  logits = backbone.forward(batch)
+            loss = reasoning_aware_loss(logits, batch["labels"], batch["action_mask"], lambda_r)
+Inference:  backbone.predict(images, instruction, reasoning=True) -> Prediction
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .codec import ActionCodec, ActionDecodeError
+from .collate import EncodedSample, ReasoningOrder, assemble, pad_batch
+from .errors import UsageError
+from .stats import Statistics
+
+
+@dataclass
+class TrainingSample:
+    """One supervised step: frames, instruction, the action chunk to predict, optional reasoning text."""
+
+    images: dict[str, np.ndarray]
+    primary_camera: str
+    instruction: str
+    actions: np.ndarray  # [chunk, 7] in refine's convention
+    reasoning: str | None = None
+    key: str = ""  # "<episode_id>/<step_index>", for messages and annotation joins
+
+    @property
+    def image(self) -> np.ndarray:
+        return self.images[self.primary_camera]
+
+
+@dataclass
+class Prediction:
+    """What the model generated for one observation."""
+
+    actions: np.ndarray | None  # [chunk, 7], None when the action span did not decode
+    reasoning: str | None
+    generated_ids: list[int] = field(default_factory=list)
+    action_ids: list[int] = field(default_factory=list)
+    error: str | None = None  # the ActionDecodeError message, if any
+
+
+class Backbone(ABC):
+    """Base class of every backbone. Subclasses own `model` (a torch module), `tokenizer`, `codec`."""
+
+    name: str = "backbone"
+    model: Any
+    tokenizer: Any
+    codec: ActionCodec
+
+    # -- codec ------------------------------------------------------------------------------
+    def attach_codec(self, codec: ActionCodec, action_stats: Statistics) -> "Backbone":
+        """Add the codec's new tokens (resizing the embeddings), bind it, check the vocabulary holds it."""
+        vocab = self.tokenizer.get_vocab()
+        new = [t for t in codec.new_tokens() if t not in vocab]
+        if new:
+            self.tokenizer.add_tokens(new)
+            self.resize_embeddings(len(self.tokenizer))
+        codec.bind(self.tokenizer, action_stats)
+        rows = self.model.get_input_embeddings().num_embeddings
+        ids = codec.action_token_ids
+        if ids is not None and len(ids) and int(np.max(ids)) >= rows:
+            raise UsageError(f"{self.name}'s vocabulary ({rows} embeddings) cannot hold codec "
+                             f"'{codec.name}' token id {int(np.max(ids))}; pick another codec or backbone")
+        self.codec = codec
+        return self
+
+    def resize_embeddings(self, size: int) -> None:
+        self.model.resize_token_embeddings(size)
+
+    # -- data -------------------------------------------------------------------------------
+    @abstractmethod
+    def prompt_ids(self, instruction: str) -> list[int]:
+        """Token ids of the unsupervised prompt for one sample (image placeholders included)."""
+
+    @abstractmethod
+    def image_inputs(self, samples_images: Sequence[np.ndarray]) -> dict[str, Any]:
+        """Model inputs for a batch of primary frames (e.g. {"pixel_values": [B,3,H,W]})."""
+
+    @property
+    @abstractmethod
+    def eos_id(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def pad_id(self) -> int: ...
+
+    def reasoning_ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode(self, sample: TrainingSample, order: ReasoningOrder = "reason_then_act",
+               with_reasoning: bool = True) -> EncodedSample:
+        action_ids = self.codec.encode(sample.actions if self.codec.chunk_size > 1 else sample.actions[0])
+        reasoning = self.reasoning_ids(sample.reasoning) if (with_reasoning and sample.reasoning) else None
+        return assemble(self.prompt_ids(sample.instruction), action_ids, self.codec.action_span_mask(action_ids),
+                        self.eos_id, reasoning, order)
+
+    def collate(self, samples: Sequence[TrainingSample], order: ReasoningOrder = "reason_then_act",
+                drop_reasoning: Sequence[bool] | None = None) -> dict[str, Any]:
+        drop = drop_reasoning or [False] * len(samples)
+        encoded = [self.encode(s, order, not d) for s, d in zip(samples, drop)]
+        batch = pad_batch(encoded, self.pad_id)
+        batch.update(self.image_inputs([s.image for s in samples]))
+        return batch
+
+    # -- model ------------------------------------------------------------------------------
+    @abstractmethod
+    def forward(self, batch: dict[str, Any], output_attentions: bool = False) -> Any:
+        """Logits [B, T, V] aligned with batch["input_ids"] (or the model output with attentions)."""
+
+    @abstractmethod
+    def blocks(self) -> list[tuple[str, Any]]:
+        """The language model's transformer blocks, first to last, as (qualified name, module)."""
+
+    @abstractmethod
+    def vision_modules(self) -> list[tuple[str, Any]]:
+        """Modules that see pixels before the language model (vision tower, depth model…)."""
+
+    def embedding_modules(self) -> list[tuple[str, Any]]:
+        return []
+
+    def lora_targets(self) -> str | list[str]:
+        """Module-name suffixes LoRA adapts by default ("all-linear" = every linear of the LM)."""
+        return "all-linear"
+
+    # -- inference ----------------------------------------------------------------------------
+    @abstractmethod
+    def generate_ids(self, image: np.ndarray, instruction: str, max_new_tokens: int,
+                     prefix_ids: Sequence[int] = ()) -> list[int]:
+        """Greedy continuation of the prompt (plus `prefix_ids`), eos excluded."""
+
+    def split_generated(self, ids: Sequence[int]) -> tuple[list[int], list[int]]:
+        """(reasoning ids, action ids) of a reason-then-act continuation."""
+        start = self.codec.locate_actions(ids)
+        if start is None:
+            return list(ids), []
+        return list(ids[:start]), list(ids[start:])
+
+    def predict(self, image: np.ndarray, instruction: str, reasoning: bool = True,
+                order: ReasoningOrder = "reason_then_act", max_new_tokens: int = 256) -> Prediction:
+        """Reasoning (optional) then actions, decoded in refine's action convention."""
+        span = self.codec.span_length
+        if reasoning and order == "reason_then_act":
+            ids = self.generate_ids(image, instruction, max_new_tokens)
+            reasoning_ids, action_ids = self.split_generated(ids)
+        else:  # the action span comes first: stop as soon as it is complete
+            ids = self.generate_ids(image, instruction, span or max_new_tokens)
+            reasoning_ids, action_ids = [], list(ids[:span] if span else ids)
+        text = self.tokenizer.decode(reasoning_ids, skip_special_tokens=True).strip() if reasoning_ids else None
+        try:
+            actions = self.codec.decode(action_ids)
+            error = None
+        except ActionDecodeError as exc:
+            actions, error = None, str(exc)
+        return Prediction(actions=actions, reasoning=text, generated_ids=list(ids), action_ids=action_ids,
+                          error=error)
+
+    # -- persistence --------------------------------------------------------------------------
+    @abstractmethod
+    def save(self, directory: str | Path) -> None:
+        """Write a directory `from_pretrained`-style loading can read back (safetensors)."""

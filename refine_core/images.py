@@ -1,0 +1,28 @@
+"""Image preprocessing shared by backbones: uint8 HWC frames → normalised float CHW tensors."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def to_pixel_values(
+    frames: Sequence[np.ndarray],
+    size: int | tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    resample: str = "bicubic",
+):
+    """[N, 3, H, W] float32: resized (antialiased), scaled to [0, 1], normalised per channel."""
+    import torch
+    import torch.nn.functional as F
+
+    height, width = (size, size) if isinstance(size, int) else size
+    batch = torch.from_numpy(np.stack([np.ascontiguousarray(f) for f in frames])).permute(0, 3, 1, 2)
+    batch = batch.to(torch.float32) / 255.0
+    if batch.shape[-2:] != (height, width):
+        batch = F.interpolate(batch, size=(height, width), mode=resample, antialias=True, align_corners=False)
+        batch = batch.clamp_(0.0, 1.0)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (batch - mean_t) / std_t
