@@ -51,6 +51,13 @@ class TrainSettings(Section):
     reasoning_dropout: float = Field(0.0, ge=0, le=1)
 
 
+class DataSettings(Section):
+    val_fraction: float = Field(0.1, ge=0, lt=1)  # whole episodes held out, fixed by episode id
+    max_episodes: int | None = Field(None, ge=1)
+    shuffle_buffer: int = Field(1000, ge=1)
+    missing_annotation: Literal["action_only", "skip"] = "action_only"
+
+
 class LossSettings(Section):
     lambda_r: float = Field(0.3, ge=0)
 
@@ -91,6 +98,7 @@ class RunConfig(BaseModel):
     teacher: Component = Component(name="scripted")
     dataset: Component = Component(name="demo")
     benchmark: Component = Component(name="offline")
+    data: DataSettings = DataSettings()
     train: TrainSettings = TrainSettings()
     loss: LossSettings = LossSettings()
     freeze: FreezeSettings = FreezeSettings()

@@ -1,0 +1,76 @@
+"""The on-disk annotation set `refine annotate` writes and training reads.
+
+Layout of an annotation directory OUT:
+
+    OUT/manifest.json       {"format": 1, "dataset": name, "dataset_identity": str,
+                             "teacher": "teacher/model/prompt_version", "strategy": str,
+                             "episodes": {episode_id: "<file>.json"}, "counts": {...}, ...}
+    OUT/<file>.json         {"episode_id": str, "steps": [{"step": int, "text": str,
+                             "reasoning": {...Reasoning fields...}, "teacher": str}, ...]}
+
+One file per completed episode (written atomically); files are named by `episode_filename`.
+Work in progress lives elsewhere in OUT (the writer's journal) and is not read here.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UsageError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def episode_filename(episode_id: str) -> str:
+    """A file name safe on every filesystem, unique per episode id (readable prefix + hash)."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", episode_id).strip("._")[:60] or "episode"
+    return f"{readable}-{hashlib.sha1(episode_id.encode()).hexdigest()[:10]}.json"
+
+
+@dataclass
+class AnnotationSet:
+    """Reasoning text per (episode_id, step_index), plus what produced it."""
+
+    directory: Path
+    dataset: str
+    dataset_identity: str
+    teacher: str
+    texts: dict[tuple[str, int], str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "AnnotationSet":
+        directory = Path(directory)
+        manifest_path = directory / MANIFEST
+        if not manifest_path.is_file():
+            raise UsageError(f"No annotations in {directory} (no {MANIFEST}); run `refine annotate --out {directory}` first")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            texts: dict[tuple[str, int], str] = {}
+            for episode_id, filename in manifest.get("episodes", {}).items():
+                episode = json.loads((directory / filename).read_text())
+                for record in episode["steps"]:
+                    texts[(episode_id, int(record["step"]))] = record["text"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"Annotation set {directory} is unreadable ({type(exc).__name__}: {exc}); "
+                             f"re-run `refine annotate --out {directory}` to repair it") from None
+        return cls(directory=directory, dataset=manifest.get("dataset", ""),
+                   dataset_identity=manifest.get("dataset_identity", ""), teacher=manifest.get("teacher", ""),
+                   texts=texts)
+
+    def check_matches(self, dataset_name: str, dataset_identity: str) -> None:
+        """Refuse annotations made for another dataset (or another version of it)."""
+        if self.dataset_identity != dataset_identity:
+            raise UsageError(
+                f"Annotations in {self.directory} were made for dataset '{self.dataset}' "
+                f"({self.dataset_identity}), not for '{dataset_name}' ({dataset_identity}); "
+                f"annotate this dataset or pass the matching --annotations directory")
+
+    def text(self, episode_id: str, step_index: int) -> str | None:
+        return self.texts.get((episode_id, step_index))
+
+    def __len__(self) -> int:
+        return len(self.texts)

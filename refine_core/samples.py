@@ -1,0 +1,130 @@
+"""Episodes → training samples: action chunks, train/validation split by episode, annotation join,
+and a seeded shuffle buffer whose position can be saved and restored (exact resume).
+
+The stream is deterministic for a given (dataset, seed): epoch e shuffles with seed (seed, e).
+Restoring a position replays the stream up to it — cheap next to training, and exact.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Iterator, Literal
+
+import numpy as np
+
+from .annotations import AnnotationSet
+from .backbone import TrainingSample
+from .dataset import RobotDataset
+from .episode import Episode
+
+MissingAnnotation = Literal["action_only", "skip"]
+
+
+def episode_split(episode_id: str, val_fraction: float) -> str:
+    """'train' or 'val', fixed per episode id (a hash, so it does not depend on order or count)."""
+    if val_fraction <= 0:
+        return "train"
+    bucket = int(hashlib.sha1(episode_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "val" if bucket < val_fraction else "train"
+
+
+def action_chunks(episode: Episode, chunk_size: int) -> np.ndarray:
+    """[T, chunk, 7]: the actions from each step on; past the end the last action repeats."""
+    actions = episode.actions()
+    index = np.minimum(np.arange(len(actions))[:, None] + np.arange(chunk_size)[None, :], len(actions) - 1)
+    return actions[index]
+
+
+@dataclass
+class SampleCounts:
+    episodes: int = 0
+    samples: int = 0
+    with_reasoning: int = 0
+    missing_reasoning: int = 0
+    skipped: int = 0
+
+
+def episode_samples(episode: Episode, chunk_size: int, annotations: AnnotationSet | None = None,
+                    missing: MissingAnnotation = "action_only",
+                    counts: SampleCounts | None = None) -> Iterator[TrainingSample]:
+    counts = counts if counts is not None else SampleCounts()
+    if not episode.steps:
+        return
+    counts.episodes += 1
+    chunks = action_chunks(episode, chunk_size)
+    for step, chunk in zip(episode.steps, chunks):
+        reasoning = annotations.text(episode.episode_id, step.step_index) if annotations else None
+        if annotations is not None and reasoning is None:
+            counts.missing_reasoning += 1
+            if missing == "skip":
+                counts.skipped += 1
+                continue
+        counts.samples += 1
+        counts.with_reasoning += reasoning is not None
+        yield TrainingSample(images=step.images, primary_camera=step.primary_camera, instruction=step.instruction,
+                             actions=chunk, reasoning=reasoning, key=f"{episode.episode_id}/{step.step_index}")
+
+
+class SampleStream:
+    """Training samples of one split, shuffled through a seeded buffer, epoch after epoch."""
+
+    def __init__(self, dataset: RobotDataset, chunk_size: int = 1, split: str = "train",
+                 val_fraction: float = 0.1, max_episodes: int | None = None, shuffle_buffer: int = 1000,
+                 seed: int = 0, annotations: AnnotationSet | None = None,
+                 missing_annotation: MissingAnnotation = "action_only"):
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        self.dataset, self.chunk_size, self.split = dataset, chunk_size, split
+        self.val_fraction, self.max_episodes = val_fraction, max_episodes
+        self.shuffle_buffer, self.seed = shuffle_buffer, seed
+        self.annotations, self.missing = annotations, missing_annotation
+        self.counts = SampleCounts()
+        self.epoch, self.position = 0, 0  # samples consumed in the current epoch
+
+    def episodes(self) -> Iterator[Episode]:
+        """This split's episodes, in the dataset's order (validation holds out whole episodes)."""
+        taken = 0
+        for episode in self.dataset.episodes("train"):
+            if self.max_episodes is not None and taken >= self.max_episodes:
+                return
+            taken += 1
+            if episode_split(episode.episode_id, self.val_fraction) == self.split:
+                yield episode
+
+    def samples(self) -> Iterator[TrainingSample]:
+        """One unshuffled pass over the split."""
+        for episode in self.episodes():
+            yield from episode_samples(episode, self.chunk_size, self.annotations, self.missing, self.counts)
+
+    def _shuffled(self, epoch: int) -> Iterator[TrainingSample]:
+        rng = np.random.default_rng([self.seed, epoch])
+        buffer: list[TrainingSample] = []
+        for sample in self.samples():
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(sample)
+                continue
+            i = int(rng.integers(len(buffer)))
+            yield buffer[i]
+            buffer[i] = sample
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def __iter__(self) -> Iterator[TrainingSample]:
+        """Endless: epochs follow each other; the position survives state_dict/load_state_dict."""
+        while True:
+            emitted = 0
+            for index, sample in enumerate(self._shuffled(self.epoch)):
+                if index < self.position:
+                    continue  # replaying up to a restored position
+                self.position = index + 1
+                emitted += 1
+                yield sample
+            if emitted == 0 and self.position == 0:
+                raise ValueError(f"the {self.split} split of dataset '{self.dataset.name}' has no samples")
+            self.epoch, self.position = self.epoch + 1, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position, self.seed = int(state["epoch"]), int(state["position"]), int(state["seed"])
