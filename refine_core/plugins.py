@@ -29,7 +29,11 @@ ENV_FILTER = "REFINE_PLUGINS"
 # Modules of the built-in plugins, each a package whose __init__ holds its hook implementations.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.action_codecs",
+    "plugins.rlds",
+    "plugins.bridge",
+    "plugins.fractal",
     "plugins.hf_vlm",
+    "benchmarks.offline",
 )
 
 

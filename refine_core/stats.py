@@ -5,8 +5,12 @@ are clipped, and `mask` marks the dimensions that are normalised (the gripper is
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -99,3 +103,86 @@ class DatasetStatistics:
             num_episodes=int(data.get("num_episodes", 0)), num_steps=int(data.get("num_steps", 0)),
             num_instructions=int(data.get("num_instructions", 0)), extra=dict(data.get("extra") or {}),
         )
+
+
+# -- computing from episodes, and caching ----------------------------------------------------
+class StatisticsAccumulator:
+    """Collects actions (and states) episode by episode in one pass; `finish` computes them all.
+
+    Arrays are kept (float32) rather than summarised online because q01/q99 need every value.
+    """
+
+    def __init__(self) -> None:
+        self._actions: list[np.ndarray] = []
+        self._states: list[np.ndarray] = []
+        self._instructions: set[str] = set()
+        self.num_episodes = 0
+
+    def add(self, actions: np.ndarray, states: np.ndarray | None = None, instructions: Any = ()) -> None:
+        actions = np.asarray(actions, dtype=np.float32)
+        if len(actions) == 0:
+            return
+        self._actions.append(actions)
+        if states is not None:
+            self._states.append(np.asarray(states, dtype=np.float32))
+        self._instructions.update(i for i in instructions if i)
+        self.num_episodes += 1
+
+    def finish(self, action_mask: np.ndarray | None = None, extra: dict[str, Any] | None = None) -> DatasetStatistics:
+        if not self._actions:
+            raise ValueError("no steps to compute statistics from")
+        actions = np.concatenate(self._actions)
+        # a state only counts when every episode has one, so rows line up with the actions
+        states = np.concatenate(self._states) if len(self._states) == len(self._actions) else None
+        return DatasetStatistics(
+            action=Statistics.from_array(actions, mask=action_mask),
+            state=Statistics.from_array(states) if states is not None and states.ndim == 2 else None,
+            num_episodes=self.num_episodes, num_steps=len(actions),
+            num_instructions=len(self._instructions), extra=dict(extra or {}),
+        )
+
+
+def user_stats_dir() -> Path:
+    """Where statistics go when the data folder is read-only: $REFINE_CACHE_DIR/stats or ~/.cache/refine/stats."""
+    base = os.environ.get("REFINE_CACHE_DIR")
+    return (Path(base).expanduser() if base else Path.home() / ".cache" / "refine") / "stats"
+
+
+def stats_file_name(key: str) -> str:
+    return f"refine_statistics_{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+
+
+def cached_statistics(
+    key: str, compute: Callable[[], DatasetStatistics], directories: Sequence[str | Path],
+) -> tuple[DatasetStatistics, Path | None]:
+    """Statistics stored under `key` in the first of `directories` that has them, else computed
+    and written to the first writable one. Returns them and the file used (None if none writable).
+
+    `key` must change whenever the data or the options that shape it do; the file records it and
+    a file whose key differs (a hash collision, a hand edit) is ignored.
+    """
+    name = stats_file_name(key)
+    for directory in directories:
+        path = Path(directory) / name
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("key") == key and "statistics" in data:
+            return DatasetStatistics.from_dict(data["statistics"]), path
+    stats = compute()
+    payload = json.dumps({"key": key, "statistics": stats.to_dict()}, indent=1)
+    for directory in directories:
+        path = Path(directory) / name
+        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(payload)
+            os.replace(tmp, path)  # readers never see a half-written file
+            return stats, path
+        except OSError:  # read-only data folder: try the next place
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+    return stats, None

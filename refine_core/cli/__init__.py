@@ -13,7 +13,7 @@ import typer
 
 from .. import __version__
 from ..errors import RefineError
-from . import config_cmds, registry_cmds
+from . import config_cmds, data_cmds, registry_cmds
 from .output import print_error
 
 _state = {"debug": False}
@@ -44,6 +44,7 @@ def build_app() -> typer.Typer:
     app.callback()(_root)
     registry_cmds.register(app)
     config_cmds.register(app)
+    data_cmds.register(app)
     get_registry().add_commands(app)
     return app
 

@@ -1,0 +1,60 @@
+"""The benchmark contract: evaluate a trained backbone, one record per episode plus aggregates.
+
+A benchmark is built from its options (`factory(options)`) and called with an `EvalContext`;
+`write_results` stores what it returns as `results.jsonl` (one line per episode) and
+`summary.json`, each written atomically so a crash never leaves half a file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .annotations import AnnotationSet
+from .backbone import Backbone
+from .dataset import RobotDataset
+
+
+@dataclass
+class EvalContext:
+    backbone: Backbone
+    dataset: RobotDataset
+    out_dir: Path
+    annotations: AnnotationSet | None = None
+    val_fraction: float = 0.1
+    reasoning_order: str = "reason_then_act"
+    lambda_r: float = 0.3
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BenchmarkResult:
+    records: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+class Benchmark(ABC):
+    name: str = "benchmark"
+
+    @abstractmethod
+    def evaluate(self, context: EvalContext) -> BenchmarkResult:
+        """Run the benchmark; per-episode records and a summary of aggregates."""
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_results(out_dir: str | Path, result: BenchmarkResult) -> None:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out_dir / "results.jsonl", "".join(json.dumps(r) + "\n" for r in result.records))
+    _atomic_write(out_dir / "summary.json", json.dumps(result.summary, indent=2) + "\n")
