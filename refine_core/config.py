@@ -49,6 +49,8 @@ class TrainSettings(Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     reasoning_order: Literal["reason_then_act", "act_then_reason"] = "reason_then_act"
     reasoning_dropout: float = Field(0.0, ge=0, le=1)
+    keep_checkpoints: int = Field(2, ge=1)  # newest N step-* directories kept in OUT/checkpoints
+    collapse_window: int = Field(3, ge=1)  # logged steps of input-independent actions before a warning
 
 
 class DataSettings(Section):
@@ -78,11 +80,21 @@ class LoraSettings(Section):
 
 class AnnotateSettings(Section):
     strategy: Literal["every_step", "every_k", "keyframes"] = "every_step"
-    every: int = Field(5, ge=1)
-    concurrency: int = Field(8, ge=1)
-    max_retries: int = Field(5, ge=0)
+    every: int = Field(5, ge=1)  # every_k: ask steps 0, k, 2k, …
+    concurrency: int = Field(8, ge=1)  # requests in flight
+    max_retries: int = Field(5, ge=0)  # per request, on 429/5xx/timeouts/lost connections
+    max_reasks: int = Field(2, ge=0)  # per request, on malformed answers
+    backoff_initial: float = Field(1.0, ge=0)  # seconds; doubles per retry, with jitter
+    backoff_max: float = Field(60.0, ge=0)
+    request_timeout: float | None = Field(120.0, gt=0)  # seconds per request
     requests_per_minute: float | None = Field(None, gt=0)
     tokens_per_minute: float | None = Field(None, gt=0)
+    cache: bool = True  # reuse answers to identical requests across runs
+    cache_dir: str | None = None  # default ~/.cache/refine/annotations
+    price_input_per_million: float | None = Field(None, ge=0)  # USD; overrides the teacher's price table
+    price_output_per_million: float | None = Field(None, ge=0)
+    split: str = "train"
+    max_episodes: int | None = Field(None, ge=1)
 
 
 class EvalSettings(Section):
@@ -177,9 +189,11 @@ def resolve_config(
     config_file: str | Path | None = None,
     sets: list[str] | None = None,
     components: dict[str, str | None] | None = None,
+    base: RunConfig | None = None,
 ) -> RunConfig:
-    """Defaults < file < component flags < --set, validated (stage settings only; see validate_components)."""
-    data = RunConfig().to_dict()
+    """Defaults (or `base`) < file < component flags < --set, validated (stage settings only;
+    component options are checked by validate_components)."""
+    data = (base or RunConfig()).to_dict()
     if config_file:
         for key, value in read_config_file(config_file).items():
             if key in COMPONENTS:

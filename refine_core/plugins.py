@@ -33,6 +33,10 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.bridge",
     "plugins.fractal",
     "plugins.hf_vlm",
+    "teachers.scripted",
+    "teachers.gemini",
+    "teachers.openai",
+    "teachers.hf",
     "benchmarks.offline",
 )
 
@@ -123,7 +127,7 @@ class Registry:
     def _collect(self) -> None:
         for kind, (hook_name, spec_cls) in KINDS.items():
             caller = getattr(self.pm.hook, hook_name)
-            for impl in reversed(caller.get_hookimpls()):  # registration order
+            for impl in caller.get_hookimpls():
                 info = self.plugins[impl.plugin_name]
                 if info.error:
                     continue
@@ -153,7 +157,7 @@ class Registry:
     # -- queries ---------------------------------------------------------------------------
     def components(self, kind: str | None = None) -> list[Registered]:
         kinds = [kind] if kind else list(KINDS)
-        return [entry for k in kinds for entry in self._components[check_kind(k)].values()]
+        return [entry for k in kinds for _, entry in sorted(self._components[check_kind(k)].items())]
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._components[check_kind(kind)])
@@ -176,7 +180,7 @@ class Registry:
         return self.get(kind, name).spec.load_factory()(validated)
 
     def add_commands(self, app: Any) -> None:
-        for impl in reversed(self.pm.hook.refine_commands.get_hookimpls()):
+        for impl in self.pm.hook.refine_commands.get_hookimpls():
             info = self.plugins[impl.plugin_name]
             if info.error:
                 continue

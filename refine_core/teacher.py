@@ -36,12 +36,48 @@ class AnnotationRequest:
     step_index: int = 0
     action: np.ndarray | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # The whole episode's actions [T, 7] (teachers that reason from the trajectory use it).
+    episode_actions: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
 class TokenUsage:
     input_tokens: int = 0
     output_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Price:
+    """US dollars per million tokens."""
+
+    input_per_million: float = 0.0
+    output_per_million: float = 0.0
+
+    def cost(self, usage: TokenUsage) -> float:
+        return (usage.input_tokens * self.input_per_million + usage.output_tokens * self.output_per_million) / 1e6
+
+
+class TeacherError(Exception):
+    """A teacher could not answer one request. The pipeline decides what happens next."""
+
+
+class TransientTeacherError(TeacherError):
+    """Worth asking again later: rate limited (429), server error (5xx), timeout, lost connection.
+
+    `retry_after` (seconds) is the server's Retry-After when it sent one."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class MalformedAnswer(TeacherError):
+    """The teacher answered, but not with usable reasoning (bad JSON, a missing section,
+    no candidates). The same request is asked again a bounded number of times."""
+
+
+class PermanentTeacherError(TeacherError):
+    """This request cannot succeed (e.g. 400 Bad Request, content refused): recorded as failed."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +92,29 @@ class Teacher(ABC):
     def identity(self) -> TeacherIdentity:
         """Who answers and with which prompt (the cache key)."""
 
+    # False for teachers whose answers cost nothing or depend on more than image + instruction
+    # (the content cache keys on those only).
+    cacheable: bool = True
+
+    @property
+    def price(self) -> Price:
+        """What one million tokens cost with this teacher's model (zero: free or unknown)."""
+        return Price()
+
+    def estimate_usage(self, request: AnnotationRequest) -> TokenUsage:
+        """A rough token count for one request, for `--dry-run` and the tokens/min limiter.
+
+        Default: the primary frame at 258 tokens (Gemini's count for an image up to 384 px;
+        other providers' counts are of the same order), ~4 characters per text token for the
+        instruction plus a ~1200-character prompt, ~350 output tokens.
+        """
+        return TokenUsage(input_tokens=258 + (len(request.instruction) + 1200) // 4, output_tokens=350)
+
     @abstractmethod
     async def annotate(self, request: AnnotationRequest) -> Annotation:
-        """Reasoning for one step; raise on failure (the pipeline retries and records it)."""
+        """Reasoning for one step.
+
+        Raise `TransientTeacherError` (retried with backoff), `MalformedAnswer` (asked again a
+        few times) or `PermanentTeacherError` (recorded as failed); a `RefineError` such as a
+        rejected API key stops the whole run.
+        """

@@ -6,6 +6,7 @@ import sys
 from typing import Any, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -21,7 +22,7 @@ def display_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], as_jso
     for column in columns:
         table.add_column(column.replace("_", " ").title())
     for row in rows:
-        table.add_row(*("" if row.get(c) is None else _cell(row.get(c)) for c in columns))
+        table.add_row(*("" if row.get(c) is None else escape(_cell(row.get(c))) for c in columns))
     console.print(table)
 
 

@@ -1,0 +1,16 @@
+"""The annotation pipeline behind `refine annotate` (strategies, concurrency, rate limits,
+retries, durable store, content cache, cost). See `pipeline` for the flow and `store` for
+the durability rules; the on-disk format is `refine_core.annotations`."""
+from __future__ import annotations
+
+from .estimate import Estimate, estimate_run
+from .limits import RateLimiter, RetryPolicy
+from .pipeline import RunStats, annotate_dataset, ask, parse_shard, select_episodes, shard_of
+from .prompt import PROMPT_VERSION, TeacherAnswer, answer_json_schema, build_prompt, reasoning_from_answer
+from .strategy import STRATEGIES, asked_steps
+
+__all__ = [
+    "Estimate", "PROMPT_VERSION", "RateLimiter", "RetryPolicy", "RunStats", "STRATEGIES", "TeacherAnswer",
+    "annotate_dataset", "answer_json_schema", "ask", "asked_steps", "build_prompt", "estimate_run",
+    "parse_shard", "reasoning_from_answer", "select_episodes", "shard_of",
+]

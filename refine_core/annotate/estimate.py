@@ -1,0 +1,64 @@
+"""`--dry-run`: what a run would ask and cost, without asking anything."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import AnnotateSettings
+from ..dataset import RobotDataset
+from ..teacher import Teacher
+from .cache import ContentCache, content_key
+from .pipeline import effective_price, run_header, select_episodes, step_request
+from .store import AnnotationStore
+from .strategy import asked_steps
+
+
+@dataclass
+class Estimate:
+    episodes: int = 0
+    steps: int = 0
+    asked_steps: int = 0  # steps the strategy asks about
+    already_annotated: int = 0  # answered in earlier runs into this OUT
+    cache_hits: int = 0
+    calls: int = 0  # requests to the teacher, before retries
+    input_tokens: int = 0
+    output_tokens: int = 0
+    input_per_million: float = 0.0
+    output_per_million: float = 0.0
+    cost_usd: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def estimate_run(dataset: RobotDataset, teacher: Teacher, out: str | Path, settings: AnnotateSettings,
+                 shard: tuple[int, int] = (0, 1)) -> Estimate:
+    store = AnnotationStore.inspect(out, run_header(dataset, teacher.identity, settings))
+    cache = ContentCache(settings.cache_dir) if settings.cache and teacher.cacheable else None
+    price = effective_price(teacher, settings)
+    result = Estimate(input_per_million=price.input_per_million, output_per_million=price.output_per_million)
+    for episode in select_episodes(dataset, settings.split, shard, settings.max_episodes):
+        result.episodes += 1
+        result.steps += len(episode)
+        if not episode.steps:
+            continue
+        actions = episode.actions()
+        asked = asked_steps(actions, settings.strategy, settings.every)
+        result.asked_steps += len(asked)
+        answered = set(asked) if store.is_complete(episode.episode_id) else set(store.answered(episode.episode_id))
+        for t in asked:
+            if t in answered:
+                result.already_annotated += 1
+                continue
+            request = step_request(episode.steps[t], actions)
+            if cache is not None and content_key(teacher.identity, request) in cache:
+                result.cache_hits += 1
+                continue
+            usage = teacher.estimate_usage(request)
+            result.calls += 1
+            result.input_tokens += usage.input_tokens
+            result.output_tokens += usage.output_tokens
+    result.cost_usd = round((result.input_tokens * price.input_per_million
+                             + result.output_tokens * price.output_per_million) / 1e6, 6)
+    return result

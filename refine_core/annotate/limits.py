@@ -1,0 +1,84 @@
+"""Rate limiting and retrying of teacher requests (vendor-agnostic).
+
+`RateLimiter`: two token buckets, requests/min and tokens/min, each refilling continuously
+and holding at most one second of budget (so a start does not burst a minute's worth).
+Waiters are served in order. Tokens are reserved from the request's estimate and settled with
+the real usage once the answer arrives.
+
+`RetryPolicy`: exponential backoff with jitter; a server's Retry-After is a lower bound.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+
+
+class _Bucket:
+    def __init__(self, per_minute: float):
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate)  # one second of budget
+        self.level = self.capacity
+        self.stamp = time.monotonic()
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def wait_for(self, amount: float) -> float:
+        # A request larger than the bucket waits for a full bucket and then drives it negative
+        # (the debt is paid back by later waiters), so big requests are never starved.
+        need = min(amount, self.capacity)
+        return 0.0 if self.level >= need else (need - self.level) / self.rate
+
+
+class RateLimiter:
+    def __init__(self, requests_per_minute: float | None = None, tokens_per_minute: float | None = None):
+        self._requests = _Bucket(requests_per_minute) if requests_per_minute else None
+        self._tokens = _Bucket(tokens_per_minute) if tokens_per_minute else None
+        self._lock = asyncio.Lock()
+
+    @property
+    def active(self) -> bool:
+        return self._requests is not None or self._tokens is not None
+
+    async def acquire(self, tokens: int = 0) -> None:
+        if not self.active:
+            return
+        async with self._lock:  # FIFO: the first waiter is served first
+            while True:
+                now = time.monotonic()
+                wait = 0.0
+                for bucket, amount in ((self._requests, 1.0), (self._tokens, float(tokens))):
+                    if bucket is not None:
+                        bucket.refill(now)
+                        wait = max(wait, bucket.wait_for(amount))
+                if wait <= 0:
+                    break
+                await asyncio.sleep(wait)
+            if self._requests is not None:
+                self._requests.level -= 1.0
+            if self._tokens is not None:
+                self._tokens.level -= tokens
+
+    def settle(self, estimated: int, actual: int) -> None:
+        """Correct a reservation with the tokens the request really used."""
+        if self._tokens is not None:
+            self._tokens.level = min(self._tokens.capacity, self._tokens.level + estimated - actual)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 5  # transient failures (429, 5xx, timeouts, lost connections)
+    max_reasks: int = 2  # malformed answers asked again
+    initial_delay: float = 1.0
+    max_delay: float = 60.0
+    request_timeout: float | None = 120.0
+
+    def delay(self, retry: int, retry_after: float | None = None) -> float:
+        """Seconds before retry number `retry` (0-based): half fixed, half random ("equal
+        jitter"), so retries of many concurrent requests spread out; never below Retry-After."""
+        ceiling = min(self.max_delay, self.initial_delay * (2 ** retry))
+        wait = ceiling / 2 + random.uniform(0, ceiling / 2)
+        return max(wait, retry_after or 0.0)

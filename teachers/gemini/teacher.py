@@ -1,0 +1,91 @@
+"""The Gemini teacher: frames as image parts, the prompt, structured JSON output.
+
+The key comes from GEMINI_API_KEY or GOOGLE_API_KEY (environment only; never stored in any
+file). The endpoint is the SDK's own: `GOOGLE_GEMINI_BASE_URL` points it elsewhere (a proxy, a
+test server). The SDK's own retries are off: the pipeline retries, honouring Retry-After.
+"""
+from __future__ import annotations
+
+import os
+
+from refine_core.annotate.prompt import PROMPT_VERSION, TeacherAnswer, build_prompt, reasoning_from_answer
+from refine_core.errors import UsageError
+from refine_core.teacher import (Annotation, AnnotationRequest, MalformedAnswer, Price, Teacher, TeacherIdentity,
+                                 TokenUsage, TransientTeacherError)
+from teachers.common import encode_png, request_frames, status_error
+
+# USD per million tokens (input, output), standard online tier, text/image input up to 200k tokens.
+PRICES: dict[str, tuple[float, float]] = {
+    "gemini-2.0-flash": (0.10, 0.40),
+    "gemini-2.0-flash-lite": (0.075, 0.30),
+    "gemini-2.5-flash": (0.30, 2.50),
+    "gemini-2.5-flash-lite": (0.10, 0.40),
+    "gemini-2.5-pro": (1.25, 10.00),
+}
+
+
+def api_key_from_env() -> str:
+    key = os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
+    if not key:
+        raise UsageError("The gemini teacher needs an API key: set GEMINI_API_KEY (or GOOGLE_API_KEY) in the environment")
+    return key
+
+
+class GeminiTeacher(Teacher):
+    def __init__(self, options) -> None:
+        try:
+            from google import genai
+            from google.genai import types
+        except ImportError:
+            raise UsageError("The gemini teacher needs google-genai: pip install 'refine-vla[gemini]'") from None
+        self.options = options
+        self._types = types
+        self._client = genai.Client(
+            api_key=api_key_from_env(),
+            http_options=types.HttpOptions(retry_options=types.HttpRetryOptions(attempts=1)),
+        )
+        self._config = types.GenerateContentConfig(
+            response_mime_type="application/json", response_schema=TeacherAnswer,
+            temperature=options.temperature, max_output_tokens=options.max_output_tokens,
+        )
+
+    @property
+    def identity(self) -> TeacherIdentity:
+        return TeacherIdentity(teacher="gemini", model=self.options.model, prompt_version=PROMPT_VERSION)
+
+    @property
+    def price(self) -> Price:
+        known = PRICES.get(self.options.model.removeprefix("models/"))
+        return Price(*known) if known else Price()
+
+    def contents(self, request: AnnotationRequest) -> list:
+        parts = [self._types.Part.from_bytes(data=encode_png(frame, self.options.max_image_side), mime_type="image/png")
+                 for frame in request_frames(request, self.options.cameras)]
+        return parts + [build_prompt(request.instruction, "json")]
+
+    async def annotate(self, request: AnnotationRequest) -> Annotation:
+        import httpx2
+        from google.genai import errors
+
+        try:
+            response = await self._client.aio.models.generate_content(
+                model=self.options.model, contents=self.contents(request), config=self._config)
+        except errors.APIError as exc:
+            raise status_error("Gemini", exc.code, exc.message or exc.status or "",
+                               getattr(exc.response, "headers", None)) from None
+        except httpx2.TransportError as exc:  # timeouts, refused or dropped connections
+            raise TransientTeacherError(f"Gemini unreachable: {type(exc).__name__}: {exc}") from None
+        except ValueError as exc:  # a body that is not JSON at all
+            raise MalformedAnswer(f"Gemini sent an unreadable response: {exc}") from None
+        usage = response.usage_metadata
+        tokens = TokenUsage(input_tokens=(usage.prompt_token_count or 0) if usage else 0,
+                            output_tokens=(usage.candidates_token_count or 0) if usage else 0)
+        if not response.candidates:
+            feedback = response.prompt_feedback
+            reason = getattr(feedback, "block_reason", None) if feedback else None
+            raise MalformedAnswer(f"Gemini returned no candidates{f' (blocked: {reason})' if reason else ''}")
+        answer = response.parsed if isinstance(response.parsed, TeacherAnswer) else response.text
+        if answer is None:
+            finish = getattr(response.candidates[0], "finish_reason", None)
+            raise MalformedAnswer(f"Gemini returned no text (finish reason {finish})")
+        return Annotation(reasoning=reasoning_from_answer(answer), usage=tokens)
