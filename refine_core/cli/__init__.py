@@ -13,7 +13,7 @@ import typer
 
 from .. import __version__
 from ..errors import RefineError
-from . import annotate_cmds, config_cmds, data_cmds, registry_cmds
+from . import annotate_cmds, config_cmds, data_cmds, registry_cmds, train_cmds
 from .output import print_error
 
 _state = {"debug": False}
@@ -45,6 +45,7 @@ def build_app() -> typer.Typer:
     registry_cmds.register(app)
     config_cmds.register(app)
     data_cmds.register(app)
+    train_cmds.register(app)
     annotate_cmds.register(app)
     get_registry().add_commands(app)
     return app

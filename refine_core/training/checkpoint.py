@@ -1,0 +1,219 @@
+"""Checkpoints: what a training run writes, how it is kept, and how a policy is rebuilt from one.
+
+Layout of `OUT/checkpoints/step-0000100/`:
+
+    weights.safetensors    the trained tensors: every trainable parameter (plus the embedding
+                           rows when the codec added tokens), or only the LoRA adapters; the
+                           file's metadata says which ("kind": "trainable" | "adapter")
+    optimizer.pt           AdamW state          scheduler.pt   LR schedule state
+    rng-<rank>.pt          torch/cuda/numpy/python RNG of each process
+    trainer_state.json     step, data-stream position, collapse-detector state, world size
+    refine.json            resolved config, action statistics (as the codec uses them), codec and
+                           backbone name + options, dataset identity: all `load_checkpoint` needs
+
+A checkpoint is written into `checkpoints/.tmp-step-…` and renamed into place, so any
+`step-*` directory is complete. `checkpoints/latest` names the newest. Retention keeps the last
+`train.keep_checkpoints`; the newest complete one is never deleted.
+
+The base weights are not copied: `load_checkpoint` rebuilds the backbone from its options (the
+`tiny` preset from its seed, a `path` from that directory or hub id), so that source must still
+be there.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import RunConfig
+from ..errors import UsageError
+from ..stats import Statistics
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+RUN_INFO = "refine.json"
+TRAINER_STATE = "trainer_state.json"
+WEIGHTS = "weights.safetensors"
+FORMAT_VERSION = 1
+_STEP_DIR = re.compile(r"^step-(\d{7,})$")
+# Settings a resumed run may change: they do not alter what is computed.
+RESUMABLE_CHANGES = {"train.max_steps", "train.log_every", "train.save_every", "train.keep_checkpoints"}
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:07d}"
+
+
+def list_checkpoints(out: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints under OUT/checkpoints, oldest first."""
+    root = Path(out) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+    return sorted(found)
+
+
+def latest_checkpoint(out: str | Path) -> Path | None:
+    checkpoints = list_checkpoints(out)
+    return checkpoints[-1][1] if checkpoints else None
+
+
+def check_out_dir(out: str | Path, resume: bool) -> Path | None:
+    """The checkpoint to resume from (None: start fresh); refuses to start over existing checkpoints."""
+    latest = latest_checkpoint(out)
+    if latest is not None and not resume:
+        raise UsageError(f"{Path(out) / CHECKPOINTS} already holds checkpoints (newest {latest.name}); "
+                         f"pass --resume to continue that run, or choose another --out")
+    return latest
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
+    return flat
+
+
+def config_difference(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """The first setting (dotted) that differs in a way resuming cannot honour, described."""
+    old, new = _flatten(saved), _flatten(current)
+    for key in sorted(set(old) | set(new)):
+        if key not in RESUMABLE_CHANGES and old.get(key) != new.get(key):
+            return f"{key} (checkpoint {old.get(key)!r}, now {new.get(key)!r})"
+    return None
+
+
+def write_atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_weights(path: Path, tensors: dict[str, torch.Tensor], kind: str) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(path),
+              metadata={"kind": kind, "format": str(FORMAT_VERSION)})
+
+
+def finish_checkpoint(tmp: Path, out: Path, step: int, keep: int) -> Path:
+    """Rename a fully written temp dir into place, point `latest` at it, prune old ones."""
+    root = out / CHECKPOINTS
+    final = root / step_dir_name(step)
+    if final.exists():  # the same step saved again (e.g. a resumed run's last step): replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    write_atomic_text(root / LATEST, final.name + "\n")
+    checkpoints = list_checkpoints(out)
+    for _, path in checkpoints[:-max(1, keep)]:
+        shutil.rmtree(path, ignore_errors=True)
+    return final
+
+
+def remove_partial(out: Path) -> None:
+    """Temp dirs left by a run killed while saving."""
+    root = out / CHECKPOINTS
+    if root.is_dir():
+        for path in root.glob(".tmp-step-*"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def rng_state() -> dict[str, Any]:
+    import random
+
+    import numpy as np
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_rng(checkpoint: Path, rank: int) -> dict[str, Any]:
+    path = checkpoint / f"rng-{rank}.pt"
+    if not path.is_file():  # resumed on more processes than saved it: start from rank 0's
+        path = checkpoint / "rng-0.pt"
+    return torch.load(path, weights_only=False)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path} is missing or unreadable ({type(exc).__name__}); "
+                         f"is {path.parent} a refine checkpoint directory?") from None
+
+
+def load_weights_into(model: torch.nn.Module, path: Path) -> dict[str, str]:
+    """Load saved tensors by name; every saved tensor must match a parameter. Returns the metadata."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    parameters = dict(model.named_parameters())
+    unknown = sorted(set(tensors) - set(parameters))
+    if unknown:
+        raise UsageError(f"{path} holds {len(unknown)} tensors this model lacks (first {unknown[0]!r}); "
+                         f"the checkpoint was made with another backbone, codec or LoRA setting")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            target = parameters[name]
+            if target.shape != tensor.shape:
+                raise UsageError(f"{path}: {name} has shape {tuple(tensor.shape)}, the model "
+                                 f"{tuple(target.shape)}")
+            target.copy_(tensor.to(dtype=target.dtype, device=target.device))
+    return metadata
+
+
+def load_checkpoint(directory: str | Path, registry: Any = None) -> tuple[Any, RunConfig]:
+    """(backbone with the codec attached and the trained weights loaded, the run's RunConfig).
+
+    `directory` is a `step-*` checkpoint, or a run's OUT / OUT/checkpoints (the newest is used).
+    The backbone is in eval mode on the CPU; move it with `backbone.model.to(device)`.
+    """
+    from .setup import apply_transfer, attach_codec, build_backbone
+
+    directory = Path(directory)
+    if not (directory / RUN_INFO).is_file():
+        base = directory.parent if directory.name == CHECKPOINTS else directory
+        latest = latest_checkpoint(base)
+        if latest is None:
+            raise UsageError(f"No refine checkpoint in {directory} (no {RUN_INFO}, no {CHECKPOINTS}/step-*)")
+        directory = latest
+    info = read_json(directory / RUN_INFO)
+    if info.get("format") != FORMAT_VERSION:
+        raise UsageError(f"{directory} is checkpoint format {info.get('format')!r}; this refine reads {FORMAT_VERSION}")
+    if registry is None:
+        from ..plugins import get_registry
+
+        registry = get_registry()
+    config = RunConfig.model_validate(info["config"])
+    backbone = build_backbone(config, registry)
+    attach_codec(backbone, config, registry, Statistics.from_dict(info["action_statistics"]))
+    apply_transfer(backbone, config)  # LoRA runs need the adapter modules before loading them
+    load_weights_into(backbone.model, directory / WEIGHTS)
+    for parameter in backbone.model.parameters():
+        parameter.requires_grad_(False)
+    backbone.model.eval()
+    return backbone, config

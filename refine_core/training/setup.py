@@ -1,0 +1,82 @@
+"""Everything `refine train` checks and builds before the first step, and the policy rebuild a
+checkpoint load shares with it.
+
+Order (cheap checks first, so a typo fails in a second, not after a model load): components
+and their options → dataset and annotation match → backbone → block count for freezing →
+dataset statistics → codec on the backbone's vocabulary → LoRA or freezing. Each failure is a
+`UsageError` with one line.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..annotations import AnnotationSet
+from ..config import RunConfig, validate_components
+from ..dataset import RobotDataset
+from ..stats import Statistics
+from .freeze import apply_freeze, frozen_block_count
+from .lora import apply_lora
+
+TRAIN_COMPONENTS = ("backbone", "codec", "dataset")
+
+
+@dataclass
+class RunSetup:
+    config: RunConfig
+    backbone: Any
+    dataset: RobotDataset
+    action_stats: Statistics
+    annotations: AnnotationSet | None = None
+    resized_embeddings: bool = False  # the codec added tokens: embedding rows must be saved
+    frozen_blocks: int = 0
+    lora_modules: list[str] = field(default_factory=list)
+
+
+def build_backbone(config: RunConfig, registry: Any) -> Any:
+    return registry.build("backbone", config.backbone.name, config.backbone.options)
+
+
+def attach_codec(backbone: Any, config: RunConfig, registry: Any, action_stats: Statistics) -> bool:
+    """Bind the configured codec; returns whether the embeddings grew (new codec tokens)."""
+    codec = registry.build("codec", config.codec.name, config.codec.options)
+    rows = backbone.model.get_input_embeddings().num_embeddings
+    backbone.attach_codec(codec, action_stats)
+    return backbone.model.get_input_embeddings().num_embeddings != rows
+
+
+def apply_transfer(backbone: Any, config: RunConfig) -> tuple[int, list[str]]:
+    """LoRA when `lora.r` is set (only adapters train), else the freeze rules."""
+    if config.lora.r is not None:
+        torch.manual_seed(config.train.seed)  # adapter initialisation is part of the run's seed
+        return 0, apply_lora(backbone, config.lora)
+    return apply_freeze(backbone, config.freeze), []
+
+
+def prepare_run(config: RunConfig, registry: Any = None, annotations_dir: str | Path | None = None,
+                dataset: RobotDataset | None = None) -> RunSetup:
+    """Validate and build a training run; `dataset` replaces the configured one (tests, notebooks)."""
+    if registry is None:
+        from ..plugins import get_registry
+
+        registry = get_registry()
+    kinds = TRAIN_COMPONENTS if dataset is None else ("backbone", "codec")
+    validate_components(config, registry, kinds)
+    if dataset is None:
+        dataset = registry.build("dataset", config.dataset.name, config.dataset.options)
+    annotations = None
+    if annotations_dir is not None:
+        annotations = AnnotationSet.load(annotations_dir)
+        annotations.check_matches(dataset.name, dataset.identity)
+    backbone = build_backbone(config, registry)
+    if config.lora.r is None:
+        frozen_block_count(config.freeze.first_n_layers, len(backbone.blocks()), backbone.name)
+    stats = dataset.statistics().action
+    resized = attach_codec(backbone, config, registry, stats)
+    frozen, lora_modules = apply_transfer(backbone, config)
+    return RunSetup(config=config, backbone=backbone, dataset=dataset, action_stats=backbone.codec.stats,
+                    annotations=annotations, resized_embeddings=resized, frozen_blocks=frozen,
+                    lora_modules=lora_modules)
