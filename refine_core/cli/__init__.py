@@ -13,7 +13,8 @@ import typer
 
 from .. import __version__
 from ..errors import RefineError
-from . import annotate_cmds, config_cmds, data_cmds, registry_cmds, train_cmds
+from . import annotate_cmds, config_cmds, data_cmds, eval_cmds, registry_cmds, run_cmds, train_cmds
+from . import attention_cmds, report_cmds, sweep_cmds
 from .output import print_error
 
 _state = {"debug": False}
@@ -46,7 +47,12 @@ def build_app() -> typer.Typer:
     config_cmds.register(app)
     data_cmds.register(app)
     train_cmds.register(app)
+    eval_cmds.register(app)
+    run_cmds.register(app)
     annotate_cmds.register(app)
+    attention_cmds.register(app)
+    report_cmds.register(app)
+    sweep_cmds.register(app)
     get_registry().add_commands(app)
     return app
 

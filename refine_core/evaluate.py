@@ -1,0 +1,51 @@
+"""Evaluate a trained checkpoint with a benchmark (the `eval` stage and `refine eval`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .annotations import AnnotationSet
+from .benchmark import BenchmarkResult, EvalContext, write_results
+from .config import RunConfig
+
+
+def checkpoint_config(checkpoint: str | Path) -> RunConfig:
+    """The RunConfig stored with a checkpoint (a step-* directory or a training OUT)."""
+    from .errors import UsageError
+    from .training.checkpoint import CHECKPOINTS, RUN_INFO, latest_checkpoint, read_json
+
+    directory = Path(checkpoint)
+    if not (directory / RUN_INFO).is_file():
+        directory = latest_checkpoint(directory.parent if directory.name == CHECKPOINTS else directory)
+        if directory is None:
+            raise UsageError(f"No refine checkpoint in {checkpoint} (no {RUN_INFO}, no {CHECKPOINTS}/step-*)")
+    return RunConfig.model_validate(read_json(directory / RUN_INFO)["config"])
+
+
+def evaluate_checkpoint(checkpoint: str | Path, out: str | Path, config: RunConfig | None = None,
+                        annotations_dir: str | Path | None = None, registry: Any = None) -> BenchmarkResult:
+    """Load `checkpoint`, run the configured benchmark on the configured dataset, write OUT.
+
+    `config` (default: the run's own, stored in the checkpoint) chooses the benchmark and may
+    point the dataset elsewhere (e.g. another data_dir on this machine).
+    """
+    from .training.checkpoint import load_checkpoint
+
+    if registry is None:
+        from .plugins import get_registry
+
+        registry = get_registry()
+    backbone, saved = load_checkpoint(checkpoint, registry)
+    config = config or saved
+    benchmark = registry.build("benchmark", config.benchmark.name, config.benchmark.options)
+    dataset = registry.build("dataset", config.dataset.name, config.dataset.options)
+    annotations = None
+    if annotations_dir is not None:
+        annotations = AnnotationSet.load(annotations_dir)
+        annotations.check_matches(dataset.name, dataset.identity)
+    context = EvalContext(backbone=backbone, dataset=dataset, out_dir=Path(out), annotations=annotations,
+                          val_fraction=config.data.val_fraction, reasoning_order=config.train.reasoning_order,
+                          lambda_r=config.loss.lambda_r)
+    result = benchmark.evaluate(context)
+    write_results(out, result)
+    return result

@@ -1,0 +1,7 @@
+"""The run report: `build_report(run_dir)` writes OUT/report/report.md and a self-contained
+report.html (figures embedded), from whatever stages of the run exist."""
+from __future__ import annotations
+
+from .render import build_report
+
+__all__ = ["build_report"]

@@ -1,0 +1,150 @@
+"""Base model vs fine-tuned checkpoint: attention maps on the same held-out frames (the paper's
+Figure 1/6 comparison).
+
+The base model is the run's backbone rebuilt from the same config with the codec attached and
+no trained weights: for the `tiny` preset that is the same seeded initialisation training
+started from; for a `path` backbone, the pretrained weights before fine-tuning.
+
+Frames: the middle step of each of the first N held-out episodes (`data.val_fraction` split of
+the run's dataset, the split the offline benchmark evaluates). A run that held nothing out uses
+training episodes and says so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..attention import AttentionMap, Fusion, Target, sample_attention
+from ..errors import UsageError
+
+BASE_LABEL = "base (untrained)"
+
+
+@dataclass
+class AttentionRow:
+    key: str  # "<episode_id>/<step_index>"
+    instruction: str
+    maps: dict[str, AttentionMap]  # column label → map, base first
+
+
+@dataclass
+class AttentionComparison:
+    rows: list[AttentionRow]
+    target: str
+    top_k: int
+    fusion: str
+    checkpoint: Path
+    held_out: bool = True  # False: the run held no episodes out, training frames were used
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.rows[0].maps) if self.rows else []
+
+
+def resolve_checkpoint(directory: str | Path) -> Path:
+    """The `step-*` directory meant by a step dir, a train dir, its checkpoints/, or a run dir OUT."""
+    from ..training.checkpoint import CHECKPOINTS, RUN_INFO, latest_checkpoint
+
+    directory = Path(directory)
+    if (directory / RUN_INFO).is_file():
+        return directory
+    for base in (directory.parent if directory.name == CHECKPOINTS else directory, directory / "train"):
+        latest = latest_checkpoint(base)
+        if latest is not None:
+            return latest
+    raise UsageError(f"No refine checkpoint in {directory} (looked for {RUN_INFO}, {CHECKPOINTS}/step-*, "
+                     f"train/{CHECKPOINTS}/step-*)")
+
+
+def _annotations(info: dict[str, Any], checkpoint: Path):
+    """The annotation set the run trained with, if it is still on disk (else the run's annotations/)."""
+    from ..annotations import MANIFEST, AnnotationSet
+
+    candidates = []
+    if info.get("annotations"):
+        candidates.append(Path(info["annotations"]["directory"]))
+    candidates += [parent / "annotations" for parent in checkpoint.parents][:4]
+    for directory in candidates:
+        if (directory / MANIFEST).is_file():
+            return AnnotationSet.load(directory)
+    return None
+
+
+def pick_samples(dataset: Any, config: Any, chunk_size: int, annotations: Any, episodes: int,
+                 target: Target) -> tuple[list[Any], bool]:
+    """(one sample per episode, whether they are held out): the middle step of each episode
+    (for a reasoning target, the middle one of the annotated steps)."""
+    from ..samples import SampleStream, episode_samples
+
+    def collect(split: str) -> list[Any]:
+        stream = SampleStream(dataset, chunk_size=chunk_size, split=split, val_fraction=config.data.val_fraction,
+                              max_episodes=config.data.max_episodes, annotations=annotations)
+        chosen = []
+        for episode in stream.episodes():
+            samples = list(episode_samples(episode, chunk_size, annotations))
+            if target == "reasoning":
+                samples = [s for s in samples if s.reasoning]
+            if samples:
+                chosen.append(samples[len(samples) // 2])
+            if len(chosen) >= episodes:
+                break
+        return chosen
+
+    held_out = collect("val")
+    if held_out:
+        return held_out, True
+    training = collect("train")
+    if not training:
+        what = "annotated steps" if target == "reasoning" else "steps"
+        raise UsageError(f"Dataset '{dataset.name}' has no {what} to draw attention frames from")
+    return training, False
+
+
+def compare_attention(checkpoint: str | Path, episodes: int = 3, target: Target = "action", top_k: int = 8,
+                      fusion: Fusion = "max", registry: Any = None) -> AttentionComparison:
+    """Attention maps of the base model and the fine-tuned checkpoint on the same frames."""
+    from ..plugins import get_registry
+    from ..training.checkpoint import RUN_INFO, load_checkpoint, read_json
+    from ..training.setup import attach_codec, build_backbone
+
+    if episodes < 1:
+        raise UsageError(f"--episodes must be at least 1, got {episodes}")
+    registry = registry or get_registry()
+    step_dir = resolve_checkpoint(checkpoint)
+    info = read_json(step_dir / RUN_INFO)
+    tuned, config = load_checkpoint(step_dir, registry)
+    dataset = registry.build("dataset", config.dataset.name, config.dataset.options)
+    annotations = _annotations(info, step_dir)
+    if target == "reasoning" and annotations is None:
+        raise UsageError(f"--target reasoning needs the run's annotations; none found for {step_dir}")
+    samples, held_out = pick_samples(dataset, config, tuned.codec.chunk_size, annotations, episodes, target)
+    order = config.train.reasoning_order
+    # one model at a time on the accelerator: a real backbone pair may not fit side by side
+    tuned_label = f"fine-tuned (step {info.get('step', '?')})"
+    tuned_maps = _maps_on_device(tuned, samples, target, top_k, fusion, order)
+    stats = tuned.codec.stats
+    del tuned
+    base = build_backbone(config, registry)
+    attach_codec(base, config, registry, stats)
+    base_maps = _maps_on_device(base, samples, target, top_k, fusion, order)
+    rows = [AttentionRow(key=s.key, instruction=s.instruction, maps={BASE_LABEL: b, tuned_label: t})
+            for s, b, t in zip(samples, base_maps, tuned_maps)]
+    notes = [] if held_out else [f"run held out no episodes (data.val_fraction={config.data.val_fraction}): "
+                                 f"training frames shown"]
+    return AttentionComparison(rows=rows, target=target, top_k=top_k, fusion=fusion, checkpoint=step_dir,
+                               held_out=held_out, notes=notes)
+
+
+def _maps_on_device(backbone: Any, samples: list[Any], target: Target, top_k: int, fusion: Fusion,
+                    order: str) -> list[AttentionMap]:
+    import torch
+
+    if torch.cuda.is_available():
+        backbone.model.to("cuda")
+    backbone.model.eval()
+    try:
+        return [sample_attention(backbone, s, target, top_k, fusion, order) for s in samples]
+    finally:
+        backbone.model.to("cpu")

@@ -1,0 +1,148 @@
+"""The report's figures as PNG files (matplotlib, Agg backend, imported only when drawing).
+
+- `attention_figure`: rows = frames; columns = the frame, then one heatmap overlay per model.
+- `training_curves`: loss, action loss, reasoning loss, action accuracy against the step
+  (the paper's Figure 4), one 2×2 figure.
+- `sweep_figure`: a metric against a swept config value (the paper's Figure 8).
+"""
+from __future__ import annotations
+
+import math
+import textwrap
+from pathlib import Path
+from typing import Any, Sequence
+
+TRAINING_PANELS = (
+    ("loss", "total loss", "loss"),
+    ("action_loss", "action loss", "cross-entropy"),
+    ("reasoning_loss", "reasoning loss", "cross-entropy"),
+    ("action_accuracy", "action token accuracy", "accuracy"),
+)
+HEAT_ALPHA = 0.7
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
+
+
+def _short_heads(heads: Sequence[tuple[int, int]], shown: int = 4) -> str:
+    names = " ".join(f"L{layer}H{head}" for layer, head in heads[:shown])
+    return names + (" …" if len(heads) > shown else "")
+
+
+def attention_figure(comparison: Any, path: str | Path) -> Path:
+    """Frames with each model's fused attention overlaid (jet: red = most attended patch)."""
+    import numpy as np
+
+    plt = _pyplot()
+    labels = comparison.labels
+    columns = 1 + len(labels)
+    rows = len(comparison.rows)
+    fig = plt.figure(figsize=(3.3 * columns + 0.8, 3.5 * rows + 0.6))
+    # a narrow last column holds the colour bar, so every image panel keeps the same size
+    grid = fig.add_gridspec(rows, columns + 1, width_ratios=[1.0] * columns + [0.05])
+    axes = np.array([[fig.add_subplot(grid[r, c]) for c in range(columns)] for r in range(rows)])
+    image = None
+    for r, row in enumerate(comparison.rows):
+        frame = next(iter(row.maps.values())).frame
+        axes[r, 0].imshow(frame)
+        axes[r, 0].set_title("\n".join(textwrap.wrap(row.instruction, 38)[:2]) + f"\n{row.key}", fontsize=8)
+        for c, label in enumerate(labels, start=1):
+            amap = row.maps[label]
+            axes[r, c].imshow(amap.frame)
+            # opacity grows with attention, so unattended patches leave the frame visible
+            image = axes[r, c].imshow(amap.heat, cmap="jet", vmin=0.0, vmax=1.0,
+                                      alpha=np.clip(amap.heat, 0.0, 1.0) * HEAT_ALPHA)
+            axes[r, c].set_title(f"{label}\nimage share {amap.image_share:.2f} · focus {amap.focus:.2f}\n"
+                                 f"heads {_short_heads(amap.heads)}", fontsize=8)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    which = "held-out" if comparison.held_out else "training"
+    fig.suptitle(f"Attention from {comparison.target} tokens to image patches, {which} frames "
+                 f"(top-{comparison.top_k} heads, {comparison.fusion})", fontsize=10)
+    if image is not None:
+        bar = fig.colorbar(image, cax=fig.add_subplot(grid[:, -1]))
+        bar.set_label("attention (min-max normalised)")
+    return _save(fig, path)
+
+
+def training_curves(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """2×2 panels of metrics.jsonl against the step; a metric never logged says so in its panel."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(2, 2, figsize=(9.5, 6.5))
+    for ax, (key, title, ylabel) in zip(axes.ravel(), TRAINING_PANELS):
+        points = [(r["step"], r[key]) for r in records
+                  if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        if points:
+            steps, values = zip(*points)
+            ax.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, linewidth=1.4)
+        else:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if key == "action_accuracy":
+            ax.set_ylim(-0.02, 1.02)
+    fig.suptitle("Training curves")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def sweep_figure(key: str, series: dict[str, Sequence[tuple[Any, float | None]]], metric: str,
+                 path: str | Path, baseline: float | None = None) -> Path:
+    """`metric` against the swept `key`: one line per series label ("" for a single series).
+
+    Numeric values sit on a numeric axis; anything else (None, strings) on evenly spaced ticks.
+    A point with no metric (its run failed or has no evaluation) is an × on the x axis.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    values = list(dict.fromkeys(v for points in series.values() for v, _ in points))
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    where = {v: (v if numeric else i) for i, v in enumerate(values)}
+    missing = False
+    for label, points in series.items():
+        present = sorted((where[v], m) for v, m in points if m is not None)
+        absent = [where[v] for v, m in points if m is None]
+        line = ax.plot(*zip(*present), marker="o", linewidth=1.6, label=label or None)[0] if present else None
+        colour = line.get_color() if line is not None else "gray"
+        for x, m in present:
+            ax.annotate(f"{m:.3g}", (x, m), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+        for x in absent:  # an × on the x axis, in the series' colour
+            ax.plot([x], [0.03], marker="x", markersize=9, color=colour, transform=ax.get_xaxis_transform(),
+                    clip_on=False)
+        missing = missing or bool(absent)
+    ax.margins(y=0.15)
+    if baseline is not None:
+        ax.axhline(baseline, color="gray", linestyle="--", linewidth=1, label=f"chance ({baseline:.3g})")
+    if baseline is not None or len(series) > 1:
+        ax.legend(loc="best", fontsize=8)
+    if numeric:
+        ax.set_xticks(values)
+    else:
+        ax.set_xticks(range(len(values)), [str(v) for v in values])
+    ax.set_xlabel(key)
+    ax.set_ylabel(metric.replace("_", " "))
+    title = f"{metric.replace('_', ' ')} vs {key}"
+    ax.set_title(title + (" (×: no result)" if missing else ""))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,178 @@
+"""`refine run`: annotate → train → eval → report in one run directory, resumable stage by stage.
+
+OUT/config.yaml        the fully resolved config (a different config later is refused)
+OUT/run_state.json     which stages finished, with a one-line summary each
+OUT/annotations/       the annotation set (refine annotate)
+OUT/train/             metrics.jsonl, checkpoints/step-* (refine train)
+OUT/eval/              results.jsonl, summary.json (refine eval)
+OUT/report/            report.md, report.html
+
+A finished stage is skipped; an interrupted one resumes (annotation journal, newest checkpoint);
+finished work is never redone or overwritten.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .config import RunConfig, dump_yaml, validate_components
+from .errors import UsageError
+
+STAGES = ("annotate", "train", "eval", "report")
+CONFIG_FILE, STATE_FILE = "config.yaml", "run_state.json"
+
+
+@dataclass
+class RunOutcome:
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    summaries: dict[str, str] = field(default_factory=dict)
+
+
+def parse_stages(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return STAGES
+    chosen = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in STAGES]
+    if unknown or not chosen:
+        raise UsageError(f"Unknown stage '{unknown[0] if unknown else text}'. Available: {', '.join(STAGES)}")
+    return tuple(s for s in STAGES if s in chosen)  # always in pipeline order
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _first_difference(saved: Any, current: Any, prefix: str = "") -> str | None:
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for key in sorted(set(saved) | set(current)):
+            found = _first_difference(saved.get(key), current.get(key), f"{prefix}{key}.")
+            if found:
+                return found
+        return None
+    return None if saved == current else f"{prefix.rstrip('.')}: {saved!r} → {current!r}"
+
+
+def saved_config(out: Path) -> RunConfig | None:
+    path = out / CONFIG_FILE
+    if not path.is_file():
+        return None
+    return RunConfig.model_validate(yaml.safe_load(path.read_text()))
+
+
+def claim_run_dir(out: Path, config: RunConfig) -> None:
+    """Create OUT with this config, or accept OUT holding the same config; refuse another run's."""
+    saved = saved_config(out)
+    if saved is not None:
+        difference = _first_difference(saved.to_dict(), config.to_dict())
+        if difference:
+            raise UsageError(f"{out} holds a different run ({difference}); choose a new --out, or run "
+                             f"`refine run --out {out}` with no settings to continue it")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out} is not empty and holds no refine run; choose a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / CONFIG_FILE, dump_yaml(config))
+
+
+class RunState:
+    def __init__(self, out: Path):
+        self.path = out / STATE_FILE
+        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {"stages": {}}
+
+    def done(self, stage: str) -> bool:
+        return self.data["stages"].get(stage, {}).get("status") == "done"
+
+    def mark(self, stage: str, summary: str, complete: bool = True) -> None:
+        status = "done" if complete else "partial"  # a partial stage runs again (and resumes) next time
+        self.data["stages"][stage] = {"status": status, "summary": summary, "finished": time.time()}
+        _write_atomic(self.path, json.dumps(self.data, indent=2) + "\n")
+
+
+def run_pipeline(config: RunConfig, out: str | Path, stages: tuple[str, ...] = STAGES,
+                 log: Callable[[str], None] = print, registry: Any = None) -> RunOutcome:
+    out = Path(out)
+    if registry is None:
+        from .plugins import get_registry
+
+        registry = get_registry()
+    kinds = {"annotate": ("dataset", "teacher"), "train": ("backbone", "codec", "dataset"),
+             "eval": ("dataset", "benchmark")}
+    validate_components(config, registry, tuple(dict.fromkeys(k for s in stages for k in kinds.get(s, ()))))
+    claim_run_dir(out, config)
+    state, outcome = RunState(out), RunOutcome()
+    for stage in stages:
+        if state.done(stage):
+            outcome.skipped.append(stage)
+            continue
+        log(f"[{stage}] starting")
+        summary, complete = _STAGE_FUNCTIONS[stage](config, out, registry, log)
+        state.mark(stage, summary, complete)
+        outcome.ran.append(stage)
+        outcome.summaries[stage] = summary
+        log(f"[{stage}] done: {summary}")
+    return outcome
+
+
+def _annotate(config: RunConfig, out: Path, registry: Any, log) -> tuple[str, bool]:
+    from .annotate import annotate_dataset
+
+    teacher = registry.build("teacher", config.teacher.name, config.teacher.options)
+    dataset = registry.build("dataset", config.dataset.name, config.dataset.options)
+    annotate_dataset(dataset, teacher, out / "annotations", config.annotate)
+    manifest = json.loads((out / "annotations" / "manifest.json").read_text())
+    counts = manifest.get("counts", {})
+    failed = counts.get("failed", 0)
+    summary = (f"{counts.get('annotated', 0)} of {counts.get('planned', 0)} steps annotated by "
+               f"{teacher.identity.key()}, {failed} failed, cost ${manifest.get('cost_usd', 0.0):.4f}")
+    if failed:
+        summary += " (failed steps train action-only now and are asked again on the next run)"
+    return summary, not failed
+
+
+def _train(config: RunConfig, out: Path, registry: Any, log) -> tuple[str, bool]:
+    from .training import prepare_run
+    from .training.checkpoint import latest_checkpoint
+    from .training.trainer import Trainer
+
+    annotations = out / "annotations"
+    setup = prepare_run(config, registry, annotations_dir=annotations if (annotations / "manifest.json").is_file()
+                        else None)
+    train_dir = out / "train"
+    resume = latest_checkpoint(train_dir) is not None
+    if resume:
+        log(f"[train] resuming from {latest_checkpoint(train_dir)}")
+    result = Trainer(setup, train_dir, resume=resume).fit()
+    return f"{result.step} steps, newest checkpoint {result.checkpoint}", True
+
+
+def _eval(config: RunConfig, out: Path, registry: Any, log) -> tuple[str, bool]:
+    from .evaluate import evaluate_checkpoint
+
+    annotations = out / "annotations"
+    result = evaluate_checkpoint(out / "train", out / "eval", config,
+                                 annotations if (annotations / "manifest.json").is_file() else None, registry)
+    summary = result.summary
+    accuracy = summary.get("action_token_accuracy")
+    chance = summary.get("action_token_chance")
+    text = f"{summary.get('episodes')} held-out episodes"
+    if accuracy is not None:
+        text += f", action token accuracy {accuracy:.3f}" + (f" (chance {chance:.4f})" if chance else "")
+    return text, True
+
+
+def _report(config: RunConfig, out: Path, registry: Any, log) -> tuple[str, bool]:
+    from .report import build_report
+
+    return f"written {build_report(out)}", True
+
+
+_STAGE_FUNCTIONS = {"annotate": _annotate, "train": _train, "eval": _eval, "report": _report}
