@@ -32,6 +32,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.rlds",
     "plugins.bridge",
     "plugins.fractal",
+    "plugins.demo",
+    "plugins.lerobot",
     "plugins.hf_vlm",
     "teachers.scripted",
     "teachers.gemini",

@@ -257,7 +257,10 @@ class RldsDataset(RobotDataset):
             if stack.ndim != 4 or stack.shape[-1] != 3 or stack.dtype != np.uint8:
                 raise UsageError(f"Image '{path}' in {self.version_dir} {where} has shape {list(stack.shape[1:])} "
                                  f"and dtype {stack.dtype} per step; refine needs H x W x 3 uint8 RGB images")
-            stack = stack[index]
+            if len(index) and index[-1] - index[0] == len(index) - 1:
+                stack = stack[index[0]:index[-1] + 1]  # kept steps are a run: a view, not a copy
+            else:
+                stack = stack[index]
             if position > 0 and self.layout.drop_blank_cameras:
                 # Bridge pads views a robot did not have with all-zero frames (and says so in has_image_N)
                 if metadata.get(f"has_{camera}") in (False, 0) or not stack.any():

@@ -1,0 +1,120 @@
+"""Frames of the demo task: a slightly oblique top-down view of the table, drawn with NumPy.
+
+Image layout (256 x 256, like Bridge's image_0): forward (+x) is up, left (+y) is left. Each grid
+cell is `CELL_PX` pixels. The gripper shows its height twice: its shadow stays on the table
+below it while the gripper itself is drawn `LIFT_PX` pixels higher on the image and a little
+larger per cell of height (the camera looks slightly down from the robot's side). Fingers are
+far apart when open and close together when closed; a held object is drawn between them.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from .scene import COLOURS, GRID, DemoEpisode
+
+IMAGE_SIZE = 256
+CELL_PX = 24
+TOP, LEFT = 50, (IMAGE_SIZE - GRID * CELL_PX) // 2  # room above the far row for a lifted gripper
+LIFT_PX = 9  # image offset per cell of height
+GROWTH = 0.12  # gripper scale per cell of height
+TABLE = np.array((196, 168, 128), np.float32)
+# open and closed grippers differ in colour as well as finger gap: a cue a small model picks up early
+GRIPPER_OPEN = np.array((240, 240, 245), np.float32)
+GRIPPER_CLOSED = np.array((30, 30, 40), np.float32)
+WRIST = np.array((230, 40, 200), np.float32)
+
+
+@lru_cache(maxsize=2)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    rows, cols = np.mgrid[0:size, 0:size].astype(np.float32)
+    return rows, cols
+
+
+def cell_centre(x: float, y: float) -> tuple[float, float]:
+    """(row, col) pixel of the centre of table cell (x, y)."""
+    return (TOP + (GRID - 1 - x) * CELL_PX + CELL_PX / 2, LEFT + (GRID - 1 - y) * CELL_PX + CELL_PX / 2)
+
+
+def _disc(row: float, col: float, radius: float, squash: float = 1.0) -> np.ndarray:
+    rows, cols = _grid(IMAGE_SIZE)
+    return ((rows - row) / squash) ** 2 + (cols - col) ** 2 <= radius**2
+
+
+def _box(row: float, col: float, half_h: float, half_w: float) -> np.ndarray:
+    rows, cols = _grid(IMAGE_SIZE)
+    return (np.abs(rows - row) <= half_h) & (np.abs(cols - col) <= half_w)
+
+
+def _paint(canvas: np.ndarray, mask: np.ndarray, colour) -> None:
+    canvas[mask] = colour
+
+
+def _table(tint: tuple[int, int, int]) -> np.ndarray:
+    rows, cols = _grid(IMAGE_SIZE)
+    shade = 1.0 - 0.10 * rows / IMAGE_SIZE + 0.03 * np.sin(cols / 23.0)  # light falls off toward the robot
+    canvas = (TABLE + np.asarray(tint, np.float32))[None, None, :] * shade[..., None]
+    top, bottom = TOP - 4, TOP + GRID * CELL_PX + 3
+    left, right = LEFT - 4, LEFT + GRID * CELL_PX + 3
+    border = ((rows >= top) & (rows <= bottom) & (cols >= left) & (cols <= right)) & ~(
+        (rows > top + 2) & (rows < bottom - 2) & (cols > left + 2) & (cols < right - 2))
+    canvas[border] *= 0.8  # the workspace outline
+    return canvas
+
+
+def _object(canvas: np.ndarray, kind: str, colour: str, row: float, col: float, scale: float = 1.0) -> None:
+    base = np.asarray(COLOURS[colour], np.float32)
+    if kind == "block":
+        _paint(canvas, _box(row, col, 10 * scale, 10 * scale), base * 0.6)
+        _paint(canvas, _box(row, col, 8 * scale, 8 * scale), base)
+    elif kind == "cup":
+        _paint(canvas, _disc(row, col, 10 * scale), base)
+        _paint(canvas, _disc(row, col, 5 * scale), base * 0.45)
+    elif kind == "plate":
+        _paint(canvas, _disc(row, col, 17 * scale), base)
+        _paint(canvas, _disc(row, col, 12 * scale), base * 0.5 + 127)
+    elif kind == "bowl":
+        _paint(canvas, _disc(row, col, 17 * scale), base * 0.8)
+        _paint(canvas, _disc(row, col, 12 * scale), base * 0.45)
+    else:  # pragma: no cover - scene.py only makes the kinds above
+        raise ValueError(f"unknown object kind {kind!r}")
+
+
+def render_frame(episode: DemoEpisode, t: int) -> np.ndarray:
+    """uint8 [256, 256, 3] RGB of the state before step t."""
+    canvas = _table(episode.table_tint)
+    held = episode.held[t]
+    by_name = {obj.name: obj for obj in episode.objects}
+    placed_from = episode.extra.get("placed_from")
+    # containers first so a placed object lies on top of its plate
+    for obj in sorted(episode.objects, key=lambda o: o.kind in ("block", "cup")):
+        if obj.name == episode.target and held:
+            continue
+        x, y = obj.cell
+        if obj.name == episode.target and placed_from is not None and t >= placed_from:
+            x, y = episode.extra["placed_cell"]
+        _object(canvas, obj.kind, obj.colour, *cell_centre(x, y))
+    gx, gy, gz = (float(v) for v in episode.cells[t])
+    row, col = cell_centre(gx, gy)
+    canvas[_disc(row + 2, col, 12, squash=0.6)] *= 0.55  # the shadow, on the table under the gripper
+    scale = 1.0 + GROWTH * gz
+    row -= LIFT_PX * gz
+    if held:
+        target = by_name[episode.target]
+        _object(canvas, target.kind, target.colour, row, col, scale)
+    is_open = episode.gripper_opening()[t] > 0.5
+    colour = GRIPPER_OPEN if is_open else GRIPPER_CLOSED
+    gap = (16 if is_open else 11) * scale  # finger centres from the middle
+    for side in (-1, 1):
+        _paint(canvas, _box(row, col + side * gap, 13 * scale, 4 * scale), GRIPPER_CLOSED)  # dark outline
+        _paint(canvas, _box(row, col + side * gap, 12 * scale, 3 * scale), colour)
+    _paint(canvas, _box(row - 12 * scale, col, 4.5 * scale, gap + 4 * scale), GRIPPER_CLOSED)
+    _paint(canvas, _box(row - 12 * scale, col, 3.5 * scale, gap + 3 * scale), colour)  # the palm joining them
+    _paint(canvas, _disc(row - 12 * scale, col, 3 * scale), WRIST)
+    return np.clip(canvas, 0, 255).astype(np.uint8)
+
+
+def render_episode(episode: DemoEpisode) -> np.ndarray:
+    """[T + 1, 256, 256, 3]: the state before every step and the state the last step reaches."""
+    return np.stack([render_frame(episode, t) for t in range(len(episode.cells))])
