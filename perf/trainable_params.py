@@ -64,7 +64,7 @@ def measure(name: str, build) -> list[dict]:
     rows = []
     backbone = build()
     n_blocks = len(backbone.blocks())
-    frozen = apply_freeze(backbone, FreezeSettings())
+    frozen = apply_freeze(backbone, FreezeSettings(vision=True, embeddings=True))  # ReFineVLA, spelled out
     rows.append((f"freeze-{frozen} of {n_blocks} (+vision, embeddings)", *count(backbone)))
     apply_freeze(backbone, FreezeSettings(vision=False, embeddings=False, first_n_layers=0))
     rows.append(("full", *count(backbone)))

@@ -127,6 +127,11 @@ class Backbone(ABC):
     def embedding_modules(self) -> list[tuple[str, Any]]:
         return []
 
+    def transfer_recipe(self) -> dict[str, Any]:
+        """Defaults for `freeze.*` left unset: ReFineVLA's selective transfer of pretrained weights
+        (vision tower and embeddings frozen; first_n_layers None = all but the last 2 blocks)."""
+        return {"vision": True, "embeddings": True, "first_n_layers": None}
+
     def lora_targets(self) -> str | list[str]:
         """Module-name suffixes LoRA adapts by default ("all-linear" = every linear of the LM)."""
         return "all-linear"

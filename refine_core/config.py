@@ -35,10 +35,12 @@ class Component(BaseModel):
 
 
 class TrainSettings(Section):
-    max_steps: int = Field(200, ge=1)
+    # Defaults suit `refine run`'s offline demo (the tiny preset learns it in ~300 steps at 1e-3);
+    # a real backbone's config sets its own (ReFineVLA/OpenVLA fine-tune around 1e-4 to 2e-5).
+    max_steps: int = Field(300, ge=1)
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["constant", "linear", "cosine"] = "constant"
@@ -65,10 +67,11 @@ class LossSettings(Section):
 
 
 class FreezeSettings(Section):
-    vision: bool = True
-    embeddings: bool = True
-    # None: the backbone's recipe default. Negative: keep the last |n| blocks trainable.
-    first_n_layers: int | None = None
+    # None (unset): the backbone's transfer recipe (ReFineVLA: vision + embeddings frozen, all but
+    # the last 2 blocks frozen; random-weight presets train everything).
+    vision: bool | None = None
+    embeddings: bool | None = None
+    first_n_layers: int | None = None  # negative: keep the last |n| blocks trainable
 
 
 class LoraSettings(Section):

@@ -132,12 +132,12 @@ def test_overfit_one_sample_then_generate_reasoning_and_action(registry, stats):
                             "<sub_action> move left")
     optimizer = torch.optim.Adam(backbone.model.parameters(), lr=5e-3)
     batch = backbone.collate([s])
-    for _ in range(150):
+    for _ in range(300):
         out = reasoning_aware_loss(backbone.forward(batch), batch["labels"], batch["action_mask"], 1.0)
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
-        if out.action_accuracy == 1.0 and out.reasoning_accuracy == 1.0:
+        if out.loss < 0.05:  # well past argmax-correct: greedy decoding reproduces every token
             break
     prediction = backbone.predict(s.image, s.instruction, reasoning=True, max_new_tokens=64)
     assert prediction.error is None, prediction

@@ -129,6 +129,12 @@ class HFVLMBackbone(Backbone):
     def embedding_modules(self) -> list[tuple[str, torch.nn.Module]]:
         return [("model.language_model.embed_tokens", self.model.model.language_model.embed_tokens)]
 
+    def transfer_recipe(self) -> dict[str, Any]:
+        if self.options.path:
+            return super().transfer_recipe()
+        # a randomly initialised preset holds no knowledge to protect: train all of it
+        return {"vision": False, "embeddings": False, "first_n_layers": 0}
+
     def lora_targets(self) -> list[str]:
         # every linear of the language model (attention and MLP), as VLM2VLA's "all linear layers"
         return ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

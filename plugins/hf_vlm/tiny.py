@@ -69,9 +69,13 @@ def build_config(vocab_size: int, image_token_id: int):
     from transformers import Gemma2Config, PaliGemmaConfig, SiglipVisionConfig
 
     vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=64)
+                                image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=64,
+                                vision_use_head=False)  # as PaliGemma: features, not the pooled head
     text = Gemma2Config(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
                         sliding_window=1024, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    # Untied output layer: with the recipe's frozen embeddings a tied lm_head would freeze the
+    # action-token rows too, and the tiny model could barely learn its actions.
+    text.tie_word_embeddings = False
     return PaliGemmaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_id=image_token_id,
-                           projection_dim=64, hidden_size=64, pad_token_id=0)
+                           projection_dim=64, hidden_size=64, pad_token_id=0, tie_word_embeddings=False)

@@ -9,9 +9,13 @@ so the rules here work for any backbone:
   the input embeddings (PaliGemma, Gemma) share one tensor, so this freezes `lm_head` too: the
   logits of every token — action bins included — are read out through the frozen embedding
   rows, and only the blocks above (and the final norm) adapt. Set it false to train them.
-- `freeze.first_n_layers`: None = the recipe default, all but the last `RECIPE_TRAINABLE_BLOCKS`
-  blocks (ReFineVLA: 24 of Gemma-2's 26); n >= 0 freezes blocks 0..n-1; n < 0 keeps the last |n|
-  blocks trainable. More blocks than the backbone has is a usage error.
+- `freeze.first_n_layers`: None = all but the last `RECIPE_TRAINABLE_BLOCKS` blocks (ReFineVLA: 24
+  of Gemma-2's 26); n >= 0 freezes blocks 0..n-1; n < 0 keeps the last |n| blocks trainable. More
+  blocks than the backbone has is a usage error.
+
+Settings left unset (null) take the backbone's `transfer_recipe()`: ReFineVLA's (vision and
+embeddings frozen, all but the last 2 blocks) for pretrained weights; a randomly initialised
+preset has no knowledge to protect, so its recipe trains everything.
 
 Everything else (projector, final norm, untied heads) trains.
 """
@@ -84,9 +88,17 @@ class ParameterGroups:
         return ".".join(module.split(".")[:3])
 
 
+def resolve_freeze(backbone: Any, settings: FreezeSettings) -> FreezeSettings:
+    """`freeze.*` left unset (null) take the backbone's `transfer_recipe()`."""
+    recipe = backbone.transfer_recipe()
+    return FreezeSettings(**{key: recipe.get(key) if value is None else value
+                             for key, value in settings.model_dump().items()})
+
+
 def apply_freeze(backbone: Any, settings: FreezeSettings) -> int:
     """Set `requires_grad` by the rules above; returns the number of frozen leading blocks."""
     model = backbone.model
+    settings = resolve_freeze(backbone, settings)
     groups = ParameterGroups.of(backbone)
     n_frozen = frozen_block_count(settings.first_n_layers, len(groups.blocks), backbone.name)
     frozen: set[str] = set()
