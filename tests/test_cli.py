@@ -82,8 +82,45 @@ def test_installed_plugin_components_are_listed(site):
     rows = json.loads(result.stdout)
     assert all(set(row) == {"kind", "name", "summary", "plugin"} for row in rows)
     mine = {(r["kind"], r["name"]): r["plugin"] for r in rows}
-    assert mine[("teacher", "template-fixed")] == "template"
-    assert mine[("dataset", "template-line")] == "template"
+    for kind, name in (("teacher", "template-fixed"), ("dataset", "template-line"), ("codec", "template-sign"),
+                       ("benchmark", "template-accuracy")):
+        assert mine[(kind, name)] == "template"
+
+
+def test_installed_plugin_components_work_through_the_registry(site):
+    """The template's components, built by name from the installed distribution, do their jobs."""
+    probe = textwrap.dedent("""
+        import asyncio, json, tempfile
+        import numpy as np, torch
+        torch.set_num_threads(1)
+        from refine_core import AnnotationRequest, get_registry
+        from refine_core.benchmark import EvalContext
+        registry = get_registry()
+        dataset = registry.build("dataset", "template-line", {"episodes": 3, "steps": 4})
+        episode = next(dataset.episodes())
+        teacher = registry.build("teacher", "template-fixed", {"sub_action": "slide right"})
+        step = episode.steps[0]
+        answer = asyncio.run(teacher.annotate(AnnotationRequest(step.instruction, step.images, step.primary_camera)))
+        backbone = registry.build("backbone", "hf_vlm", {"preset": "tiny"})
+        codec = registry.build("codec", "template-sign", {"deadband": 0.1})
+        backbone.attach_codec(codec, dataset.statistics().action)
+        ids = codec.encode(step.action)
+        decoded = codec.decode(ids)[0]
+        benchmark = registry.build("benchmark", "template-accuracy", {"max_episodes": 2})
+        result = benchmark.evaluate(EvalContext(backbone, dataset, tempfile.mkdtemp(), val_fraction=0.999))
+        print(json.dumps({"sub_action": answer.reasoning.task_planning.sub_action, "ids": ids,
+                          "vocab": int(backbone.tokenizer.vocab_size), "gripper": float(decoded[6]),
+                          "summary": result.summary}))
+    """)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])})
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["sub_action"] == "slide right"
+    assert len(out["ids"]) == 7 and set(out["ids"]) <= set(range(out["vocab"] - 3, out["vocab"]))
+    assert out["gripper"] == 1.0  # the first step's gripper is open and survives the round trip
+    assert out["summary"]["episodes"] == 2 and out["summary"]["steps"] == 8
+    assert 0.0 <= out["summary"]["action_token_accuracy"] <= 1.0
 
 
 def test_list_one_kind_as_a_table(site):

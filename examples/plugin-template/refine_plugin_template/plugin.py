@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from refine_core import DatasetSpec, TeacherSpec, hookimpl
+from refine_core import ActionCodecSpec, BenchmarkSpec, DatasetSpec, TeacherSpec, hookimpl
+from refine_core.codec import CodecOptions
 
 
 class FixedTeacherOptions(BaseModel):
@@ -50,3 +51,32 @@ def refine_commands(app):
         from .components import fixed_reasoning
 
         print(fixed_reasoning(sub_action).render())
+
+
+class SignCodecOptions(CodecOptions):  # codec options extend the shared chunk_size / binarize_gripper
+    deadband: float = Field(0.1, ge=0, lt=1, description="Normalised values within ±deadband encode as 'still'.")
+
+
+class AccuracyBenchmarkOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_episodes: int = Field(4, ge=1, description="Held-out episodes to score.")
+
+
+@hookimpl
+def refine_action_codecs():
+    yield ActionCodecSpec(
+        name="template-sign",
+        summary="Template: each action dimension as one of three tokens (down / still / up)",
+        factory="refine_plugin_template.codec:SignCodec",
+        options=SignCodecOptions,
+    )
+
+
+@hookimpl
+def refine_benchmarks():
+    yield BenchmarkSpec(
+        name="template-accuracy",
+        summary="Template: teacher-forced action-token accuracy on held-out episodes",
+        factory="refine_plugin_template.benchmark:AccuracyBenchmark",
+        options=AccuracyBenchmarkOptions,
+    )
