@@ -45,7 +45,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out: str | Path, config: RunConf
         annotations.check_matches(dataset.name, dataset.identity)
     context = EvalContext(backbone=backbone, dataset=dataset, out_dir=Path(out), annotations=annotations,
                           val_fraction=config.data.val_fraction, reasoning_order=config.train.reasoning_order,
-                          lambda_r=config.loss.lambda_r)
+                          reasoning_dropout=config.train.reasoning_dropout, lambda_r=config.loss.lambda_r)
     result = benchmark.evaluate(context)
     write_results(out, result)
     return result

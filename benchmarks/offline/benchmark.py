@@ -53,7 +53,14 @@ class OfflineBenchmark(Benchmark):
         if not records:
             raise ValueError(f"dataset '{context.dataset.name}' has no held-out episodes "
                              f"(data.val_fraction={context.val_fraction}); raise data.val_fraction")
-        return BenchmarkResult(records=records, summary=self._summary(records, backbone))
+        summary = self._summary(records, backbone)
+        if (context.reasoning_order == "reason_then_act" and context.reasoning_dropout == 0
+                and context.annotations is not None):
+            summary["without_reasoning"]["note"] = (
+                "trained reason_then_act with train.reasoning_dropout=0: every training sample reasoned "
+                "before acting, so acting without reasoning was never taught (use reasoning_dropout > 0 "
+                "or act_then_reason to compare both)")
+        return BenchmarkResult(records=records, summary=summary)
 
     @torch.no_grad()
     def _episode(self, context: EvalContext, episode_id: str, samples) -> dict:

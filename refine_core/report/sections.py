@@ -150,6 +150,7 @@ def evaluation_section(run_dir: Path) -> Section:
                    f"Chance for an action token is one over the number of action tokens."), teacher_forced]
     if modes:
         blocks.append(free)
+        blocks += [Text(f"{m.replace('_', ' ')}: {summary[m]['note']}") for m in modes if summary[m].get("note")]
     # aggregates of another benchmark (or added later) are listed rather than dropped
     shown = {"episodes", "steps", "action_token_accuracy", "reasoning_token_accuracy", "action_token_chance", *modes}
     others = [[key, cell(value)] for key, value in summary.items() if key not in shown and not isinstance(value, dict)]
