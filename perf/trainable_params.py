@@ -30,6 +30,7 @@ def paligemma2_3b_224():
     import torch
     from transformers import Gemma2Config, PaliGemmaConfig, PaliGemmaForConditionalGeneration, SiglipVisionConfig
 
+    from plugins.hf_vlm import HFVLMOptions
     from plugins.hf_vlm.backbone import HFVLMBackbone
 
     vision = SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
@@ -42,6 +43,7 @@ def paligemma2_3b_224():
         model = PaliGemmaForConditionalGeneration(config)
     backbone = HFVLMBackbone.__new__(HFVLMBackbone)  # only the module accessors are used: no tokenizer needed
     backbone.model = model
+    backbone.options = HFVLMOptions(path="google/paligemma2-3b-pt-224")  # pretrained: ReFineVLA's recipe
     return backbone
 
 
@@ -64,7 +66,8 @@ def measure(name: str, build) -> list[dict]:
     rows = []
     backbone = build()
     n_blocks = len(backbone.blocks())
-    frozen = apply_freeze(backbone, FreezeSettings(vision=True, embeddings=True))  # ReFineVLA, spelled out
+    # ReFineVLA spelled out (a random-weight preset's own recipe would train everything)
+    frozen = apply_freeze(backbone, FreezeSettings(vision=True, embeddings=True, first_n_layers=n_blocks - 2))
     rows.append((f"freeze-{frozen} of {n_blocks} (+vision, embeddings)", *count(backbone)))
     apply_freeze(backbone, FreezeSettings(vision=False, embeddings=False, first_n_layers=0))
     rows.append(("full", *count(backbone)))
