@@ -35,6 +35,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.demo",
     "plugins.lerobot",
     "plugins.hf_vlm",
+    "plugins.openvla",
     "teachers.scripted",
     "teachers.gemini",
     "teachers.openai",

@@ -1,0 +1,32 @@
+"""OpenVLA (openvla/openvla-7b layout: DINOv2 + SigLIP → projector → Llama-2) on transformers 5.x,
+loading the official checkpoint unchanged; preset 'tiny' builds one offline."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from refine_core import BackboneSpec, hookimpl
+
+
+class OpenVLAOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(None, description="Local directory of an OpenVLA checkpoint in the upstream "
+                                               "layout (config.json + safetensors); takes precedence over `preset`.")
+    preset: Literal["tiny"] | None = Field("tiny", description="Build a randomly initialised tiny OpenVLA "
+                                                               "(no download) when `path` is unset.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 on CUDA, else fp32.")
+    attn_implementation: Literal["auto", "sdpa", "eager"] = Field(
+        "auto", description="auto: sdpa; eager is needed for attention maps.")
+    seed: int = Field(0, description="Seed of the preset's random initialisation.")
+
+
+@hookimpl
+def refine_backbones():
+    yield BackboneSpec(
+        name="openvla",
+        summary="OpenVLA (DINOv2+SigLIP, Llama-2) from an upstream-layout directory; preset 'tiny' builds one offline",
+        factory="plugins.openvla.backbone:OpenVLABackbone",
+        options=OpenVLAOptions,
+    )

@@ -1,0 +1,156 @@
+"""OpenVLABackbone: OpenVLA (DINOv2 + SigLIP → projector → Llama-2) as a refine backbone.
+
+Loads an upstream-layout directory (config.json + safetensors, tokenizer files when present) or
+builds the `tiny` preset. Prompt (upstream's): `In: What action should the robot take to
+{instruction}?\\nOut: ` with BOS, plus id 29871 when the tokenizer did not end on it. The 256
+patch embeddings sit after BOS inside the model, so `input_ids`, labels and the logits this
+backbone returns never contain them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from refine_core.backbone import Backbone
+from refine_core.errors import UsageError
+from refine_core.images import to_pixel_values
+
+PROMPT = "In: What action should the robot take to {instruction}?\nOut: "
+SPACE_ID = 29871  # Llama-2's "▁": upstream appends it so the action tokens follow the prompt's space
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # DINOv2 tower
+SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)  # SigLIP tower
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
+def _dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+class OpenVLABackbone(Backbone):
+    name = "openvla"
+
+    def __init__(self, options) -> None:
+        from .model import OpenVLAForActionPrediction
+        from .tiny import build_tokenizer
+
+        self.options = options
+        self.pretrained = bool(options.path)
+        self.codec = None  # attached by attach_codec (see refine_core.backbone)
+        attn = "sdpa" if options.attn_implementation == "auto" else options.attn_implementation
+        if options.path:
+            path = Path(options.path)
+            if not (path / "config.json").is_file():
+                raise UsageError(f"backbone.path {path} has no config.json: point it at an OpenVLA checkpoint "
+                                 "directory (config.json + model.safetensors)")
+            try:
+                self.model = OpenVLAForActionPrediction.from_pretrained(path, _dtype(options.dtype), attn)
+            except (ValueError, FileNotFoundError) as exc:
+                raise UsageError(f"Cannot load OpenVLA from {path}: {exc}") from None
+            if any((path / name).is_file() for name in TOKENIZER_FILES):
+                from transformers import AutoTokenizer
+
+                self.tokenizer = AutoTokenizer.from_pretrained(path)
+            else:  # e.g. the upstream tiny fixture: weights only
+                self.tokenizer = build_tokenizer()
+        elif options.preset == "tiny":
+            from .config import OpenVLAConfig
+            from .tiny import TINY_CONFIG
+
+            with torch.random.fork_rng():
+                torch.manual_seed(options.seed)
+                self.model = OpenVLAForActionPrediction(OpenVLAConfig.from_dict(TINY_CONFIG), attn)
+            self.model.to(_dtype(options.dtype))
+            self.tokenizer = build_tokenizer()
+        else:
+            raise UsageError("openvla needs a model: set backbone.path=DIR or backbone.preset=tiny")
+        rows = self.model.get_input_embeddings().num_embeddings
+        if len(self.tokenizer) > rows:
+            raise UsageError(f"the tokenizer has {len(self.tokenizer)} ids but the model only {rows} embeddings")
+        self.image_size = int(self.model.config.image_sizes[0])
+
+    # -- data -----------------------------------------------------------------------------------
+    @property
+    def eos_id(self) -> int:
+        return int(self.tokenizer.eos_token_id)
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.model.config.pad_token_id)
+
+    def prompt_ids(self, instruction: str) -> list[int]:
+        text = PROMPT.format(instruction=instruction.strip().lower())
+        ids = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        if ids[0] != self.tokenizer.bos_token_id:  # patches go after position 0, which must be BOS
+            ids = [int(self.tokenizer.bos_token_id)] + ids
+        return ids if ids[-1] == SPACE_ID else ids + [SPACE_ID]
+
+    def image_inputs(self, frames: Sequence[np.ndarray]) -> dict[str, Any]:
+        """[B, 6, H, W]: the resized frame normalised for DINOv2, then for SigLIP (resize-naive)."""
+        dino = to_pixel_values(frames, self.image_size, IMAGENET_MEAN, IMAGENET_STD)
+        siglip = to_pixel_values(frames, self.image_size, SIGLIP_MEAN, SIGLIP_STD)
+        return {"pixel_values": torch.cat([dino, siglip], dim=1).to(self.model.dtype)}
+
+    def image_token_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Positions of the patches in the model's sequence (right after BOS), patch order."""
+        return torch.arange(1, 1 + self.model.num_patches)
+
+    # -- model ----------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, Any], output_attentions: bool = False) -> Any:
+        device = self.model.device
+        input_ids = batch["input_ids"].to(device)
+        mask = batch["attention_mask"].to(device) if "attention_mask" in batch else None
+        n = self.model.num_patches
+        if output_attentions:
+            out = self.model(input_ids, batch["pixel_values"].to(device), attention_mask=mask,
+                             output_attentions=True, use_cache=False)
+            # query rows realigned with input_ids (patch rows dropped); key columns keep the patches,
+            # found by image_token_positions
+            out.attentions = tuple(torch.cat([a[:, :, :1], a[:, :, 1 + n:]], dim=2) for a in out.attentions)
+            return out
+        embeds, mask = self.model.multimodal_inputs(input_ids, batch["pixel_values"].to(device), mask)
+        hidden = self.model.language_model.model(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
+        hidden = hidden.last_hidden_state
+        # the LM head only on positions that have labels: logits never cover the 256 patches
+        return self.model.language_model.lm_head(torch.cat([hidden[:, :1], hidden[:, 1 + n:]], dim=1))
+
+    def blocks(self) -> list[tuple[str, torch.nn.Module]]:
+        layers = self.model.language_model.model.layers
+        return [(f"language_model.model.layers.{i}", layer) for i, layer in enumerate(layers)]
+
+    def vision_modules(self) -> list[tuple[str, torch.nn.Module]]:
+        towers = self.model.vision_backbone
+        return [("vision_backbone.featurizer", towers.featurizer),
+                ("vision_backbone.fused_featurizer", towers.fused_featurizer)]
+
+    def embedding_modules(self) -> list[tuple[str, torch.nn.Module]]:
+        return [("language_model.model.embed_tokens", self.model.get_input_embeddings())]
+
+    def lora_targets(self) -> list[str]:
+        # every linear of the Llama blocks (attention and MLP)
+        return ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+    # -- inference ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_ids(self, image: np.ndarray, instruction: str, max_new_tokens: int,
+                     prefix_ids: Sequence[int] = ()) -> list[int]:
+        device = self.model.device
+        ids = torch.tensor([self.prompt_ids(instruction) + list(prefix_ids)], device=device)
+        pixels = self.image_inputs([image])["pixel_values"].to(device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            new = self.model.generate(ids, pixels, max_new_tokens, eos_token_id=self.eos_id)[0].tolist()
+        finally:
+            self.model.train(was_training)
+        return new[: new.index(self.eos_id)] if self.eos_id in new else new
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
