@@ -30,7 +30,6 @@ def paligemma2_3b_224():
     import torch
     from transformers import Gemma2Config, PaliGemmaConfig, PaliGemmaForConditionalGeneration, SiglipVisionConfig
 
-    from plugins.hf_vlm import HFVLMOptions
     from plugins.hf_vlm.backbone import HFVLMBackbone
 
     vision = SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
@@ -43,7 +42,7 @@ def paligemma2_3b_224():
         model = PaliGemmaForConditionalGeneration(config)
     backbone = HFVLMBackbone.__new__(HFVLMBackbone)  # only the module accessors are used: no tokenizer needed
     backbone.model = model
-    backbone.options = HFVLMOptions(path="google/paligemma2-3b-pt-224")  # pretrained: ReFineVLA's recipe
+    backbone.pretrained = True  # stands for the published checkpoint: ReFineVLA's recipe applies
     return backbone
 
 

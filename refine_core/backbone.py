@@ -52,6 +52,7 @@ class Backbone(ABC):
     """Base class of every backbone. Subclasses own `model` (a torch module), `tokenizer`, `codec`."""
 
     name: str = "backbone"
+    pretrained: bool = True  # False for randomly initialised presets (see transfer_recipe)
     model: Any
     tokenizer: Any
     codec: ActionCodec
@@ -129,7 +130,10 @@ class Backbone(ABC):
 
     def transfer_recipe(self) -> dict[str, Any]:
         """Defaults for `freeze.*` left unset: ReFineVLA's selective transfer of pretrained weights
-        (vision tower and embeddings frozen; first_n_layers None = all but the last 2 blocks)."""
+        (vision tower and embeddings frozen; first_n_layers None = all but the last 2 blocks).
+        Randomly initialised weights (a preset) hold no knowledge to protect: all of them train."""
+        if not self.pretrained:
+            return {"vision": False, "embeddings": False, "first_n_layers": 0}
         return {"vision": True, "embeddings": True, "first_n_layers": None}
 
     def lora_targets(self) -> str | list[str]:

@@ -32,6 +32,7 @@ class HFVLMBackbone(Backbone):
 
     def __init__(self, options) -> None:
         self.options = options
+        self.pretrained = bool(options.path)
         self.codec = None  # attached by attach_codec (see refine_core.backbone)
         if options.path:
             self._load(options.path)
@@ -128,12 +129,6 @@ class HFVLMBackbone(Backbone):
 
     def embedding_modules(self) -> list[tuple[str, torch.nn.Module]]:
         return [("model.language_model.embed_tokens", self.model.model.language_model.embed_tokens)]
-
-    def transfer_recipe(self) -> dict[str, Any]:
-        if self.options.path:
-            return super().transfer_recipe()
-        # a randomly initialised preset holds no knowledge to protect: train all of it
-        return {"vision": False, "embeddings": False, "first_n_layers": 0}
 
     def lora_targets(self) -> list[str]:
         # every linear of the language model (attention and MLP), as VLM2VLA's "all linear layers"
