@@ -165,6 +165,11 @@ def test_cli_stats_and_bad_root(folders, tmp_path):
     assert ok.returncode == 0, ok.stderr
     payload = json.loads(ok.stdout)
     assert payload["num_episodes"] == 3 and payload["num_steps"] == sum(LENGTHS) and payload["cameras"] == ["front", "wrist"]
+    sheet = tmp_path / "sheet.png"
+    shown = run_refine("data", "show", "--dataset", "lerobot", "--set", f"dataset.root={folders['video']}",
+                       "--episode", "1", "--out", str(sheet))
+    assert shown.returncode == 0, shown.stderr
+    assert sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and sheet.stat().st_size > 10_000
     bad = run_refine("data", "stats", "--dataset", "lerobot", "--set", f"dataset.root={tmp_path}")
     assert bad.returncode == 2
     assert "meta/info.json is missing" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
