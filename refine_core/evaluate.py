@@ -11,15 +11,9 @@ from .config import RunConfig
 
 def checkpoint_config(checkpoint: str | Path) -> RunConfig:
     """The RunConfig stored with a checkpoint (a step-* directory or a training OUT)."""
-    from .errors import UsageError
-    from .training.checkpoint import CHECKPOINTS, RUN_INFO, latest_checkpoint, read_json
+    from .training.checkpoint import read_checkpoint_info
 
-    directory = Path(checkpoint)
-    if not (directory / RUN_INFO).is_file():
-        directory = latest_checkpoint(directory.parent if directory.name == CHECKPOINTS else directory)
-        if directory is None:
-            raise UsageError(f"No refine checkpoint in {checkpoint} (no {RUN_INFO}, no {CHECKPOINTS}/step-*)")
-    return RunConfig.model_validate(read_json(directory / RUN_INFO)["config"])
+    return RunConfig.model_validate(read_checkpoint_info(checkpoint)[1]["config"])
 
 
 def evaluate_checkpoint(checkpoint: str | Path, out: str | Path, config: RunConfig | None = None,

@@ -63,6 +63,19 @@ def test_miniature_run_then_nothing_to_do(bridge_dir, tmp_path):
     assert "Nothing to do" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before  # nothing rewritten
 
+    # `refine eval` alone: the run's dataset and benchmark come from the checkpoint, settings override
+    alone = run_refine("eval", "--checkpoint", str(out / "train"), "--out", str(tmp_path / "eval2"), "--json",
+                       "--set", "benchmark.free_running_steps=0")
+    assert alone.returncode == 0, alone.stderr
+    again_summary = json.loads(alone.stdout)
+    assert again_summary["action_token_accuracy"] == pytest.approx(summary["action_token_accuracy"])
+    assert again_summary["with_reasoning"]["predictions"] == 0
+    assert (tmp_path / "eval2" / "results.jsonl").is_file()
+    unknown = run_refine("eval", "--checkpoint", str(out / "train"), "--out", str(tmp_path / "x"), "--benchmark", "nope")
+    assert unknown.returncode == 2 and "Unknown benchmark 'nope'. Available:" in unknown.stderr
+    missing = run_refine("eval", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "x"))
+    assert missing.returncode == 2 and "No refine checkpoint in" in missing.stderr
+
 
 def test_a_different_run_in_the_same_directory_is_refused(bridge_dir, tmp_path):
     out = tmp_path / "run"

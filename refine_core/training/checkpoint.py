@@ -186,14 +186,8 @@ def load_weights_into(model: torch.nn.Module, path: Path) -> dict[str, str]:
     return metadata
 
 
-def load_checkpoint(directory: str | Path, registry: Any = None) -> tuple[Any, RunConfig]:
-    """(backbone with the codec attached and the trained weights loaded, the run's RunConfig).
-
-    `directory` is a `step-*` checkpoint, or a run's OUT / OUT/checkpoints (the newest is used).
-    The backbone is in eval mode on the CPU; move it with `backbone.model.to(device)`.
-    """
-    from .setup import apply_transfer, attach_codec, build_backbone
-
+def read_checkpoint_info(directory: str | Path) -> tuple[Path, dict[str, Any]]:
+    """(the step-* directory, its refine.json) for a step-* directory or a run's OUT / OUT/checkpoints."""
     directory = Path(directory)
     if not (directory / RUN_INFO).is_file():
         base = directory.parent if directory.name == CHECKPOINTS else directory
@@ -204,6 +198,18 @@ def load_checkpoint(directory: str | Path, registry: Any = None) -> tuple[Any, R
     info = read_json(directory / RUN_INFO)
     if info.get("format") != FORMAT_VERSION:
         raise UsageError(f"{directory} is checkpoint format {info.get('format')!r}; this refine reads {FORMAT_VERSION}")
+    return directory, info
+
+
+def load_checkpoint(directory: str | Path, registry: Any = None) -> tuple[Any, RunConfig]:
+    """(backbone with the codec attached and the trained weights loaded, the run's RunConfig).
+
+    `directory` is a `step-*` checkpoint, or a run's OUT / OUT/checkpoints (the newest is used).
+    The backbone is in eval mode on the CPU; move it with `backbone.model.to(device)`.
+    """
+    from .setup import apply_transfer, attach_codec, build_backbone
+
+    directory, info = read_checkpoint_info(directory)
     if registry is None:
         from ..plugins import get_registry
 
