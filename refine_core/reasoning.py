@@ -6,7 +6,7 @@
     <logical_steps><1> … <2> … <sub_action> …
 
 and `Reasoning.parse(text)` reads it back: parse(render(r)) == r for every valid r. Field text is
-normalised on construction (whitespace collapsed) so that identity holds; the tags themselves
+normalised on construction (whitespace collapsed, a leading ":" dropped) so that identity holds; the tags themselves
 cannot appear inside a field. Parsing is tolerant of spacing, case and step numbering
 ("<1>", "1.", "1)", "-"), strict about missing sections.
 """
@@ -40,7 +40,8 @@ _STEP_MARKS = [
 def _clean(text: str) -> str:
     if _TAG_TEXT.search(text):
         raise ValueError(f"reasoning text may not contain a section tag: {text[:80]!r}")
-    return " ".join(text.split())
+    # a leading ":" would read as the tag's own colon ("<sub_action>: …") and be lost on parse
+    return re.sub(r"^[:\s]+", "", " ".join(text.split()))
 
 
 class TaskPlanning(BaseModel):

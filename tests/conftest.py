@@ -18,7 +18,13 @@ try:  # torch is a core dependency, but the registry/CLI tests must not need it 
 except ImportError:  # pragma: no cover
     pass
 
+from hypothesis import settings
+
 from refine_core.plugins import reset_registry
+
+# Property tests explore the same examples on every run: a CI failure reproduces locally.
+settings.register_profile("refine", derandomize=True, database=None)
+settings.load_profile("refine")
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from refine_core import Reasoning, Statistics, Step, TaskPlanning
 
 words = st.text(alphabet=st.characters(whitelist_categories=("L", "N", "Zs"), whitelist_characters=".,;:'()-"),
-                min_size=1, max_size=40).filter(lambda s: s.strip())
+                min_size=1, max_size=40).filter(lambda s: s.strip().lstrip(":").strip())  # empty fields are invalid
 
 
 @settings(max_examples=60, deadline=None)
@@ -47,6 +47,14 @@ def test_parse_is_strict_about_missing_sections():
         Reasoning.parse("<Observation>: a <Situation Analysis>: b <Task Planning>: 1. x <sub_action> y")
     with pytest.raises(ValueError, match="sub_action"):
         Reasoning.parse("<Observation>: a <Situation Analysis>: b <Spatial Reasoning>: c <Task Planning>: 1. x")
+
+
+def test_a_leading_colon_is_not_content():
+    # "<sub_action>: go" and "<sub_action> go" mean the same, so the colon cannot be part of a field
+    plan = TaskPlanning(logical_steps=[": reach"], sub_action=":  go left")
+    assert plan.logical_steps == ["reach"] and plan.sub_action == "go left"
+    with pytest.raises(ValueError, match="sub_action is empty"):
+        TaskPlanning(logical_steps=["reach"], sub_action=" : ")
 
 
 def test_fields_cannot_smuggle_tags():
