@@ -7,6 +7,7 @@ id codec that takes the last vocabulary ids (OpenVLA's bins) does not collide wi
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 
@@ -43,9 +44,11 @@ def _corpus():
         yield f"[{i / 1000:.3f}, {-i / 1000:.3f}, {i}]"
 
 
-def build_tokenizer():
+@functools.lru_cache(maxsize=1)
+def _tokenizer_json() -> str:
+    """The trained tokenizer, serialised. Training takes ~1.5 s and the tiny preset is built many
+    times per process (train, checkpoint load, base-vs-fine-tuned attention), so it runs once."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -60,7 +63,15 @@ def build_tokenizer():
     start = len(vocab)
     for i in range(RESERVED_TOKENS):
         vocab[f"<unused{i}>"] = start + i
-    tok = Tokenizer.from_str(json.dumps(data))
+    return json.dumps(data)
+
+
+def build_tokenizer():
+    """A fresh tokenizer object each call (codecs may add tokens to it)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer.from_str(_tokenizer_json())
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
                                    unk_token="<unk>", extra_special_tokens=["<image>"])
 
