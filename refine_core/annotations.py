@@ -10,16 +10,22 @@ Layout of an annotation directory OUT:
 
 One file per completed episode (written atomically); files are named by `episode_filename`.
 Work in progress lives elsewhere in OUT (the writer's journal) and is not read here.
+
+The stored `text` is the ReFineVLA rendering. `with_format(name)` gives a view whose `text()`
+is the same reasoning in another training format (`train.reasoning_format`, e.g. `ecot`);
+every stored text is converted once up front, so a text that cannot be fails before training.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import UsageError
+from .reasoning import Reasoning
+from .reasoning_formats import DEFAULT_FORMAT, get_reasoning_format
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -40,6 +46,8 @@ class AnnotationSet:
     dataset_identity: str
     teacher: str
     texts: dict[tuple[str, int], str] = field(default_factory=dict)
+    reasoning_format: str = DEFAULT_FORMAT
+    _parsed: dict[tuple[str, int], Reasoning] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, directory: str | Path) -> "AnnotationSet":
@@ -69,8 +77,34 @@ class AnnotationSet:
                 f"({self.dataset_identity}), not for '{dataset_name}' ({dataset_identity}); "
                 f"annotate this dataset or pass the matching --annotations directory")
 
-    def text(self, episode_id: str, step_index: int) -> str | None:
-        return self.texts.get((episode_id, step_index))
+    def with_format(self, name: str) -> "AnnotationSet":
+        """This set with `text()` in reasoning format `name`; UsageError naming the first step
+        whose stored text does not parse or cannot be written in that format."""
+        fmt = get_reasoning_format(name)
+        if name == DEFAULT_FORMAT:
+            return replace(self, reasoning_format=name, _parsed={})
+        parsed: dict[tuple[str, int], Reasoning] = {}
+        for (episode_id, step), text in sorted(self.texts.items()):
+            try:
+                parsed[(episode_id, step)] = reasoning = Reasoning.parse(text)
+                fmt.render(reasoning)
+            except ValueError as exc:
+                first = " ".join(str(exc).split())[:200]
+                raise UsageError(f"Annotation {episode_id}/{step} in {self.directory} cannot be written as "
+                                 f"'{name}' reasoning: {first}") from None
+        return replace(self, reasoning_format=name, _parsed=parsed)
+
+    def text(self, episode_id: str, step_index: int, instruction: str | None = None) -> str | None:
+        """The step's reasoning text in this set's format (`instruction`: for formats that restate it)."""
+        if self.reasoning_format == DEFAULT_FORMAT:
+            return self.texts.get((episode_id, step_index))
+        reasoning = self._parsed.get((episode_id, step_index))
+        if reasoning is None:
+            return None
+        try:
+            return get_reasoning_format(self.reasoning_format).render(reasoning, instruction)
+        except ValueError as exc:  # only the instruction is new here; the reasoning rendered in with_format
+            raise UsageError(f"Annotation {episode_id}/{step_index}: {' '.join(str(exc).split())[:200]}") from None
 
     def __len__(self) -> int:
         return len(self.texts)

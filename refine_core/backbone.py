@@ -53,6 +53,10 @@ class Backbone(ABC):
 
     name: str = "backbone"
     pretrained: bool = True  # False for randomly initialised presets (see transfer_recipe)
+    # The name the codec's action statistics are filed under when a backbone writes them into its
+    # own checkpoint format (OpenVLA's config.json norm_stats): the training dataset's name, set
+    # by refine when it attaches the codec for training or loads a checkpoint.
+    statistics_key: str | None = None
     model: Any
     tokenizer: Any
     codec: ActionCodec
@@ -139,6 +143,11 @@ class Backbone(ABC):
     def lora_targets(self) -> str | list[str]:
         """Module-name suffixes LoRA adapts by default ("all-linear" = every linear of the LM)."""
         return "all-linear"
+
+    def lora_scope(self) -> list[tuple[str, Any]]:
+        """Where `lora.targets=all-linear` looks for `lora_targets()`: the language-model blocks
+        unless a backbone's recipe adapts more (SpatialVLA's also covers SigLIP and the projector)."""
+        return self.blocks()
 
     # -- inference ----------------------------------------------------------------------------
     @abstractmethod

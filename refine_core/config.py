@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import UsageError
+from .reasoning_formats import DEFAULT_FORMAT, format_names
 from .specs import KINDS, ComponentSpec
 
 
@@ -51,8 +52,16 @@ class TrainSettings(Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     reasoning_order: Literal["reason_then_act", "act_then_reason"] = "reason_then_act"
     reasoning_dropout: float = Field(0.0, ge=0, le=1)
+    reasoning_format: str = DEFAULT_FORMAT  # training text of the reasoning: refinevla | ecot (reasoning_formats.py)
     keep_checkpoints: int = Field(2, ge=1)  # newest N step-* directories kept in OUT/checkpoints
     collapse_window: int = Field(3, ge=1)  # logged steps of input-independent actions before a warning
+
+    @field_validator("reasoning_format")
+    @classmethod
+    def _known_format(cls, name: str) -> str:
+        if name not in format_names():
+            raise ValueError(f"unknown reasoning format; choose one of: {', '.join(format_names())}")
+        return name
 
 
 class DataSettings(Section):

@@ -37,6 +37,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out: str | Path, config: RunConf
     if annotations_dir is not None:
         annotations = AnnotationSet.load(annotations_dir)
         annotations.check_matches(dataset.name, dataset.identity)
+        annotations = annotations.with_format(config.train.reasoning_format)  # the text the model learnt
     context = EvalContext(backbone=backbone, dataset=dataset, out_dir=Path(out), annotations=annotations,
                           val_fraction=config.data.val_fraction, reasoning_order=config.train.reasoning_order,
                           reasoning_dropout=config.train.reasoning_dropout, lambda_r=config.loss.lambda_r)

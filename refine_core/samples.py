@@ -53,7 +53,7 @@ def episode_samples(episode: Episode, chunk_size: int, annotations: AnnotationSe
     counts.episodes += 1
     chunks = action_chunks(episode, chunk_size)
     for step, chunk in zip(episode.steps, chunks):
-        reasoning = annotations.text(episode.episode_id, step.step_index) if annotations else None
+        reasoning = annotations.text(episode.episode_id, step.step_index, step.instruction) if annotations else None
         if annotations is not None and reasoning is None:
             counts.missing_reasoning += 1
             if missing == "skip":

@@ -1,5 +1,6 @@
 """OpenVLA (openvla/openvla-7b layout: DINOv2 + SigLIP → projector → Llama-2) on transformers 5.x,
-loading the official checkpoint unchanged; preset 'tiny' builds one offline."""
+loading the official checkpoint unchanged (its `norm_stats` included: `unnorm_key`,
+`predict_action`); preset 'tiny' builds one offline."""
 from __future__ import annotations
 
 from typing import Literal
@@ -20,6 +21,9 @@ class OpenVLAOptions(BaseModel):
     attn_implementation: Literal["auto", "sdpa", "eager"] = Field(
         "auto", description="auto: sdpa; eager is needed for attention maps.")
     seed: int = Field(0, description="Seed of the preset's random initialisation.")
+    unnorm_key: str | None = Field(
+        None, description="Which dataset's action statistics in the checkpoint's norm_stats predict_action "
+                          "un-normalises with; unset: the only one (several: name one).")
 
 
 @hookimpl

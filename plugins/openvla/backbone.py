@@ -5,6 +5,24 @@ builds the `tiny` preset. Prompt (upstream's): `In: What action should the robot
 {instruction}?\\nOut: ` with BOS, plus id 29871 when the tokenizer did not end on it. The 256
 patch embeddings sit after BOS inside the model, so `input_ids`, labels and the logits this
 backbone returns never contain them.
+
+Action statistics (config.json `norm_stats`, see `norm_stats.py`):
+- `predict_action(image, instruction, unnorm_key)` is upstream's `predict_action`: 7 greedy ids,
+  decoded by the `bins` codec bound to the statistics of `unnorm_key` (option `unnorm_key`; the
+  only entry when there is one), i.e. `0.5·(a+1)·(q99−q01)+q01` where `mask`, the bin centre
+  elsewhere. Out-of-range ids clip to the nearest bin, as upstream.
+- Gripper: OpenVLA's data pipeline standardises every dataset to 1 = open, 0 = closed
+  (openvla `prismatic/vla/datasets/rlds/oxe/transforms.py`) and leaves it unnormalised (mask
+  False), so upstream returns the raw bin centre: ≈0.996 open, 0.0 closed. That is refine's
+  sense already; refine snaps it to {0, 1} at 0.5 (the codec's `binarize_gripper`). Robot-side
+  conventions (−1/+1, inverted) are the benchmark's business, as upstream's eval scripts do.
+- Training never reads the checkpoint's norm_stats: the codec attached for training is bound to
+  the training dataset's statistics, so fine-tuning on a new dataset normalises with that
+  dataset's q01/q99. The checkpoint's entries are carried along unchanged, and `norm_stats()` /
+  `save()` add the attached codec's statistics under `statistics_key` (refine sets it to the
+  dataset's name; an existing entry of that name is replaced). The saved directory therefore
+  decodes correctly with `unnorm_key=<dataset name>`, here or in upstream code; an old entry
+  (e.g. `bridge_orig`) would un-normalise the fine-tuned model with the wrong ranges.
 """
 from __future__ import annotations
 
@@ -17,12 +35,16 @@ import torch
 from refine_core.backbone import Backbone
 from refine_core.errors import UsageError
 from refine_core.images import to_pixel_values
+from refine_core.stats import Statistics
+
+from .norm_stats import entry_from_statistics, resolve_unnorm_key, statistics_from_entry
 
 PROMPT = "In: What action should the robot take to {instruction}?\nOut: "
 SPACE_ID = 29871  # Llama-2's "▁": upstream appends it so the action tokens follow the prompt's space
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # DINOv2 tower
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)  # SigLIP tower
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+FALLBACK_STATS_KEY = "refine_dataset"  # norm_stats key of an attached codec's statistics when no dataset name is known
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -149,8 +171,58 @@ class OpenVLABackbone(Backbone):
             self.model.train(was_training)
         return new[: new.index(self.eos_id)] if self.eos_id in new else new
 
+    # -- action statistics (upstream norm_stats) --------------------------------------------------
+    def _codec_key(self) -> str | None:
+        if self.codec is None or not self.codec.is_bound:
+            return None
+        return self.statistics_key or FALLBACK_STATS_KEY
+
+    def norm_stats(self) -> dict[str, Any]:
+        """Upstream-layout norm_stats: the checkpoint's entries, plus the attached codec's
+        statistics under `statistics_key` (the training dataset's name) when a codec is bound."""
+        stats = dict(self.model.config.norm_stats or {})
+        key = self._codec_key()
+        if key is not None:
+            stats[key] = entry_from_statistics(self.codec.stats)
+        return stats
+
+    def action_statistics(self, unnorm_key: str | None = None) -> Statistics:
+        """The action Statistics (with upstream's mask) of `unnorm_key` (default: the option, else the
+        only entry); UsageError listing the keys when it is unknown or ambiguous."""
+        norm_stats = self.norm_stats()
+        key = resolve_unnorm_key(norm_stats, unnorm_key or self.options.unnorm_key)
+        if key == self._codec_key():
+            return self.codec.stats
+        return statistics_from_entry(norm_stats[key], where=f"norm_stats['{key}']")
+
+    def action_codec(self, unnorm_key: str | None = None):
+        """A `bins` codec (config.n_action_bins, out-of-range ids clipped as upstream) bound to the
+        tokenizer and the statistics of `unnorm_key`."""
+        from plugins.action_codecs.bins import BinsCodec
+
+        options = BinsCodec.options_model(n_bins=int(self.model.config.n_action_bins), clip_out_of_range=True)
+        return BinsCodec(options).bind(self.tokenizer, self.action_statistics(unnorm_key))
+
+    def decode_action_ids(self, ids: Sequence[int], unnorm_key: str | None = None) -> np.ndarray:
+        """float32 (7,) in refine's convention from 7 action ids (ActionDecodeError otherwise)."""
+        return self.action_codec(unnorm_key).decode(ids)[0]
+
+    def predict_action(self, image: np.ndarray, instruction: str, unnorm_key: str | None = None) -> np.ndarray:
+        """Upstream's `predict_action`: 7 greedy ids after the prompt, un-normalised with the
+        statistics of `unnorm_key`; float32 (7,), gripper 1 = open, 0 = closed."""
+        codec = self.action_codec(unnorm_key)  # resolve the key before spending a generation
+        return codec.decode(self.generate_ids(image, instruction, codec.span_length))[0]
+
     # -- persistence ----------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
+        """Upstream layout; config.json `norm_stats` = `self.norm_stats()`, so upstream-style code
+        decodes the saved model with `unnorm_key=<training dataset's name>`."""
         directory = Path(directory)
-        self.model.save_pretrained(directory)
+        config = self.model.config
+        carried = config.norm_stats
+        config.norm_stats = self.norm_stats() or carried
+        try:
+            self.model.save_pretrained(directory)
+        finally:
+            config.norm_stats = carried
         self.tokenizer.save_pretrained(directory)

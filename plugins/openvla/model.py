@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from refine_core.weights import read_state_dict as read_weights
+from refine_core.weights import write_state_dict
+
 from .config import OpenVLAConfig
 from .vision import PrismaticProjector, PrismaticVisionBackbone
-
-WEIGHTS = "model.safetensors"
-WEIGHTS_INDEX = "model.safetensors.index.json"
 
 
 def upstream_key(key: str) -> str:
@@ -30,20 +30,7 @@ def upstream_key(key: str) -> str:
 
 
 def read_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    if (directory / WEIGHTS).is_file():
-        files = [directory / WEIGHTS]
-    elif (directory / WEIGHTS_INDEX).is_file():
-        index = json.loads((directory / WEIGHTS_INDEX).read_text())
-        files = [directory / name for name in sorted(set(index["weight_map"].values()))]
-    else:
-        raise FileNotFoundError(f"{directory} has neither {WEIGHTS} nor {WEIGHTS_INDEX}")
-    state: dict[str, torch.Tensor] = {}
-    for file in files:
-        state.update({upstream_key(k): v for k, v in load_file(str(file)).items()})
-    return state
+    return read_weights(directory, rename=upstream_key)
 
 
 class OpenVLAForActionPrediction(nn.Module):
@@ -88,33 +75,8 @@ class OpenVLAForActionPrediction(nn.Module):
 
     def save_pretrained(self, directory: str | Path, max_shard_bytes: int = 5 * 1024**3) -> None:
         """config.json + model.safetensors (sharded with an index past `max_shard_bytes`), upstream names."""
-        from safetensors.torch import save_file
-
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        shards: list[dict[str, torch.Tensor]] = [{}]
-        size = 0
-        for key, tensor in state.items():
-            nbytes = tensor.numel() * tensor.element_size()
-            if shards[-1] and size + nbytes > max_shard_bytes:
-                shards.append({})
-                size = 0
-            shards[-1][key] = tensor
-            size += nbytes
-        for stale in (WEIGHTS, WEIGHTS_INDEX):
-            (directory / stale).unlink(missing_ok=True)
-        if len(shards) == 1:
-            save_file(shards[0], str(directory / WEIGHTS), metadata={"format": "pt"})
-        else:
-            weight_map = {}
-            for i, shard in enumerate(shards, start=1):
-                name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-                save_file(shard, str(directory / name), metadata={"format": "pt"})
-                weight_map.update(dict.fromkeys(shard, name))
-            total = sum(t.numel() * t.element_size() for t in state.values())
-            (directory / WEIGHTS_INDEX).write_text(json.dumps(
-                {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+        write_state_dict(directory, self.state_dict(), max_shard_bytes)
         self.config.save(directory)
         generation = {"bos_token_id": self.llama_config.bos_token_id, "eos_token_id": self.llama_config.eos_token_id,
                       "pad_token_id": self.config.pad_token_id}

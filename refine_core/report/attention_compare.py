@@ -117,6 +117,8 @@ def compare_attention(checkpoint: str | Path, episodes: int = 3, target: Target 
     tuned, config = load_checkpoint(step_dir, registry)
     dataset = registry.build("dataset", config.dataset.name, config.dataset.options)
     annotations = _annotations(info, step_dir)
+    if annotations is not None:
+        annotations = annotations.with_format(config.train.reasoning_format)
     if target == "reasoning" and annotations is None:
         raise UsageError(f"--target reasoning needs the run's annotations; none found for {step_dir}")
     samples, held_out = pick_samples(dataset, config, tuned.codec.chunk_size, annotations, episodes, target)

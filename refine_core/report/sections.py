@@ -208,6 +208,8 @@ def examples_section(run_dir: Path, report_dir: Path, config: Any, registry: Any
     if (run_dir / "annotations" / "manifest.json").is_file():
         try:
             annotations = AnnotationSet.load(run_dir / "annotations")
+            if config is not None:  # the teacher's text as the model was trained on it
+                annotations = annotations.with_format(config.train.reasoning_format)
         except Exception:  # reported by the data section
             annotations = None
     chosen: dict[str, list[tuple[str, str]]] = {}

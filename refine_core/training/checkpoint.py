@@ -216,7 +216,8 @@ def load_checkpoint(directory: str | Path, registry: Any = None) -> tuple[Any, R
         registry = get_registry()
     config = RunConfig.model_validate(info["config"])
     backbone = build_backbone(config, registry)
-    attach_codec(backbone, config, registry, Statistics.from_dict(info["action_statistics"]))
+    attach_codec(backbone, config, registry, Statistics.from_dict(info["action_statistics"]),
+                 stats_key=(info.get("dataset") or {}).get("name"))
     apply_transfer(backbone, config)  # LoRA runs need the adapter modules before loading them
     load_weights_into(backbone.model, directory / WEIGHTS)
     for parameter in backbone.model.parameters():

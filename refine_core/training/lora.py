@@ -2,7 +2,8 @@
 
 `lora.targets`:
 - `all-linear` (VLM2VLA's "all linear layers"): the backbone's `lora_targets()` name suffixes,
-  matched only inside the language-model blocks (`backbone.blocks()`). PaliGemma's vision tower
+  matched only inside `backbone.lora_scope()` — the language-model blocks unless the backbone's
+  recipe says more. PaliGemma's vision tower
   also has `q_proj`/`k_proj`/`v_proj`, and peft's own "all-linear" would adapt the vision tower
   and projector too; restricting to the blocks keeps LoRA on the language model, as the recipe
   says. A backbone whose `lora_targets()` is "all-linear" gets every `nn.Linear` in its blocks.
@@ -24,11 +25,10 @@ from ..errors import UsageError
 
 def lora_module_names(backbone: Any, targets: str | list[str]) -> list[str]:
     """Exact qualified names of the modules to adapt."""
-    blocks = backbone.blocks()
     if targets == "all-linear":
         suffixes = backbone.lora_targets()
         names = []
-        for prefix, block in blocks:
+        for prefix, block in backbone.lora_scope():
             for name, module in block.named_modules():
                 if not isinstance(module, torch.nn.Linear) or not name:
                     continue

@@ -40,11 +40,15 @@ def build_backbone(config: RunConfig, registry: Any) -> Any:
     return registry.build("backbone", config.backbone.name, config.backbone.options)
 
 
-def attach_codec(backbone: Any, config: RunConfig, registry: Any, action_stats: Statistics) -> bool:
-    """Bind the configured codec; returns whether the embeddings grew (new codec tokens)."""
+def attach_codec(backbone: Any, config: RunConfig, registry: Any, action_stats: Statistics,
+                 stats_key: str | None = None) -> bool:
+    """Bind the configured codec; returns whether the embeddings grew (new codec tokens).
+    `stats_key` (the dataset's name) becomes `backbone.statistics_key`."""
     codec = registry.build("codec", config.codec.name, config.codec.options)
     rows = backbone.model.get_input_embeddings().num_embeddings
     backbone.attach_codec(codec, action_stats)
+    if stats_key:
+        backbone.statistics_key = stats_key
     return backbone.model.get_input_embeddings().num_embeddings != rows
 
 
@@ -71,11 +75,12 @@ def prepare_run(config: RunConfig, registry: Any = None, annotations_dir: str | 
     if annotations_dir is not None:
         annotations = AnnotationSet.load(annotations_dir)
         annotations.check_matches(dataset.name, dataset.identity)
+        annotations = annotations.with_format(config.train.reasoning_format)
     backbone = build_backbone(config, registry)
     if config.lora.r is None:
         frozen_block_count(config.freeze.first_n_layers, len(backbone.blocks()), backbone.name)
     stats = dataset.statistics().action
-    resized = attach_codec(backbone, config, registry, stats)
+    resized = attach_codec(backbone, config, registry, stats, stats_key=dataset.name)
     frozen, lora_modules = apply_transfer(backbone, config)
     return RunSetup(config=config, backbone=backbone, dataset=dataset, action_stats=backbone.codec.stats,
                     annotations=annotations, resized_embeddings=resized, frozen_blocks=frozen,

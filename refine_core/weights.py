@@ -1,0 +1,79 @@
+"""Safetensors checkpoint directories in the Hugging Face layout: `model.safetensors`, or shards
+listed by `model.safetensors.index.json`. Model-agnostic: backbones that carry their own
+architecture (OpenVLA, SpatialVLA) read and write their upstream layout through these two calls.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from .errors import UsageError
+
+WEIGHTS = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+
+
+def weight_files(directory: str | Path) -> list[Path]:
+    """The safetensors files of a checkpoint directory; UsageError naming what is missing."""
+    directory = Path(directory)
+    if (directory / WEIGHTS).is_file():
+        return [directory / WEIGHTS]
+    index_path = directory / WEIGHTS_INDEX
+    if not index_path.is_file():
+        raise UsageError(f"{directory} has neither {WEIGHTS} nor {WEIGHTS_INDEX}: point backbone.path at a "
+                         "checkpoint directory holding safetensors weights")
+    try:
+        names = sorted(set(json.loads(index_path.read_text())["weight_map"].values()))
+    except (ValueError, KeyError, AttributeError):
+        raise UsageError(f"{index_path} is not a safetensors index (no weight_map); re-download the checkpoint") from None
+    missing = [name for name in names if not (directory / name).is_file()]
+    if missing:
+        raise UsageError(f"{directory} is missing {len(missing)} of the {len(names)} shards listed in "
+                         f"{WEIGHTS_INDEX} (first: {missing[0]}); download the missing files")
+    return [directory / name for name in names]
+
+
+def read_state_dict(directory: str | Path, rename: Callable[[str], str] | None = None) -> dict:
+    """Every tensor of the checkpoint (CPU), keys passed through `rename` when given."""
+    from safetensors.torch import load_file
+
+    state = {}
+    for file in weight_files(directory):
+        for key, tensor in load_file(str(file)).items():
+            state[rename(key) if rename else key] = tensor
+    return state
+
+
+def write_state_dict(directory: str | Path, state: dict, max_shard_bytes: int = 5 * 1024**3) -> list[Path]:
+    """`model.safetensors`, or numbered shards plus an index past `max_shard_bytes`. Stale weight
+    files of an earlier save in the same directory are removed so the two never mix."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    shards: list[dict] = [{}]
+    size = 0
+    for key, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor
+        size += nbytes
+    for stale in [directory / WEIGHTS, directory / WEIGHTS_INDEX, *directory.glob("model-*-of-*.safetensors")]:
+        stale.unlink(missing_ok=True)
+    if len(shards) == 1:
+        save_file(shards[0], str(directory / WEIGHTS), metadata={"format": "pt"})
+        return [directory / WEIGHTS]
+    weight_map, written = {}, []
+    for i, shard in enumerate(shards, start=1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(directory / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+        written.append(directory / name)
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    (directory / WEIGHTS_INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
+                                                      indent=2) + "\n")
+    return written
