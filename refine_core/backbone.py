@@ -132,6 +132,10 @@ class Backbone(ABC):
     def embedding_modules(self) -> list[tuple[str, Any]]:
         return []
 
+    def frozen_modules(self) -> list[tuple[str, Any]]:
+        """Modules that never train whatever `freeze.*` says (SpatialVLA's ZoeDepth)."""
+        return []
+
     def transfer_recipe(self) -> dict[str, Any]:
         """Defaults for `freeze.*` left unset: ReFineVLA's selective transfer of pretrained weights
         (vision tower and embeddings frozen; first_n_layers None = all but the last 2 blocks).

@@ -206,8 +206,11 @@ def resolve_config(
     """Defaults (or `base`) < file < component flags < --set, validated (stage settings only;
     component options are checked by validate_components)."""
     data = (base or RunConfig()).to_dict()
+    codec_named = base is not None  # a base config (a run being resumed) already made its choice
     if config_file:
-        for key, value in read_config_file(config_file).items():
+        file_data = read_config_file(config_file)
+        codec_named |= isinstance(file_data.get("codec"), (dict, str))
+        for key, value in file_data.items():
             if key in COMPONENTS:
                 data[key] = _merge_component(data[key], value, f"{key} in {config_file}")
             elif isinstance(value, dict) and isinstance(data.get(key), dict):
@@ -217,13 +220,30 @@ def resolve_config(
     for kind, name in (components or {}).items():
         if name:
             _apply(data, [kind, "name"], name)
+            codec_named |= kind == "codec"
     for item in sets or []:
         keys, value = parse_set(item)
+        codec_named |= keys == ["codec", "name"] or keys == ["codec"]
         _apply(data, keys, value)
+    if not codec_named:  # the backbone's own action tokens (SpatialVLA's spatial grid) unless told otherwise
+        default = backbone_default_codec(data["backbone"]["name"])
+        if default and default != data["codec"]["name"]:
+            data["codec"] = {**data["codec"], "name": default}
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
         raise UsageError(_explain(exc, RunConfig)) from None
+
+
+def backbone_default_codec(backbone: str) -> str | None:
+    """The codec a backbone's spec names in `metadata["default_codec"]`, if it is registered."""
+    from .plugins import get_registry
+
+    try:
+        spec = get_registry().get("backbone", backbone).spec
+    except UsageError:  # unknown backbone: reported when components are validated
+        return None
+    return spec.metadata.get("default_codec")
 
 
 def _explain(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> str:

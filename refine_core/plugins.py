@@ -36,6 +36,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.lerobot",
     "plugins.hf_vlm",
     "plugins.openvla",
+    "plugins.spatialvla",
     "teachers.scripted",
     "teachers.gemini",
     "teachers.openai",

@@ -1,9 +1,10 @@
-"""Built-in action codecs: OpenVLA uniform bins, VLM2VLA text numbers, VLM2VLA-AT least-likely ids."""
+"""Built-in action codecs: OpenVLA uniform bins, SpatialVLA spatial grid, VLM2VLA text numbers, VLM2VLA-AT
+least-likely ids."""
 from __future__ import annotations
 
 from refine_core import ActionCodecSpec, hookimpl
 
-from .options import BinsOptions, LeastLikelyOptions, TextOptions
+from .options import BinsOptions, LeastLikelyOptions, SpatialOptions, TextOptions
 
 
 @hookimpl
@@ -13,6 +14,12 @@ def refine_action_codecs():
         summary="OpenVLA: q01/q99-normalised actions in 256 uniform bins, the last vocabulary ids",
         factory="plugins.action_codecs.bins:BinsCodec",
         options=BinsOptions,
+    )
+    yield ActionCodecSpec(
+        name="spatial",
+        summary="SpatialVLA: 3 ids per step (spherical translation, rotation, gripper) on Gaussian-quantile bins",
+        factory="plugins.action_codecs.spatial:SpatialCodec",
+        options=SpatialOptions,
     )
     yield ActionCodecSpec(
         name="text",

@@ -34,6 +34,10 @@ def read_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
 
 
 class OpenVLAForActionPrediction(nn.Module):
+    # peft asks transformers for weight-conversion rules of every model it adapts, which reads
+    # this attribute; our wrapper is not a PreTrainedModel and has no base-model prefix
+    base_model_prefix = ""
+
     def __init__(self, config: OpenVLAConfig, attn_implementation: str = "sdpa") -> None:
         super().__init__()
         from transformers import LlamaForCausalLM

@@ -108,7 +108,10 @@ def apply_freeze(backbone: Any, settings: FreezeSettings) -> int:
         frozen |= groups.embeddings
     for names in groups.blocks[:n_frozen]:
         frozen |= names
+    always = [prefix for prefix, _ in backbone.frozen_modules()]
     for name, parameter in model.named_parameters():
+        if any(_under(name, prefix) for prefix in always):
+            frozen.add(name)
         parameter.requires_grad_(name not in frozen)
     return n_frozen
 

@@ -1,0 +1,239 @@
+"""SpatialVLA (SigLIP + Ego3D depth positions → projector → Gemma-2 with spatial action tokens) on
+transformers 5.x.
+
+Module names equal upstream's (`vision_tower`, `multi_modal_projector.linear`, `language_model`
+= Gemma2ForCausalLM with tied lm_head, `vision_zoe_model`, `position_embedding_3d`,
+`spatial_embed_tokens`), so the official safetensors load strictly and `save_pretrained` writes the
+same keys. Behaviour reproduced from upstream `model/modeling_spatialvla.py` (transformers 4.47):
+- input embeddings of action ids [begin, begin + spatial_token_num) come from `spatial_embed_tokens`;
+- image features = projector(SigLIP features + Ego3D(depth, intrinsic)) / √hidden, then every input
+  embedding is multiplied by √hidden (Gemma scales inside its model in 4.x; in 5.x the scaling sits in
+  the embedding module, so we apply it to the merged embeddings ourselves);
+- positions start at 1 (PaliGemma); prefix-LM attention: with `token_type_ids` the prompt
+  (type 0) is visible to every position and the suffix is causal; without them (inference) the
+  whole prompt attends bidirectionally, as upstream's non-training mask;
+- on load the last `spatial_token_num` rows of the (tied) token embedding are overwritten with
+  `spatial_embed_tokens`, as upstream's `from_pretrained` does, so action logits score against them
+  (`sync_spatial_embeddings`).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from refine_core.weights import read_state_dict, write_state_dict
+
+from .config import SpatialVLAConfig
+from .depth import (Ego3DPositionEmbedding, backproject_patches, metric_depth, patch_pixel_grid, scale_features,
+                    zoe_module)
+
+SIGLIP_MEAN = SIGLIP_STD = 0.5
+
+
+class SpatialVLAMultiModalProjector(nn.Module):
+    def __init__(self, vision_hidden: int, projection_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(vision_hidden, projection_dim, bias=True)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(features)
+
+
+class SiglipTower(nn.Module):
+    """Holds transformers 5's SigLIP under `vision_model`, the level upstream's keys have."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        from transformers import SiglipVisionModel
+
+        self.vision_model = SiglipVisionModel(config)
+
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Any) -> Any:
+        return self.vision_model(pixel_values=pixel_values, **kwargs)
+
+
+class SpatialVLAForConditionalGeneration(nn.Module):
+    # peft asks transformers for weight-conversion rules of every model it adapts, which reads
+    # this attribute; our wrapper is not a PreTrainedModel and has no base-model prefix
+    base_model_prefix = ""
+
+    def __init__(self, config: SpatialVLAConfig, attn_implementation: str = "sdpa") -> None:
+        super().__init__()
+        from transformers import Gemma2ForCausalLM
+
+        self.config = config
+        # Gemma-2 soft-caps attention logits, which SDPA cannot do: transformers 5 refuses it, so the
+        # language model is always eager; the option picks SigLIP's implementation.
+        self.text_config = config.gemma2_config("eager")
+        self.vision_tower = SiglipTower(config.siglip_config(attn_implementation))
+        self.multi_modal_projector = SpatialVLAMultiModalProjector(config.vision_hidden_size, config.projection_dim)
+        self.language_model = Gemma2ForCausalLM(self.text_config)
+        if config.use_vision_zoe:
+            reso = config.ego3d_patch_reso
+            self.vision_zoe_model = zoe_module(config.zoe_config())
+            self.position_embedding_3d = Ego3DPositionEmbedding(reso * reso * 3, config.vision_hidden_size,
+                                                                config.n_freqs)
+            self.register_buffer("uv_h", patch_pixel_grid(config.image_size, config.patch_size, reso), persistent=False)
+        if config.use_spatial_token:
+            self.spatial_embed_tokens = nn.Embedding(config.spatial_token_num, config.text_hidden_size)
+        self.register_state_dict_post_hook(_drop_tied_head)
+
+    @property
+    def device(self) -> torch.device:
+        return self.multi_modal_projector.linear.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.multi_modal_projector.linear.weight.dtype
+
+    @property
+    def tied(self) -> bool:
+        return bool(self.text_config.tie_word_embeddings)
+
+    # -- loading and saving -------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, dtype: torch.dtype | None = None,
+                        attn_implementation: str = "sdpa",
+                        sync_spatial_embeddings: bool = True) -> "SpatialVLAForConditionalGeneration":
+        """Strict load of an upstream-layout directory (config.json + safetensors, sharded or not).
+
+        `sync_spatial_embeddings` copies `spatial_embed_tokens` into the last rows of the tied
+        token embedding, as upstream's loader does (so action logits score against the spatial
+        embeddings); False keeps the file's rows, e.g. to compare with a model that never went
+        through upstream's loader."""
+        config = SpatialVLAConfig.from_pretrained(directory)
+        state = read_state_dict(directory)
+        with torch.device("meta"):  # no random init of billions of parameters that are overwritten
+            model = cls(config, attn_implementation)
+        if model.tied:
+            state.setdefault("language_model.lm_head.weight", state["language_model.model.embed_tokens.weight"])
+        model.load_state_dict(state, strict=True, assign=True)
+        model._finish_load(sync_spatial_embeddings)
+        if dtype is not None:
+            model.to(dtype)
+        return model.eval()
+
+    def _finish_load(self, sync_spatial_embeddings: bool) -> None:
+        from .buffers import rebuild_meta_buffers
+
+        if self.tied:  # assign=True gave lm_head its own Parameter object: share the embedding again
+            self.language_model.lm_head.weight = self.language_model.model.embed_tokens.weight
+        rebuild_meta_buffers(self)
+        if self.config.use_spatial_token and sync_spatial_embeddings:
+            with torch.no_grad():
+                n = self.config.spatial_token_num
+                self.get_input_embeddings().weight[-n:] = self.spatial_embed_tokens.weight
+
+    def save_pretrained(self, directory: str | Path, max_shard_bytes: int = 5 * 1024**3) -> None:
+        directory = Path(directory)
+        write_state_dict(directory, self.state_dict(), max_shard_bytes)
+        self.config.save(directory)
+        generation = {"bos_token_id": 2, "eos_token_id": 1, "pad_token_id": self.config.pad_token_id,
+                      "cache_implementation": "hybrid"}
+        (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+
+    # -- embeddings (the Backbone contract resizes them) --------------------------------------------
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.language_model.get_input_embeddings()
+
+    def resize_token_embeddings(self, size: int) -> nn.Embedding:
+        embeddings = self.language_model.resize_token_embeddings(size, mean_resizing=False)
+        self.config.text_config["vocab_size"] = self.config.vocab_size = embeddings.num_embeddings
+        return embeddings
+
+    # -- forward ------------------------------------------------------------------------------------
+    def image_features(self, pixel_values: torch.Tensor, intrinsic: torch.Tensor | None) -> torch.Tensor:
+        """[B, 3, H, W] in [0, 1] (not normalised: Zoe and SigLIP normalise themselves) → [B, N, hidden]."""
+        pixel_values = pixel_values.to(self.dtype)
+        features = self.vision_tower((pixel_values - SIGLIP_MEAN) / SIGLIP_STD).last_hidden_state
+        if self.config.use_vision_zoe:
+            if intrinsic is None:
+                raise ValueError("SpatialVLA with use_vision_zoe needs the camera intrinsic matrix [B, 3, 3]")
+            depth = metric_depth(self.vision_zoe_model, pixel_values)
+            xyz = backproject_patches(intrinsic.to(self.device), depth, self.uv_h, self.config.patch_size,
+                                      self.config.ego3d_patch_reso)
+            features = features + self.position_embedding_3d(xyz).to(features.dtype)
+        return scale_features(self.multi_modal_projector(features), self.config.text_hidden_size)
+
+    def input_embeddings(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                         intrinsic: torch.Tensor | None = None) -> torch.Tensor:
+        """Merged, √hidden-scaled input embeddings (what Gemma-2's first block receives)."""
+        embeds = nn.functional.embedding(input_ids, self.get_input_embeddings().weight)
+        if self.config.use_spatial_token:
+            begin = self.config.action_token_begin_idx
+            spatial = (input_ids >= begin) & (input_ids < begin + self.config.spatial_token_num)
+            if bool(spatial.any()):
+                replaced = self.spatial_embed_tokens((input_ids - begin).clamp(0, self.config.spatial_token_num - 1))
+                embeds = torch.where(spatial.unsqueeze(-1), replaced.to(embeds.dtype), embeds)
+        if pixel_values is not None:
+            image = input_ids == self.config.image_token_index
+            features = self.image_features(pixel_values, intrinsic).to(embeds.dtype)
+            if int(image.sum()) != features.shape[0] * features.shape[1]:
+                raise ValueError(f"{int(image.sum())} image tokens in the text for {features.shape[0]} image(s) of "
+                                 f"{features.shape[1]} patches")
+            embeds = embeds.masked_scatter(image.unsqueeze(-1), features)
+        return embeds * torch.tensor(math.sqrt(self.config.text_hidden_size), dtype=embeds.dtype)
+
+    def attention_bias(self, attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None,
+                       length: int, dtype: torch.dtype) -> torch.Tensor:
+        """Additive [B, 1, T, T] mask: prefix-LM with token types, bidirectional prompt without."""
+        device = self.device
+        batch = attention_mask.shape[0] if attention_mask is not None else (
+            token_type_ids.shape[0] if token_type_ids is not None else 1)
+        if token_type_ids is None:
+            visible = torch.ones(batch, length, length, dtype=torch.bool, device=device)
+        else:
+            causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+            visible = causal.unsqueeze(0) | (token_type_ids.to(device) == 0).unsqueeze(1)
+        if attention_mask is not None:
+            visible = visible & attention_mask.to(device).bool().unsqueeze(1)
+        bias = torch.zeros(visible.shape, dtype=dtype, device=device)
+        return bias.masked_fill_(~visible, torch.finfo(dtype).min).unsqueeze(1)
+
+    def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                intrinsic: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        """The Gemma-2 causal-LM output over the merged sequence; kwargs go to Gemma2ForCausalLM."""
+        embeds = self.input_embeddings(input_ids, pixel_values, intrinsic)
+        length = input_ids.shape[1]
+        bias = self.attention_bias(attention_mask, token_type_ids, length, embeds.dtype)
+        positions = torch.arange(1, length + 1, device=self.device).unsqueeze(0)
+        return self.language_model(inputs_embeds=embeds, position_ids=positions,
+                                   attention_mask={"full_attention": bias, "sliding_attention": bias}, **kwargs)
+
+    # -- generation ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, intrinsic: torch.Tensor | None,
+                 max_new_tokens: int, eos_token_id: int | None = None,
+                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Greedy decoding with a KV cache; the prompt is unpadded. Returns the new ids [B, n]."""
+        out = self.forward(input_ids, pixel_values, intrinsic, token_type_ids=token_type_ids, use_cache=True)
+        cache, length = out.past_key_values, input_ids.shape[1]
+        tokens = [out.logits[:, -1].argmax(-1)]
+        finished = torch.zeros_like(tokens[0], dtype=torch.bool)
+        for step in range(1, max_new_tokens):
+            if eos_token_id is not None:
+                finished |= tokens[-1] == eos_token_id
+                if bool(finished.all()):
+                    break
+            embeds = self.input_embeddings(tokens[-1][:, None])
+            positions = torch.full_like(tokens[-1][:, None], length + step)  # 1-indexed: prompt is 1..length
+            out = self.language_model(inputs_embeds=embeds, past_key_values=cache, use_cache=True,
+                                      position_ids=positions)
+            cache = out.past_key_values
+            next_token = out.logits[:, -1].argmax(-1)
+            if eos_token_id is not None:  # finished rows keep emitting eos
+                next_token = torch.where(finished, torch.full_like(next_token, eos_token_id), next_token)
+            tokens.append(next_token)
+        return torch.stack(tokens, dim=1)
+
+
+def _drop_tied_head(module, state, prefix, local_metadata):
+    """The tied lm_head is the embedding: upstream's checkpoint has no such key, nor do we write one."""
+    if module.tied:
+        state.pop(prefix + "language_model.lm_head.weight", None)
