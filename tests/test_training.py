@@ -252,6 +252,17 @@ def test_refuses_to_overwrite_and_checks_resumed_config(tmp_path):
     assert config_difference({"train": {"max_steps": 1, "lr": 1}}, {"train": {"max_steps": 9, "lr": 1}}) is None
 
 
+def test_a_checkpoint_from_before_a_new_setting_still_resumes():
+    from refine_core.config import RunConfig
+
+    current = RunConfig().to_dict()
+    older = RunConfig().to_dict()
+    del older["train"]["reasoning_format"]  # written before the setting existed
+    assert config_difference(older, current) is None
+    changed = {**current, "train": {**current["train"], "reasoning_format": "ecot"}}
+    assert "train.reasoning_format" in config_difference(older, changed)
+
+
 def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path):
     with pytest.raises(TrainingDiverged) as caught:
         run(tmp_path, "train.max_steps=20", "train.batch_size=2", "train.lr=1e30", "train.grad_clip=0",

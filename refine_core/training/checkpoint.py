@@ -82,7 +82,14 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_difference(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
-    """The first setting (dotted) that differs in a way resuming cannot honour, described."""
+    """The first setting (dotted) that differs in a way resuming cannot honour, described.
+
+    The saved config is re-validated first, so a setting added to refine after the checkpoint was
+    written counts as its default rather than as a change."""
+    try:
+        saved, current = RunConfig.model_validate(saved).to_dict(), RunConfig.model_validate(current).to_dict()
+    except ValueError:  # not a config this version can read: compare as written
+        pass
     old, new = _flatten(saved), _flatten(current)
     for key in sorted(set(old) | set(new)):
         if key not in RESUMABLE_CHANGES and old.get(key) != new.get(key):
