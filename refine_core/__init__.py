@@ -12,11 +12,11 @@ from .reasoning import Reasoning, TaskPlanning
 from .specs import ActionCodecSpec, BackboneSpec, BenchmarkSpec, DatasetSpec, NoOptions, TeacherSpec
 from .dataset import RobotDataset
 from .stats import DatasetStatistics, Statistics
-from .teacher import Annotation, AnnotationRequest, Teacher, TeacherIdentity, TokenUsage
+from .teacher import Annotation, AnnotationRequest, BatchStatus, BatchTeacher, Teacher, TeacherIdentity, TokenUsage
 
 __all__ = [
     "ACTION_DIM", "ActionCodec", "ActionCodecSpec", "ActionDecodeError",
-    "Annotation", "AnnotationRequest", "BackboneSpec",
+    "Annotation", "AnnotationRequest", "BackboneSpec", "BatchStatus", "BatchTeacher",
     "BenchmarkSpec", "DatasetSpec", "DatasetStatistics", "Episode", "NoOptions", "Reasoning",
     "RefineError", "RobotDataset", "Statistics", "Step", "TaskPlanning", "Teacher",
     "TeacherIdentity", "TeacherSpec", "TokenUsage", "UnknownComponent", "UsageError",

@@ -3,6 +3,10 @@
 `annotate` is async so the annotation pipeline can keep many requests in flight; a teacher
 without real I/O simply returns. `identity` (teacher, model, prompt version) keys the cache:
 changing any of them means the cached answers no longer apply.
+
+A teacher may also offer a batch API (`Teacher.batch`, a `BatchTeacher`): many requests
+submitted as one asynchronous job, answered later at a lower price. The pipeline uses it when
+present (see `refine_core.annotate.batch`).
 """
 from __future__ import annotations
 
@@ -110,6 +114,11 @@ class Teacher(ABC):
         """
         return TokenUsage(input_tokens=258 + (len(request.instruction) + 1200) // 4, output_tokens=350)
 
+    @property
+    def batch(self) -> "BatchTeacher | None":
+        """This teacher's batch API when it is to be used (e.g. a `mode: batch` option); None: online."""
+        return None
+
     @abstractmethod
     async def annotate(self, request: AnnotationRequest) -> Annotation:
         """Reasoning for one step.
@@ -118,3 +127,46 @@ class Teacher(ABC):
         few times) or `PermanentTeacherError` (recorded as failed); a `RefineError` such as a
         rejected API key stops the whole run.
         """
+
+
+# -- optional: a batch API -------------------------------------------------------------------
+BATCH_STATES = ("pending", "running", "succeeded", "failed", "cancelled", "expired")
+
+
+@dataclass(frozen=True)
+class BatchStatus:
+    """Where a submitted batch job stands.
+
+    `state` is one of `BATCH_STATES`. When it is "succeeded", `results` holds one entry per
+    submitted request, in submission order: an `Annotation`, or the `TeacherError` that says why
+    that request got no usable answer. "failed", "cancelled" and "expired" end a job without
+    answers; `message` says why when the vendor does.
+    """
+
+    state: str
+    results: list[Annotation | TeacherError] | None = None
+    message: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.state in ("succeeded", "failed", "cancelled", "expired")
+
+
+class BatchTeacher(ABC):
+    """A teacher's batch API: submit many requests as one job, poll it until it ends.
+
+    `submit` and `status` raise `TransientTeacherError` (the pipeline retries with backoff),
+    `PermanentTeacherError` (the run stops with its message) or a `RefineError`.
+    """
+
+    max_requests: int = 100  # requests per job: the pipeline submits chunks of at most this many
+    poll_interval: float = 30.0  # seconds between status checks
+    price_factor: float = 0.5  # the batch price as a fraction of the online price
+
+    @abstractmethod
+    async def submit(self, requests: list[AnnotationRequest], label: str) -> str:
+        """Submit one job (`label`: a unique name for it); returns the vendor's job name."""
+
+    @abstractmethod
+    async def status(self, job: str) -> BatchStatus:
+        """The job's state, with every request's answer once it has succeeded."""

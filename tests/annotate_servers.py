@@ -7,6 +7,16 @@ frames of `CodedDataset` and `coded_frame` encode episode and step as two flat g
 survive JPEG), counts requests per step, and injects faults per step and attempt:
 "429" (with Retry-After), "503", "timeout" (answers after `slow_seconds`), "malformed" (invalid
 JSON text), "empty" (no candidates / no choices), "badbody" (a non-JSON HTTP body).
+
+It also speaks the Gemini Batch API as google-genai calls it: `POST …/models/{m}:batchGenerateContent`
+(inlined requests → a `batches/{id}` operation) and `GET …/batches/{id}` (the job's state under
+`metadata.state`: BATCH_STATE_PENDING for `pending_polls` gets, then RUNNING while `hold_jobs` is
+set or for `running_polls` gets, then SUCCEEDED with `metadata.output.inlinedResponses`, or
+`job_outcome` — e.g. "FAILED"). Each inlined request counts as one request of its step; the faults
+"malformed" and "empty" apply to its inlined response, "error" (and "429"/"503") give it an error.
+
+`coded_refine_main()` runs the `refine` CLI with a `coded` dataset registered (a subprocess that
+needs no TensorFlow).
 """
 from __future__ import annotations
 
@@ -20,7 +30,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
-from refine_core import DatasetStatistics, Episode, RobotDataset, Statistics, Step
+from pydantic import BaseModel, ConfigDict
+
+from refine_core import DatasetSpec, DatasetStatistics, Episode, RobotDataset, Statistics, Step, hookimpl
 
 INSTRUCTION = "put the red block on the blue plate"
 _BASE, _EPISODE_STRIDE, _STEP_STRIDE = 16, 20, 12  # up to 12 episodes x 20 steps
@@ -121,6 +133,12 @@ class FakeTeacherServer:
         self.always: str | None = None  # a fault for every request
         self.headers_seen: list[dict] = []
         self.bodies_seen = 0
+        # Batch API
+        self.jobs: dict[str, dict] = {}  # "batches/{id}" -> {"steps", "responses", "gets", "display_name"}
+        self.creates = 0
+        self.pending_polls, self.running_polls = 1, 2
+        self.hold_jobs = False  # True: every job stays RUNNING
+        self.job_outcome: str | None = None  # "FAILED", "CANCELLED", "EXPIRED" instead of SUCCEEDED
         self._lock = threading.Lock()
         server = self
 
@@ -133,7 +151,13 @@ class FakeTeacherServer:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
-                server.handle(self, body)
+                if self.path.split("?")[0].endswith(":batchGenerateContent"):
+                    server.create_batch(self, body)
+                else:
+                    server.handle(self, body)
+
+            def do_GET(self):
+                server.get_batch(self)
 
         self.httpd = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -148,22 +172,93 @@ class FakeTeacherServer:
         self.httpd.server_close()
 
     # -- protocol --------------------------------------------------------------------------
-    def handle(self, handler: BaseHTTPRequestHandler, body: dict) -> None:
-        openai = handler.path.rstrip("/").endswith("/chat/completions")
-        if openai:
-            image_url = next(p for p in body["messages"][0]["content"] if p["type"] == "image_url")
-            frame = _png_frame(image_url["image_url"]["url"].split(",", 1)[1])
-        else:
-            part = next(p for p in body["contents"][0]["parts"] if "inlineData" in p or "inline_data" in p)
-            frame = _png_frame((part.get("inlineData") or part.get("inline_data"))["data"])
-        step = decode_frame(frame)
+    @staticmethod
+    def _gemini_step(request: dict) -> tuple[int, int]:
+        part = next(p for p in request["contents"][0]["parts"] if "inlineData" in p or "inline_data" in p)
+        return decode_frame(_png_frame((part.get("inlineData") or part.get("inline_data"))["data"]))
+
+    def _count(self, step: tuple[int, int], handler: BaseHTTPRequestHandler) -> str | None:
+        """Count one request of `step`; the fault planned for this attempt (None: answer it)."""
         with self._lock:
             self.requests[step] += 1
             attempt = self.requests[step]
             self.times[step].append(time.monotonic())
             self.headers_seen.append({k.lower(): v for k, v in handler.headers.items()})
             planned = self.faults.get(step, [])
-            fault = self.always or (planned[attempt - 1] if attempt <= len(planned) else None)
+            return self.always or (planned[attempt - 1] if attempt <= len(planned) else None)
+
+    @staticmethod
+    def _gemini_payload(step: tuple[int, int], fault: str | None) -> dict:
+        text = json.dumps(answer_for(step))
+        if fault == "malformed":
+            text = text[: len(text) // 2]
+        return {"candidates": [] if fault == "empty" else [{"content": {"role": "model", "parts": [{"text": text}]},
+                                                            "finishReason": "STOP", "index": 0}],
+                "usageMetadata": {"promptTokenCount": 300, "candidatesTokenCount": 120, "totalTokenCount": 420}}
+
+    def create_batch(self, handler: BaseHTTPRequestHandler, body: dict) -> None:
+        batch = body["batch"]
+        responses, steps = [], []
+        for item in batch["inputConfig"]["requests"]["requests"]:
+            step = self._gemini_step(item["request"])
+            fault = self._count(step, handler)
+            steps.append(step)
+            if fault in ("error", "429", "503"):
+                response = {"error": {"code": 13, "message": "internal error while generating"}}
+            else:
+                response = {"response": self._gemini_payload(step, fault)}
+                if fault is None:
+                    with self._lock:
+                        self.answered[step] += 1
+            responses.append({**response, "metadata": item.get("metadata", {})})
+        with self._lock:
+            self.creates += 1
+            name = f"batches/job{self.creates}x{int(time.time() * 1000) % 100000}"
+            self.jobs[name] = {"steps": steps, "responses": responses, "gets": 0,
+                               "display_name": batch.get("displayName"), "model": handler.path.split(":")[0]}
+        self._send(handler, 200, self._operation(name, "BATCH_STATE_PENDING"))
+
+    def get_batch(self, handler: BaseHTTPRequestHandler) -> None:
+        name = "batches/" + handler.path.split("?")[0].rsplit("/", 1)[-1]
+        with self._lock:
+            self.headers_seen.append({k.lower(): v for k, v in handler.headers.items()})
+            job = self.jobs.get(name)
+            if job is None:
+                return self._send(handler, 404, {"error": {"code": 404, "message": f"{name} not found",
+                                                           "status": "NOT_FOUND"}})
+            job["gets"] += 1
+            gets = job["gets"]
+        if gets <= self.pending_polls:
+            state = "BATCH_STATE_PENDING"
+        elif self.hold_jobs or gets <= self.pending_polls + self.running_polls:
+            state = "BATCH_STATE_RUNNING"
+        elif self.job_outcome:
+            state = f"BATCH_STATE_{self.job_outcome}"
+        else:
+            return self._send(handler, 200, self._operation(name, "BATCH_STATE_SUCCEEDED", job["responses"]))
+        self._send(handler, 200, self._operation(name, state))
+
+    def _operation(self, name: str, state: str, responses: list | None = None) -> dict:
+        metadata = {"@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
+                    "model": self.jobs[name]["model"].rsplit("/", 1)[-1] if name in self.jobs else "",
+                    "displayName": self.jobs.get(name, {}).get("display_name"), "state": state,
+                    "createTime": "2026-11-01T00:00:00Z", "updateTime": "2026-11-01T00:00:01Z"}
+        done = state not in ("BATCH_STATE_PENDING", "BATCH_STATE_RUNNING")
+        if responses is not None:
+            metadata["output"] = {"inlinedResponses": {"inlinedResponses": responses}}
+        operation = {"name": name, "metadata": metadata, "done": done}
+        if done and state != "BATCH_STATE_SUCCEEDED":
+            operation["error"] = {"code": 13, "message": f"batch ended {state}"}
+        return operation
+
+    def handle(self, handler: BaseHTTPRequestHandler, body: dict) -> None:
+        openai = handler.path.rstrip("/").endswith("/chat/completions")
+        if openai:
+            image_url = next(p for p in body["messages"][0]["content"] if p["type"] == "image_url")
+            step = decode_frame(_png_frame(image_url["image_url"]["url"].split(",", 1)[1]))
+        else:
+            step = self._gemini_step(body)
+        fault = self._count(step, handler)
         if self.latency:
             time.sleep(self.latency)
         if fault == "429":
@@ -175,19 +270,17 @@ class FakeTeacherServer:
             time.sleep(self.slow_seconds)
         if fault == "badbody":
             return self._send_raw(handler, 200, b"<html>gateway error</html>", "text/html")
-        text = json.dumps(answer_for(step))
-        if fault == "malformed":
-            text = text[: len(text) // 2]
-        empty = fault == "empty"
         if openai:
+            text = json.dumps(answer_for(step))
+            if fault == "malformed":
+                text = text[: len(text) // 2]
+            empty = fault == "empty"
             payload = {"id": "cmpl-1", "object": "chat.completion", "created": 0, "model": body.get("model", "m"),
                        "choices": [] if empty else [{"index": 0, "finish_reason": "stop",
                                                      "message": {"role": "assistant", "content": text}}],
                        "usage": {"prompt_tokens": 300, "completion_tokens": 120, "total_tokens": 420}}
         else:
-            payload = {"candidates": [] if empty else [{"content": {"role": "model", "parts": [{"text": text}]},
-                                                        "finishReason": "STOP", "index": 0}],
-                       "usageMetadata": {"promptTokenCount": 300, "candidatesTokenCount": 120, "totalTokenCount": 420}}
+            payload = self._gemini_payload(step, fault)
         if fault is None:
             with self._lock:
                 self.answered[step] += 1
@@ -209,6 +302,30 @@ class FakeTeacherServer:
             handler.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout test)
+
+
+class CodedOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    episodes: int = 3
+    steps: int = 8
+
+
+@hookimpl
+def refine_datasets():
+    yield DatasetSpec(name="coded", summary="test episodes whose frames encode (episode, step)",
+                      factory=lambda o: CodedDataset(o.episodes, o.steps), options=CodedOptions)
+
+
+def coded_refine_main() -> None:
+    """The `refine` CLI with this module's `coded` dataset registered beside the built-ins."""
+    import sys
+
+    from refine_core import plugins
+    from refine_core.cli import main
+
+    plugins._registry = plugins.Registry(builtins=(*plugins.BUILTIN_PLUGINS, "annotate_servers"))
+    main(sys.argv[1:])
 
 
 if __name__ == "__main__":  # a standalone server (perf runs it in its own process): prints its URL

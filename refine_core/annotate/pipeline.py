@@ -5,6 +5,7 @@ come from the content cache or from the teacher, with up to `concurrency` reques
 under the rate limiter, retried on transient errors and re-asked on malformed answers. Each
 answer is journaled before it counts; finished episodes go to their file and the manifest (see
 `store`). Model- and vendor-agnostic: a teacher is anything implementing `refine_core.Teacher`.
+A teacher whose `batch` API is on goes through `batch` instead (same store, cache and records).
 """
 from __future__ import annotations
 
@@ -95,6 +96,7 @@ class RunStats:
     resumed: int = 0  # already answered in an earlier run
     failed: int = 0
     retried: int = 0
+    jobs: int = 0  # batch mode: jobs submitted by this run or resumed from an earlier one
     input_tokens: int = 0
     output_tokens: int = 0
     cost: float = 0.0
@@ -184,7 +186,7 @@ class _Run:
                 cached: bool) -> dict[str, Any]:
         return {"episode_id": episode_id, "step": step, "teacher": self.identity,
                 "reasoning": reasoning.model_dump(), "usage": {"input": usage.input_tokens, "output": usage.output_tokens},
-                "attempts": attempts, "cached": cached}
+                "cost": round(self.price.cost(usage), 9), "attempts": attempts, "cached": cached}
 
     async def run(self) -> RunStats:
         queue: asyncio.Queue = asyncio.Queue(maxsize=2 * self.settings.concurrency)
@@ -200,6 +202,16 @@ class _Run:
         return self.stats
 
     async def _produce(self, queue: asyncio.Queue) -> None:
+        await self._plan(lambda work, t, request: queue.put((work, t, request)))
+        for _ in range(self.settings.concurrency):
+            await queue.put(None)
+
+    def _in_flight(self, work: _EpisodeWork, step: int) -> bool:
+        """Asked already, answer still to come (a batch job of an earlier run)."""
+        return False
+
+    async def _plan(self, dispatch: Callable[[_EpisodeWork, int, AnnotationRequest], Any]) -> None:
+        """Every step this run must settle: resumed and cached ones at once, the others to `dispatch`."""
         settings = self.settings
         episodes = select_episodes(self.dataset, settings.split, self.shard, settings.max_episodes)
         while True:
@@ -224,6 +236,8 @@ class _Run:
             if not work.pending:
                 await self._finish(work)  # answered in an earlier run; only its file was missing
             for t in sorted(work.pending):
+                if self._in_flight(work, t):
+                    continue
                 request = step_request(episode.steps[t], actions)
                 hit = self._from_cache(request)
                 if hit is not None:
@@ -232,12 +246,10 @@ class _Run:
                     self.stats.cached += 1
                     await self._settle(work, t, record, None)
                 else:
-                    await queue.put((work, t, request))
+                    await dispatch(work, t, request)
             self.on_progress(self.stats)
         self.stats.producer_done = True
         self.on_progress(self.stats)
-        for _ in range(settings.concurrency):
-            await queue.put(None)
 
     def _from_cache(self, request: AnnotationRequest) -> Reasoning | None:
         if self.cache is None:
@@ -272,6 +284,8 @@ class _Run:
 
     async def _settle(self, work: _EpisodeWork, t: int, record: dict[str, Any] | None,
                       failure: dict[str, Any] | None) -> None:
+        if t not in work.pending:
+            return  # settled before (a batch job collected twice after a kill)
         if record is not None:
             work.records[t] = record
         else:
@@ -291,6 +305,8 @@ class _Run:
             "cached": sum(1 for r in asked_records if r.get("cached")),
             "input_tokens": sum(r["usage"]["input"] for r in asked_records),
             "output_tokens": sum(r["usage"]["output"] for r in asked_records),
+            "cost_usd": round(sum(r.get("cost", self.price.cost(TokenUsage(r["usage"]["input"], r["usage"]["output"])))
+                                  for r in asked_records), 9),
         }
         failed = [work.failed[t] for t in sorted(work.failed)]
         filename = await asyncio.to_thread(self.store.write_episode_file, work.episode_id, steps, failed)
@@ -316,6 +332,8 @@ def episode_records(work: _EpisodeWork, teacher_key: str, strategy: str) -> list
                                  "teacher": teacher_key, "source": source}
         if source == t:
             entry.update(usage=record["usage"], attempts=record.get("attempts", 1), cached=record.get("cached", False))
+            if "cost" in record:
+                entry["cost"] = record["cost"]
         out.append(entry)
     return out
 
@@ -324,8 +342,20 @@ def annotate_dataset(dataset: RobotDataset, teacher: Teacher, out: str | Path, s
                      shard: tuple[int, int] = (0, 1),
                      on_progress: Callable[[RunStats], None] | None = None) -> RunStats:
     """Annotate (or resume annotating) `dataset` into `out`; returns what this run did."""
+    if teacher.batch is None:
+        from .batch import read_job_files
+
+        if jobs := read_job_files(out, teacher.identity.key()):
+            raise UsageError(f"{out} has {len(jobs)} batch jobs submitted by a batch-mode run and not yet collected; "
+                             f"run with the teacher in batch mode again to collect them, or delete "
+                             f"{Path(out) / 'batches'} to ask their steps online")
     store = AnnotationStore.open(out, run_header(dataset, teacher.identity, settings))
-    run = _Run(dataset, teacher, store, settings, shard, on_progress)
+    if teacher.batch is not None:
+        from .batch import BatchRun
+
+        run: _Run = BatchRun(dataset, teacher, store, settings, shard, on_progress)
+    else:
+        run = _Run(dataset, teacher, store, settings, shard, on_progress)
     try:
         return asyncio.run(run.run())
     finally:

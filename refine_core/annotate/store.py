@@ -7,11 +7,15 @@ Nothing answered is lost, whatever kills the process:
 2. when all of an episode's steps are settled, its file is written atomically (temp file,
    fsync, rename);
 3. the manifest is rewritten atomically (at most every `flush_seconds`, and at the end) under
-   an exclusive lock, merged with what other shards wrote to the same OUT;
-4. a journal is deleted only once every episode it mentions is in the manifest on disk.
+   an exclusive lock, merged with what other shards wrote to the same OUT: what is on disk wins,
+   except for the episodes this process finished itself;
+4. a journal is deleted only once every episode it mentions is in the manifest on disk, by a
+   run holding its lock (a live run holds its own journal's lock, so nobody else deletes it).
 
-On start, every journal left in OUT is read back (a torn last line, the one write a kill can
-interrupt, was never acknowledged and is ignored), so a resumed run asks only what is missing.
+On start, every journal in OUT is read back, those of live runs (other shards) included (a torn
+last line, the one write a kill can interrupt, was never acknowledged and is ignored), so a
+resumed run asks only what is missing. Several `--shard i/n` runs may share one OUT, on one
+machine or on a shared filesystem with working `flock` (e.g. NFSv4).
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import fcntl
 import json
 import os
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,6 +33,7 @@ from ..annotations import FORMAT_VERSION, MANIFEST, episode_filename
 from ..errors import UsageError
 
 JOURNAL_DIR = "journal"
+BATCH_DIR = "batches"  # submitted batch jobs not yet collected (see `batch`)
 LOCK_FILE = ".lock"
 HEADER_KEYS = ("dataset", "dataset_identity", "teacher", "strategy", "every")
 COUNT_KEYS = ("planned", "asked", "annotated", "failed", "retried", "cached", "input_tokens", "output_tokens")
@@ -35,7 +41,7 @@ COUNT_KEYS = ("planned", "asked", "annotated", "failed", "retried", "cached", "i
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so that a reader sees the old or the new file, never a mix."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # unique across hosts
     with open(temp, "wb") as handle:
         handle.write(data)
         handle.flush()
@@ -63,7 +69,8 @@ def check_out_dir(out: Path, header: dict[str, Any]) -> dict[str, Any] | None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; pass a directory for the annotations")
     if not manifest_path.is_file():
-        leftovers = [p.name for p in out.iterdir() if p.name not in (JOURNAL_DIR, LOCK_FILE)] if out.is_dir() else []
+        leftovers = [p.name for p in out.iterdir() if p.name not in (JOURNAL_DIR, BATCH_DIR, LOCK_FILE)
+                     and not p.name.startswith(".")] if out.is_dir() else []  # dot files: another shard's temp
         if leftovers:
             raise UsageError(f"--out {out} is not empty and holds no annotation set ({leftovers[0]} …); "
                              f"choose an empty or new directory")
@@ -145,6 +152,7 @@ class AnnotationStore:
         self.manifest = manifest or {"format": FORMAT_VERSION, **header, "episodes": {}, "episode_counts": {},
                                      "counts": {k: 0 for k in COUNT_KEYS}, "cost_usd": 0.0}
         self._dirty: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._mine: dict[str, tuple[str, dict[str, Any]]] = {}  # every episode this process finished
         self._last_flush = 0.0
         self.journal_dir = out / JOURNAL_DIR
         self.old_journals: list[tuple[Path, Any]] = []  # (path, handle holding its lock)
@@ -161,16 +169,16 @@ class AnnotationStore:
         if manifest is None:
             store.flush(force=True)  # claim OUT for this dataset and teacher at once
         for path in sorted(store.journal_dir.glob("*.jsonl")):
-            handle = open(path, "rb")
+            try:
+                handle = open(path, "rb")
+            except FileNotFoundError:  # its run finished and deleted it meanwhile
+                continue
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # held by a run still writing to this OUT (another shard)
+                store.old_journals.append((path, handle))
+            except OSError:  # held by a run still writing to this OUT (another shard): read, not owned
                 handle.close()
-                continue
-            store.old_journals.append((path, handle))
-            for record in read_journal(path):
-                if record.get("teacher") == header["teacher"]:
-                    store.recovered.setdefault(record["episode_id"], {})[int(record["step"])] = record
+            store._recover(path)
         store.journal = Journal(store.journal_dir / f"{os.getpid()}-{time.time_ns()}.jsonl")
         return store
 
@@ -180,10 +188,16 @@ class AnnotationStore:
         out = Path(out)
         store = cls(out, header, check_out_dir(out, header))
         for path in sorted(store.journal_dir.glob("*.jsonl")) if store.journal_dir.is_dir() else []:
-            for record in read_journal(path):
-                if record.get("teacher") == header["teacher"]:
-                    store.recovered.setdefault(record["episode_id"], {})[int(record["step"])] = record
+            store._recover(path)
         return store
+
+    def _recover(self, path: Path) -> None:
+        try:
+            for record in read_journal(path):
+                if record.get("teacher") == self.header["teacher"]:
+                    self.recovered.setdefault(record["episode_id"], {})[int(record["step"])] = record
+        except FileNotFoundError:
+            pass  # its run finished and deleted it meanwhile: its episodes are in the manifest
 
     # -- resume ----------------------------------------------------------------------------
     def is_complete(self, episode_id: str) -> bool:
@@ -214,7 +228,7 @@ class AnnotationStore:
 
     def mark_finished(self, episode_id: str, filename: str, counts: dict[str, Any]) -> None:
         """Queue a written episode for the next manifest flush."""
-        self._dirty[episode_id] = (filename, counts)
+        self._dirty[episode_id] = self._mine[episode_id] = (filename, counts)
 
     @contextmanager
     def _locked(self):
@@ -232,23 +246,25 @@ class AnnotationStore:
             return
         with self._locked():
             path = self.out / MANIFEST
-            if path.is_file():  # another shard may have written since
+            if path.is_file():  # another shard may have written since: its entries are newer than ours
                 on_disk = json.loads(path.read_text())
-                self.manifest["episodes"] = {**on_disk.get("episodes", {}), **self.manifest["episodes"]}
-                self.manifest["episode_counts"] = {**on_disk.get("episode_counts", {}),
-                                                   **self.manifest["episode_counts"]}
-            for episode_id, (filename, counts) in self._dirty.items():
+                self.manifest["episodes"] = dict(on_disk.get("episodes", {}))
+                self.manifest["episode_counts"] = dict(on_disk.get("episode_counts", {}))
+            for episode_id, (filename, counts) in self._mine.items():
                 self.manifest["episodes"][episode_id] = filename
                 self.manifest["episode_counts"][episode_id] = counts
             totals = {k: 0 for k in COUNT_KEYS}
+            cost = 0.0
             for counts in self.manifest["episode_counts"].values():
                 for key in COUNT_KEYS:
                     totals[key] += counts.get(key, 0)
+                if "cost_usd" in counts:  # what its answers cost (online or batch price)
+                    cost += counts["cost_usd"]
+                elif price is not None:  # written before costs were recorded per episode
+                    cost += (counts.get("input_tokens", 0) * price.input_per_million
+                             + counts.get("output_tokens", 0) * price.output_per_million) / 1e6
             self.manifest["counts"] = totals
-            if price is not None:
-                self.manifest["cost_usd"] = round(
-                    (totals["input_tokens"] * price.input_per_million
-                     + totals["output_tokens"] * price.output_per_million) / 1e6, 6)
+            self.manifest["cost_usd"] = round(cost, 6)
             self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             write_atomic(path, json.dumps(self.manifest, indent=1).encode())
         self._dirty.clear()
@@ -258,9 +274,19 @@ class AnnotationStore:
         """Final manifest; then drop every journal whose episodes are all in it."""
         self.flush(force=True, price=price)
         finished = set(self.manifest["episodes"])
-        for path in [*(p for p, _ in self.old_journals), *([self.journal.path] if self.journal else [])]:
+        owned = {p for p, _ in self.old_journals} | ({self.journal.path} if self.journal else set())
+        for path in owned:
             if path.exists() and {r["episode_id"] for r in read_journal(path)} <= finished:
                 path.unlink()  # unlinked while still locked, so no other run picks it up meanwhile
+        # Journals that were live at start (other shards) and have ended since: clean up the finished ones.
+        for path in set(self.journal_dir.glob("*.jsonl")) - owned:
+            try:
+                with open(path, "rb") as handle:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError: still live
+                    if {r["episode_id"] for r in read_journal(path)} <= finished:
+                        path.unlink()
+            except OSError:  # live, or deleted meanwhile by its own run
+                continue
         if self.journal is not None:
             self.journal.close()
         for _, handle in self.old_journals:

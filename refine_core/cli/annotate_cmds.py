@@ -2,7 +2,9 @@
 
 Resumes by default (an interrupted or failed run asks only what is missing), refuses an OUT that
 holds another dataset's or another teacher's annotations, `--dry-run` estimates calls, tokens
-and cost without asking anything, `--shard i/n` annotates one deterministic part of the episodes.
+and cost without asking anything, `--shard i/n` annotates one deterministic part of the episodes
+(several shards may write into one OUT). A teacher in batch mode (e.g. gemini `mode: batch`)
+submits jobs and polls them; a re-run after an interruption polls the same jobs.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ def _progress_display(enabled: bool):
         progress.update(task, completed=stats.settled, total=stats.planned or None,
                         rate=f"{rate:.1f} steps/s",
                         extra=f"{stats.episodes}{more} episodes · failed {stats.failed} · retried {stats.retried} · "
-                              f"${stats.cost:.4f}")
+                              f"{f'batch jobs {stats.jobs} · ' if stats.jobs else ''}${stats.cost:.4f}")
 
     return progress, update
 
@@ -84,14 +86,19 @@ def annotate(
         if as_json:
             typer.echo(json.dumps(estimate.as_dict(), indent=2))
             return
+        batch = ""
+        if estimate.mode == "batch":
+            batch = (f"\n  batch mode: {estimate.jobs} jobs of up to {estimate.batch_size} requests"
+                     f"{f', {estimate.in_flight} steps in jobs already submitted' if estimate.in_flight else ''}")
         console.print(
             f"dry run: {dataset_obj.name} → {teacher_obj.identity.key()} ({settings.strategy}"
             f"{f', every {settings.every}' if settings.strategy == 'every_k' else ''}), shard {shard_spec[0]}/{shard_spec[1]}\n"
             f"  episodes {estimate.episodes}, steps {estimate.steps}, asked steps {estimate.asked_steps}\n"
             f"  already annotated {estimate.already_annotated}, cache hits {estimate.cache_hits}\n"
-            f"  calls {estimate.calls}, est. tokens in {estimate.input_tokens:,} / out {estimate.output_tokens:,}\n"
+            f"  calls {estimate.calls}, est. tokens in {estimate.input_tokens:,} / out {estimate.output_tokens:,}"
+            f"{batch}\n"
             f"  est. cost ${estimate.cost_usd:.4f} (at ${estimate.input_per_million:g} / ${estimate.output_per_million:g}"
-            f" per 1M tokens in/out; retries not included)",
+            f" per 1M tokens in/out{', batch price' if estimate.mode == 'batch' else ''}; retries not included)",
             highlight=False,
         )
         return
@@ -105,8 +112,9 @@ def annotate(
         typer.echo(json.dumps({**summary, "out": str(out), "failures": failures[:20]}, indent=2))
     else:
         console.print(
-            f"annotated {out}: {stats.episodes} episodes ({stats.episodes_done_before} done before); steps asked "
-            f"{stats.planned}: answered {stats.answered}, from cache {stats.cached}, failed {stats.failed} "
+            f"annotated {out}: {stats.episodes} episodes ({stats.episodes_done_before} done before); "
+            f"{f'batch jobs {stats.jobs}; ' if stats.jobs else ''}steps asked {stats.planned}: answered {stats.answered}, "
+            f"from cache {stats.cached}, failed {stats.failed} "
             f"(retries {stats.retried}); kept from earlier runs {stats.resumed}; tokens in {stats.input_tokens:,} / "
             f"out {stats.output_tokens:,}; cost ${stats.cost:.4f}; {summary['elapsed_s']:.1f} s",
             highlight=False,

@@ -3,6 +3,7 @@
 The key comes from GEMINI_API_KEY or GOOGLE_API_KEY (environment only; never stored in any
 file). The endpoint is the SDK's own: `GOOGLE_GEMINI_BASE_URL` points it elsewhere (a proxy, a
 test server). The SDK's own retries are off: the pipeline retries, honouring Retry-After.
+With `mode: batch` the same requests go through the Batch API instead (`teachers.gemini.batch`).
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class GeminiTeacher(Teacher):
             raise UsageError("The gemini teacher needs google-genai: pip install 'refine-vla[gemini]'") from None
         self.options = options
         self._types = types
+        self._batch = None
         self._client = genai.Client(
             api_key=api_key_from_env(),
             http_options=types.HttpOptions(retry_options=types.HttpRetryOptions(attempts=1)),
@@ -63,13 +65,23 @@ class GeminiTeacher(Teacher):
                  for frame in request_frames(request, self.options.cameras)]
         return parts + [build_prompt(request.instruction, "json")]
 
-    async def annotate(self, request: AnnotationRequest) -> Annotation:
+    @property
+    def batch(self):
+        if self.options.mode != "batch":
+            return None
+        if self._batch is None:
+            from .batch import GeminiBatch
+
+            self._batch = GeminiBatch(self)
+        return self._batch
+
+    async def call(self, coroutine):
+        """Await one SDK call, its failures mapped to the pipeline's error kinds."""
         import httpx2
         from google.genai import errors
 
         try:
-            response = await self._client.aio.models.generate_content(
-                model=self.options.model, contents=self.contents(request), config=self._config)
+            return await coroutine
         except errors.APIError as exc:
             raise status_error("Gemini", exc.code, exc.message or exc.status or "",
                                getattr(exc.response, "headers", None)) from None
@@ -77,6 +89,14 @@ class GeminiTeacher(Teacher):
             raise TransientTeacherError(f"Gemini unreachable: {type(exc).__name__}: {exc}") from None
         except ValueError as exc:  # a body that is not JSON at all
             raise MalformedAnswer(f"Gemini sent an unreadable response: {exc}") from None
+
+    async def annotate(self, request: AnnotationRequest) -> Annotation:
+        response = await self.call(self._client.aio.models.generate_content(
+            model=self.options.model, contents=self.contents(request), config=self._config))
+        return self.answer(response)
+
+    def answer(self, response) -> Annotation:
+        """The reasoning and token usage in one GenerateContentResponse (online or from a batch)."""
         usage = response.usage_metadata
         tokens = TokenUsage(input_tokens=(usage.prompt_token_count or 0) if usage else 0,
                             output_tokens=(usage.candidates_token_count or 0) if usage else 0)
