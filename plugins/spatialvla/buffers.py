@@ -17,7 +17,7 @@ def rebuild_meta_buffers(model: nn.Module) -> None:
     from transformers.models.siglip.modeling_siglip import SiglipVisionEmbeddings
     from transformers.models.zoedepth.modeling_zoedepth import LogBinomialSoftmax
 
-    from .depth import Ego3DPositionEmbedding, patch_pixel_grid
+    from .depth import patch_pixel_grid
 
     config = model.config
     if getattr(model, "uv_h", None) is not None and model.uv_h.is_meta:
@@ -33,10 +33,8 @@ def rebuild_meta_buffers(model: nn.Module) -> None:
         elif isinstance(module, LogBinomialSoftmax) and module.k_idx.is_meta:
             module.k_idx = torch.arange(0, module.k).view(1, -1, 1, 1)
             module.k_minus_1 = torch.tensor([module.k - 1]).view(1, -1, 1, 1)
-        elif isinstance(module, Ego3DPositionEmbedding) and module.freq_bands.is_meta:
-            n_freqs, channels = module.freq_bands.shape[0], module.center.shape[0]
-            module.freq_bands = 2.0 ** torch.linspace(0, n_freqs - 1, n_freqs)
-            module.center = torch.tensor([0.0, 0.0, 2.0]).repeat(channels // 3)
+        elif callable(getattr(module, "rebuild_meta_buffers", None)):  # our own modules know their buffers
+            module.rebuild_meta_buffers()
     left = [f"{prefix}.{name}".lstrip(".") for prefix, module in model.named_modules()
             for name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
             if tensor.is_meta]

@@ -112,14 +112,28 @@ class Ego3DPositionEmbedding(nn.Module):
 
     def __init__(self, in_channels: int, features: int, n_freqs: int = 8) -> None:
         super().__init__()
-        self.register_buffer("freq_bands", 2.0 ** torch.linspace(0, n_freqs - 1, n_freqs), persistent=False)
-        self.register_buffer("center", torch.tensor([0.0, 0.0, 2.0]).repeat(in_channels // 3), persistent=False)
+        self.n_freqs, self.in_channels = n_freqs, in_channels
+        self.register_buffer("freq_bands", self._freq_bands(), persistent=False)
+        self.register_buffer("center", self._center(), persistent=False)
         encoded = in_channels * (2 * n_freqs + 1)
         self.position_embedding_head = nn.Sequential(nn.Linear(encoded, features), nn.LayerNorm(features), nn.ReLU(),
                                                      nn.Linear(features, features))
         for parameter in self.parameters():  # small initial weights: the 3D term starts near zero
             if parameter.dim() > 1:
                 nn.init.xavier_uniform_(parameter, gain=0.01)
+
+    def _freq_bands(self) -> torch.Tensor:
+        return 2.0 ** torch.linspace(0, self.n_freqs - 1, self.n_freqs)
+
+    def _center(self) -> torch.Tensor:
+        return torch.tensor([0.0, 0.0, 2.0]).repeat(self.in_channels // 3)
+
+    def rebuild_meta_buffers(self) -> None:
+        """Recompute the buffers a meta-device build left without values (see buffers.py)."""
+        if self.freq_bands.is_meta:
+            self.freq_bands = self._freq_bands()
+        if self.center.is_meta:
+            self.center = self._center()
 
     def encode(self, xyz: torch.Tensor) -> torch.Tensor:
         centred = ((xyz - self.center) / 2.0).to(self.freq_bands.dtype)
