@@ -21,6 +21,15 @@ from .errors import UsageError
 from .stats import Statistics
 
 
+def model_dtype(name: str):
+    """A backbone's `dtype` option as a torch dtype: "auto" is bf16 on CUDA, else fp32."""
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
 @dataclass
 class TrainingSample:
     """One supervised step: frames, instruction, the action chunk to predict, optional reasoning text."""

@@ -13,18 +13,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from refine_core.backbone import Backbone
+from refine_core.backbone import Backbone, model_dtype
 from refine_core.errors import UsageError
 from refine_core.images import to_pixel_values
 
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 SUPPORTED_MODEL_TYPES = ("paligemma",)
-
-
-def _dtype(name: str) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
 class HFVLMBackbone(Backbone):
@@ -57,7 +51,7 @@ class HFVLMBackbone(Backbone):
             config._attn_implementation = self.options.attn_implementation
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            self.model = PaliGemmaForConditionalGeneration(config).to(_dtype(self.options.dtype))
+            self.model = PaliGemmaForConditionalGeneration(config).to(model_dtype(self.options.dtype))
         vision = config.vision_config
         self.image_size, self.image_mean, self.image_std = vision.image_size, SIGLIP_MEAN, SIGLIP_STD
 
@@ -76,7 +70,8 @@ class HFVLMBackbone(Backbone):
                              f"model_type {config.model_type!r}. Use the backbone made for it (refine list backbone).")
         attn = {} if self.options.attn_implementation == "auto" else {
             "attn_implementation": self.options.attn_implementation}
-        self.model = PaliGemmaForConditionalGeneration.from_pretrained(path, dtype=_dtype(self.options.dtype), **attn)
+        self.model = PaliGemmaForConditionalGeneration.from_pretrained(path, dtype=model_dtype(self.options.dtype),
+                                                                       **attn)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         vision = config.vision_config
         self.image_size, self.image_mean, self.image_std = vision.image_size, SIGLIP_MEAN, SIGLIP_STD

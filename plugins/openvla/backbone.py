@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from refine_core.backbone import Backbone
+from refine_core.backbone import Backbone, model_dtype
 from refine_core.errors import UsageError
 from refine_core.images import to_pixel_values
 from refine_core.stats import Statistics
@@ -45,12 +45,6 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # DI
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)  # SigLIP tower
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 FALLBACK_STATS_KEY = "refine_dataset"  # norm_stats key of an attached codec's statistics when no dataset name is known
-
-
-def _dtype(name: str) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
 class OpenVLABackbone(Backbone):
@@ -70,7 +64,7 @@ class OpenVLABackbone(Backbone):
                 raise UsageError(f"backbone.path {path} has no config.json: point it at an OpenVLA checkpoint "
                                  "directory (config.json + model.safetensors)")
             try:
-                self.model = OpenVLAForActionPrediction.from_pretrained(path, _dtype(options.dtype), attn)
+                self.model = OpenVLAForActionPrediction.from_pretrained(path, model_dtype(options.dtype), attn)
             except (ValueError, FileNotFoundError) as exc:
                 raise UsageError(f"Cannot load OpenVLA from {path}: {exc}") from None
             if any((path / name).is_file() for name in TOKENIZER_FILES):
@@ -86,7 +80,7 @@ class OpenVLABackbone(Backbone):
             with torch.random.fork_rng():
                 torch.manual_seed(options.seed)
                 self.model = OpenVLAForActionPrediction(OpenVLAConfig.from_dict(TINY_CONFIG), attn)
-            self.model.to(_dtype(options.dtype))
+            self.model.to(model_dtype(options.dtype))
             self.tokenizer = build_tokenizer()
         else:
             raise UsageError("openvla needs a model: set backbone.path=DIR or backbone.preset=tiny")

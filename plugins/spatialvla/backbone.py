@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from refine_core.backbone import Backbone
+from refine_core.backbone import Backbone, model_dtype
 from refine_core.errors import UsageError
 from refine_core.images import to_pixel_values
 
@@ -22,12 +22,6 @@ from .processor import ProcessorSettings
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 STATS_KEY = "refine_dataset"  # statistics of a fine-tune whose dataset has no name (as the OpenVLA backbone)
-
-
-def _dtype(name: str) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
 class SpatialVLABackbone(Backbone):
@@ -45,7 +39,7 @@ class SpatialVLABackbone(Backbone):
             self._check_directory(path)
             try:
                 self.model = SpatialVLAForConditionalGeneration.from_pretrained(
-                    path, _dtype(options.dtype), attn, sync_spatial_embeddings=options.sync_spatial_embeddings)
+                    path, model_dtype(options.dtype), attn, sync_spatial_embeddings=options.sync_spatial_embeddings)
             except ValueError as exc:  # config contents (model_type, sub-configs)
                 raise UsageError(f"Cannot load SpatialVLA from {path}: {exc}") from None
             self.tokenizer = self._load_tokenizer(path)
@@ -59,7 +53,7 @@ class SpatialVLABackbone(Backbone):
                 torch.manual_seed(options.seed)
                 self.model = SpatialVLAForConditionalGeneration(SpatialVLAConfig.from_dict(
                     build_config(self.tokenizer)), attn)
-            self.model.to(_dtype(options.dtype))
+            self.model.to(model_dtype(options.dtype))
             self.processor = ProcessorSettings()
         else:
             raise UsageError("spatialvla needs a model: set backbone.path=DIR or backbone.preset=tiny")
