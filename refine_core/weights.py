@@ -14,6 +14,31 @@ WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 
 
+# what a checkpoint directory needs; the Hub download fetches only these (not .bin or .pt duplicates)
+CHECKPOINT_PATTERNS = ("*.json", "*.safetensors", "tokenizer.model", "*.txt")
+
+
+def resolve_checkpoint_dir(path: str) -> Path:
+    """A local checkpoint directory for `backbone.path`: the directory itself, or the Hugging Face
+    Hub snapshot of a repo id such as "openvla/openvla-7b" (downloaded once into the Hub cache;
+    HF_HUB_OFFLINE=1 uses the cache only). UsageError with one line when neither works."""
+    local = Path(path).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise UsageError(f"backbone.path {path} is a file; point it at the checkpoint directory")
+        return local
+    if path.count("/") != 1 or path.startswith((".", "/", "~")):
+        raise UsageError(f"backbone.path {path} does not exist (nor is it a Hub id such as org/name)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id=path, allow_patterns=list(CHECKPOINT_PATTERNS)))
+    except Exception as exc:  # offline, unknown repo, gated repo, no token: all one line
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"Cannot get {path} from the Hugging Face Hub ({reason}); download it and set "
+                         "backbone.path to the local directory") from None
+
+
 def weight_files(directory: str | Path) -> list[Path]:
     """The safetensors files of a checkpoint directory; UsageError naming what is missing."""
     directory = Path(directory)

@@ -14,7 +14,8 @@ class OpenVLAOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str | None = Field(None, description="Local directory of an OpenVLA checkpoint in the upstream "
-                                               "layout (config.json + safetensors); takes precedence over `preset`.")
+                                               "layout (config.json + safetensors) or a Hub id (org/name); takes "
+                                               "precedence over `preset`.")
     preset: Literal["tiny"] | None = Field("tiny", description="Build a randomly initialised tiny OpenVLA "
                                                                "(no download) when `path` is unset.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 on CUDA, else fp32.")

@@ -34,6 +34,7 @@ import torch
 
 from refine_core.backbone import Backbone, model_dtype
 from refine_core.errors import UsageError
+from refine_core.weights import resolve_checkpoint_dir
 from refine_core.images import to_pixel_values
 from refine_core.stats import Statistics
 
@@ -59,7 +60,7 @@ class OpenVLABackbone(Backbone):
         self.codec = None  # attached by attach_codec (see refine_core.backbone)
         attn = "sdpa" if options.attn_implementation == "auto" else options.attn_implementation
         if options.path:
-            path = Path(options.path)
+            path = resolve_checkpoint_dir(options.path)
             if not (path / "config.json").is_file():
                 raise UsageError(f"backbone.path {path} has no config.json: point it at an OpenVLA checkpoint "
                                  "directory (config.json + model.safetensors)")

@@ -15,7 +15,7 @@ class SpatialVLAOptions(BaseModel):
 
     path: str | None = Field(None, description="Local directory of a SpatialVLA checkpoint in the upstream layout "
                                                "(config.json, safetensors, tokenizer, processor_config.json); "
-                                               "takes precedence over `preset`.")
+                                               "or a Hub id (org/name); takes precedence over `preset`.")
     preset: Literal["tiny"] | None = Field("tiny", description="Build a randomly initialised tiny SpatialVLA "
                                                                "(no download) when `path` is unset.")
     unnorm_key: str | None = Field(None, description="Dataset whose statistics (processor_config.json) and camera "

@@ -16,6 +16,7 @@ import torch
 
 from refine_core.backbone import Backbone, model_dtype
 from refine_core.errors import UsageError
+from refine_core.weights import resolve_checkpoint_dir
 from refine_core.images import to_pixel_values
 
 from .processor import ProcessorSettings
@@ -35,7 +36,7 @@ class SpatialVLABackbone(Backbone):
         self.codec = None  # attached by attach_codec (see refine_core.backbone)
         attn = "sdpa" if options.attn_implementation == "auto" else options.attn_implementation
         if options.path:
-            path = Path(options.path)
+            path = resolve_checkpoint_dir(options.path)
             self._check_directory(path)
             try:
                 self.model = SpatialVLAForConditionalGeneration.from_pretrained(
