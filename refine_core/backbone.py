@@ -8,10 +8,11 @@ Inference:  backbone.predict(images, instruction, reasoning=True) -> Prediction
 """
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -28,6 +29,20 @@ def model_dtype(name: str):
     if name == "auto":
         return torch.bfloat16 if torch.cuda.is_available() else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+AllowedIds = Callable[[int], "Sequence[int] | np.ndarray | None"]  # new-token index → allowed ids (None: any)
+
+
+def greedy_token(logits, allowed: AllowedIds | None = None, index: int = 0):
+    """argmax over the last dimension of `logits` [B, V], restricted to `allowed(index)` when given."""
+    ids = allowed(index) if allowed is not None else None
+    if ids is None:
+        return logits.argmax(-1)
+    import torch
+
+    keep = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=logits.device)
+    return keep[logits.index_select(-1, keep).argmax(-1)]
 
 
 @dataclass
@@ -55,6 +70,7 @@ class Prediction:
     generated_ids: list[int] = field(default_factory=list)
     action_ids: list[int] = field(default_factory=list)
     error: str | None = None  # the ActionDecodeError message, if any
+    forced: bool = False  # the action span was generated under constraints after the reasoning failed to give one
 
 
 class Backbone(ABC):
@@ -165,8 +181,9 @@ class Backbone(ABC):
     # -- inference ----------------------------------------------------------------------------
     @abstractmethod
     def generate_ids(self, image: np.ndarray, instruction: str, max_new_tokens: int,
-                     prefix_ids: Sequence[int] = ()) -> list[int]:
-        """Greedy continuation of the prompt (plus `prefix_ids`), eos excluded."""
+                     prefix_ids: Sequence[int] = (), allowed: AllowedIds | None = None) -> list[int]:
+        """Greedy continuation of the prompt (plus `prefix_ids`), eos excluded. `allowed(i)` (when
+        given) lists the ids the i-th new token may take, None meaning any (constrained decoding)."""
 
     def split_generated(self, ids: Sequence[int]) -> tuple[list[int], list[int]]:
         """(reasoning ids, action ids) of a reason-then-act continuation."""
@@ -176,14 +193,27 @@ class Backbone(ABC):
         return list(ids[:start]), list(ids[start:])
 
     def predict(self, image: np.ndarray, instruction: str, reasoning: bool = True,
-                order: ReasoningOrder = "reason_then_act", max_new_tokens: int = 256) -> Prediction:
-        """Reasoning (optional) then actions, decoded in refine's action convention."""
+                order: ReasoningOrder = "reason_then_act", max_new_tokens: int = 256,
+                constrain_actions: bool = True) -> Prediction:
+        """Reasoning (optional) then actions, decoded in refine's action convention.
+
+        With `constrain_actions` (and a codec that names its action ids) the action span is decoded
+        under the codec's per-position id constraints, so it always decodes: when acting first, from
+        the start; after reasoning, only if the free continuation did not end in a valid span — the
+        span is then generated again after the reasoning, constrained, and the prediction is marked
+        `forced` (the reasoning never reached a valid action by itself)."""
         span = self.codec.span_length
+        constraint = self._action_constraint() if constrain_actions else None
+        forced = False
         if reasoning and order == "reason_then_act":
             ids = self.generate_ids(image, instruction, max_new_tokens)
             reasoning_ids, action_ids = self.split_generated(ids)
+            if constraint is not None and not self._decodes(action_ids):
+                prefix = list(ids[: len(reasoning_ids)])
+                action_ids = self.generate_ids(image, instruction, span, prefix_ids=prefix, allowed=constraint)
+                ids, forced = prefix + action_ids, True
         else:  # the action span comes first: stop as soon as it is complete
-            ids = self.generate_ids(image, instruction, span or max_new_tokens)
+            ids = self.generate_ids(image, instruction, span or max_new_tokens, allowed=constraint)
             reasoning_ids, action_ids = [], list(ids[:span] if span else ids)
         text = self.tokenizer.decode(reasoning_ids, skip_special_tokens=True).strip() if reasoning_ids else None
         try:
@@ -192,7 +222,24 @@ class Backbone(ABC):
         except ActionDecodeError as exc:
             actions, error = None, str(exc)
         return Prediction(actions=actions, reasoning=text, generated_ids=list(ids), action_ids=action_ids,
-                          error=error)
+                          error=error, forced=forced)
+
+    def _action_constraint(self) -> AllowedIds | None:
+        """`allowed` for generate_ids over an action span, when the codec and backbone support it."""
+        span = self.codec.span_length
+        if not span or self.codec.allowed_ids_at(0) is None:
+            return None
+        if "allowed" not in inspect.signature(self.generate_ids).parameters:
+            return None  # a third-party backbone written before constrained decoding existed
+        table = [self.codec.allowed_ids_at(i) for i in range(span)]
+        return lambda i: table[i] if i < span else None
+
+    def _decodes(self, action_ids: Sequence[int]) -> bool:
+        try:
+            self.codec.decode(action_ids)
+        except ActionDecodeError:
+            return False
+        return True
 
     # -- persistence --------------------------------------------------------------------------
     @abstractmethod

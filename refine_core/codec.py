@@ -186,6 +186,11 @@ class ActionCodec(ABC):
         """Sorted int64 ids reserved for actions (loss mask, constrained generation); None if none are."""
         return None
 
+    def allowed_ids_at(self, position: int) -> np.ndarray | None:
+        """Ids that may stand at `position` of an action span (constrained decoding), or None when
+        the codec cannot say (text numbers). Id codecs: their action ids at every position."""
+        return self.action_token_ids
+
     def action_span_mask(self, ids: Sequence[int]) -> np.ndarray:
         """bool per id: True where it is an action token. Codecs without reserved ids mark the whole span."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)

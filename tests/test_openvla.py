@@ -302,3 +302,13 @@ def test_tiny_trains_with_the_reasoning_aware_loss_and_predicts_an_action(regist
     assert prediction.actions.shape == (1, 7)
     half_bin = (stats.q99 - stats.q01)[:6] / 256
     assert np.all(np.abs(prediction.actions[0, :6] - s.actions[0, :6]) <= half_bin + 1e-6)
+
+
+def test_constrained_decoding_keeps_every_action_id_in_the_bins(registry, stats):
+    import numpy as np
+
+    backbone = make_backbone(registry, stats, seed=4)
+    frame = np.full((64, 64, 3), 30, np.uint8)
+    prediction = backbone.predict(frame, "close the drawer", reasoning=False)
+    assert prediction.actions.shape == (1, 7) and not prediction.forced
+    assert all(31744 <= i < 32000 for i in prediction.action_ids)

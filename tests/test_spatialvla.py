@@ -444,3 +444,17 @@ def test_refine_train_with_the_tiny_preset_end_to_end(tmp_path):
     assert backbone.statistics_key == "bridge"
     frame = np.zeros((64, 64, 3), np.uint8)
     assert len(backbone.generate_ids(frame, "put the block 0 on the plate", 3)) <= 3
+
+
+def test_constrained_decoding_gives_an_untrained_model_a_valid_chunk(stats):
+    backbone = spatial_backbone(stats, seed=5)
+    frame = np.full((64, 64, 3), 90, np.uint8)
+    free = backbone.predict(frame, "open the drawer", reasoning=False, constrain_actions=False)
+    acting = backbone.predict(frame, "open the drawer", reasoning=False)
+    assert free.actions is None  # a random model does not write a valid span by itself
+    assert acting.actions.shape == (4, 7) and not acting.forced
+    groups = backbone.codec.group_ids()
+    assert all(i in groups[k % 3] for k, i in enumerate(acting.action_ids))
+    reasoned = backbone.predict(frame, "open the drawer", reasoning=True, max_new_tokens=6)
+    assert reasoned.forced and reasoned.actions.shape == (4, 7)
+    assert reasoned.generated_ids[-12:] == reasoned.action_ids  # appended after the reasoning it kept

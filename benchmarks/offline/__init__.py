@@ -15,6 +15,9 @@ class OfflineOptions(BaseModel):
                                                          "(evenly spaced; 0 = teacher-forced only).")
     max_new_tokens: int = Field(512, ge=1, description="Generation budget for reasoning + actions "
                                                         "(a teacher's reasoning is often 200-400 tokens).")
+    constrain_actions: bool = Field(True, description="Decode the action span under the codec's id constraints "
+                                                      "(always executable); reasoning that never reached a valid "
+                                                      "span is counted as forced.")
 
 
 @hookimpl

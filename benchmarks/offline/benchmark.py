@@ -85,11 +85,13 @@ class OfflineBenchmark(Benchmark):
         return record
 
     def _free_running(self, context: EvalContext, samples, with_reasoning: bool) -> dict:
-        errors, grippers, failures, example = [], [], 0, None
+        errors, grippers, failures, forced, example = [], [], 0, 0, None
         for sample in samples:
             prediction = context.backbone.predict(sample.image, sample.instruction, reasoning=with_reasoning,
                                                   order=context.reasoning_order,
-                                                  max_new_tokens=self.options.max_new_tokens)
+                                                  max_new_tokens=self.options.max_new_tokens,
+                                                  constrain_actions=self.options.constrain_actions)
+            forced += prediction.forced
             if with_reasoning and example is None and prediction.reasoning:
                 example = {"step": sample.key, "reasoning": prediction.reasoning}
             if prediction.actions is None:
@@ -100,7 +102,7 @@ class OfflineBenchmark(Benchmark):
             grippers.append(float((guess[GRIPPER] >= 0.5) == (truth[GRIPPER] >= 0.5)))
         l1 = np.mean(errors, axis=0) if errors else None
         return {
-            "predictions": len(samples), "decode_failures": failures,
+            "predictions": len(samples), "decode_failures": failures, "forced": forced,
             "l1_per_dim": l1.tolist() if l1 is not None else None,
             "l1_mean": float(np.mean(l1[:GRIPPER])) if l1 is not None else None,
             "gripper_accuracy": float(np.mean(grippers)) if grippers else None,
@@ -128,6 +130,7 @@ class OfflineBenchmark(Benchmark):
             summary[mode] = {
                 "predictions": predictions,
                 "decode_failure_rate": (sum(m["decode_failures"] for m in runs) / predictions) if predictions else None,
+                "forced_rate": (sum(m.get("forced", 0) for m in runs) / predictions) if predictions else None,
                 "l1_per_dim": np.mean([m["l1_per_dim"] for m in decoded], axis=0).tolist() if decoded else None,
                 "l1_mean": float(np.mean([m["l1_mean"] for m in decoded])) if decoded else None,
                 "gripper_accuracy": float(np.mean([m["gripper_accuracy"] for m in decoded])) if decoded else None,

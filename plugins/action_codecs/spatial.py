@@ -246,6 +246,10 @@ class SpatialCodec(ActionCodec):
         self._require_bound()
         return tuple(range(self._begin + a, self._begin + b) for a, b in zip(_OFFSETS, _OFFSETS[1:]))
 
+    def allowed_ids_at(self, position: int) -> np.ndarray:
+        """Translation, rotation or gripper ids, by the position's place in its step."""
+        return np.asarray(self.group_ids()[position % 3], dtype=np.int64)
+
     @property
     def bin_policy(self) -> dict[str, dict[str, list[float]]]:
         """The edges in use, in upstream's processor_config `bin_policy` form (save it with a checkpoint)."""

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from refine_core.backbone import Backbone, model_dtype
+from refine_core.backbone import AllowedIds, Backbone, model_dtype
 from refine_core.errors import UsageError
 from refine_core.images import to_pixel_values
 
@@ -132,9 +132,16 @@ class HFVLMBackbone(Backbone):
     # -- inference ------------------------------------------------------------------------------
     @torch.no_grad()
     def generate_ids(self, image: np.ndarray, instruction: str, max_new_tokens: int,
-                     prefix_ids: Sequence[int] = ()) -> list[int]:
+                     prefix_ids: Sequence[int] = (), allowed: AllowedIds | None = None) -> list[int]:
         prompt = self.prompt_ids(instruction)
         ids = torch.tensor([prompt + list(prefix_ids)], device=self.model.device)
+        constraint = None
+        if allowed is not None:
+            every = list(range(self.model.get_output_embeddings().out_features))
+
+            def constraint(batch_id: int, sequence: torch.Tensor) -> list[int]:
+                chosen = allowed(sequence.shape[-1] - ids.shape[1])
+                return every if chosen is None else [int(i) for i in chosen]
         token_types = torch.tensor([[0] * len(prompt) + [1] * len(prefix_ids)], device=self.model.device)
         was_training = self.model.training
         self.model.eval()
@@ -143,7 +150,7 @@ class HFVLMBackbone(Backbone):
                 input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=token_types,
                 pixel_values=self.image_inputs([image])["pixel_values"].to(self.model.device),
                 max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.eos_id,
-                pad_token_id=self.pad_id, use_cache=True)
+                pad_token_id=self.pad_id, use_cache=True, prefix_allowed_tokens_fn=constraint)
         finally:
             self.model.train(was_training)
         new = out[0, ids.shape[1]:].tolist()

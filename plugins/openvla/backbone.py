@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from refine_core.backbone import Backbone, model_dtype
+from refine_core.backbone import AllowedIds, Backbone, model_dtype
 from refine_core.errors import UsageError
 from refine_core.weights import resolve_checkpoint_dir
 from refine_core.images import to_pixel_values
@@ -154,14 +154,15 @@ class OpenVLABackbone(Backbone):
     # -- inference ------------------------------------------------------------------------------
     @torch.no_grad()
     def generate_ids(self, image: np.ndarray, instruction: str, max_new_tokens: int,
-                     prefix_ids: Sequence[int] = ()) -> list[int]:
+                     prefix_ids: Sequence[int] = (), allowed: AllowedIds | None = None) -> list[int]:
         device = self.model.device
         ids = torch.tensor([self.prompt_ids(instruction) + list(prefix_ids)], device=device)
         pixels = self.image_inputs([image])["pixel_values"].to(device)
         was_training = self.model.training
         self.model.eval()
         try:
-            new = self.model.generate(ids, pixels, max_new_tokens, eos_token_id=self.eos_id)[0].tolist()
+            new = self.model.generate(ids, pixels, max_new_tokens, eos_token_id=self.eos_id,
+                                      allowed=allowed)[0].tolist()
         finally:
             self.model.train(was_training)
         return new[: new.index(self.eos_id)] if self.eos_id in new else new

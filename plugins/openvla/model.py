@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from refine_core.backbone import AllowedIds, greedy_token
 from refine_core.weights import read_state_dict as read_weights
 from refine_core.weights import write_state_dict
 
@@ -123,17 +124,19 @@ class OpenVLAForActionPrediction(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, max_new_tokens: int,
                  eos_token_id: int | None = None, attention_mask: torch.Tensor | None = None,
-                 return_scores: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                 return_scores: bool = False,
+                 allowed: AllowedIds | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Greedy decoding with a KV cache. Returns the new ids [B, n] (and their logits [B, n, V]).
 
         The prompt must be unpadded: patches go after position 0, which must be BOS in every row.
-        Cached steps get explicit positions that count the inserted patch tokens."""
+        Cached steps get explicit positions that count the inserted patch tokens; `allowed(i)`
+        restricts the i-th new token (constrained action decoding)."""
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError("OpenVLA generation takes unpadded prompts (BOS first in every row)")
         out = self.forward(input_ids, pixel_values, use_cache=True)
         cache, length = out.past_key_values, out.logits.shape[1]  # prompt + patches
         scores = [out.logits[:, -1].float()]
-        tokens = [scores[-1].argmax(-1)]
+        tokens = [greedy_token(scores[-1], allowed, 0)]
         finished = torch.zeros_like(tokens[0], dtype=torch.bool)
         for step in range(1, max_new_tokens):
             if eos_token_id is not None:
@@ -145,7 +148,7 @@ class OpenVLAForActionPrediction(nn.Module):
                                       position_ids=positions)
             cache = out.past_key_values
             scores.append(out.logits[:, -1].float())
-            next_token = scores[-1].argmax(-1)
+            next_token = greedy_token(scores[-1], allowed, step)
             if eos_token_id is not None:  # finished rows keep emitting eos
                 next_token = torch.where(finished, torch.full_like(next_token, eos_token_id), next_token)
             tokens.append(next_token)

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from refine_core.backbone import Backbone, model_dtype
+from refine_core.backbone import AllowedIds, Backbone, model_dtype
 from refine_core.errors import UsageError
 from refine_core.weights import resolve_checkpoint_dir
 from refine_core.images import to_pixel_values
@@ -201,7 +201,7 @@ class SpatialVLABackbone(Backbone):
     # -- inference ------------------------------------------------------------------------------
     @torch.no_grad()
     def generate_ids(self, image: np.ndarray, instruction: str, max_new_tokens: int,
-                     prefix_ids: Sequence[int] = ()) -> list[int]:
+                     prefix_ids: Sequence[int] = (), allowed: AllowedIds | None = None) -> list[int]:
         prompt = self.prompt_ids(instruction)
         device = self.model.device
         ids = torch.tensor([prompt + list(prefix_ids)], device=device)
@@ -211,7 +211,8 @@ class SpatialVLABackbone(Backbone):
         self.model.eval()
         try:
             new = self.model.generate(ids, inputs["pixel_values"].to(device), inputs["intrinsic"].to(device),
-                                      max_new_tokens, eos_token_id=self.eos_id, token_type_ids=token_types)[0].tolist()
+                                      max_new_tokens, eos_token_id=self.eos_id, token_type_ids=token_types,
+                                      allowed=allowed)[0].tolist()
         finally:
             self.model.train(was_training)
         return new[: new.index(self.eos_id)] if self.eos_id in new else new

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from refine_core.backbone import AllowedIds, greedy_token
 from refine_core.weights import read_state_dict, write_state_dict
 
 from .config import SpatialVLAConfig
@@ -210,11 +211,12 @@ class SpatialVLAForConditionalGeneration(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, intrinsic: torch.Tensor | None,
                  max_new_tokens: int, eos_token_id: int | None = None,
-                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Greedy decoding with a KV cache; the prompt is unpadded. Returns the new ids [B, n]."""
+                 token_type_ids: torch.Tensor | None = None, allowed: AllowedIds | None = None) -> torch.Tensor:
+        """Greedy decoding with a KV cache; the prompt is unpadded. Returns the new ids [B, n];
+        `allowed(i)` restricts the i-th new token (constrained action decoding)."""
         out = self.forward(input_ids, pixel_values, intrinsic, token_type_ids=token_type_ids, use_cache=True)
         cache, length = out.past_key_values, input_ids.shape[1]
-        tokens = [out.logits[:, -1].argmax(-1)]
+        tokens = [greedy_token(out.logits[:, -1], allowed, 0)]
         finished = torch.zeros_like(tokens[0], dtype=torch.bool)
         for step in range(1, max_new_tokens):
             if eos_token_id is not None:
@@ -226,7 +228,7 @@ class SpatialVLAForConditionalGeneration(nn.Module):
             out = self.language_model(inputs_embeds=embeds, past_key_values=cache, use_cache=True,
                                       position_ids=positions)
             cache = out.past_key_values
-            next_token = out.logits[:, -1].argmax(-1)
+            next_token = greedy_token(out.logits[:, -1], allowed, step)
             if eos_token_id is not None:  # finished rows keep emitting eos
                 next_token = torch.where(finished, torch.full_like(next_token, eos_token_id), next_token)
             tokens.append(next_token)

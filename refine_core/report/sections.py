@@ -141,6 +141,7 @@ def evaluation_section(run_dir: Path) -> Section:
     modes = [m for m in ("with_reasoning", "without_reasoning") if isinstance(summary.get(m), dict)]
     rows = []
     for key, label in (("predictions", "predictions"), ("decode_failure_rate", "decode failure rate"),
+                       ("forced_rate", "action span forced after the reasoning"),
                        ("l1_mean", "L1, mean over translation + rotation"),
                        ("gripper_accuracy", "gripper accuracy"),
                        ("l1_per_dim", "L1 per dimension (x y z roll pitch yaw g)")):
