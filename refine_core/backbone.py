@@ -173,6 +173,10 @@ class Backbone(ABC):
         """Module-name suffixes LoRA adapts by default ("all-linear" = every linear of the LM)."""
         return "all-linear"
 
+    def lora_recipe(self) -> dict[str, Any]:
+        """Defaults for `lora.alpha/dropout/init` left unset: VLM2VLA's (α 32, dropout 0.05)."""
+        return {"alpha": 32.0, "dropout": 0.05, "init": "default"}
+
     def lora_scope(self) -> list[tuple[str, Any]]:
         """Where `lora.targets=all-linear` looks for `lora_targets()`: the language-model blocks
         unless a backbone's recipe adapts more (SpatialVLA's also covers SigLIP and the projector)."""

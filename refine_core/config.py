@@ -85,8 +85,10 @@ class FreezeSettings(Section):
 
 class LoraSettings(Section):
     r: int | None = Field(None, ge=1)  # unset: no LoRA
-    alpha: float = 32.0
-    dropout: float = Field(0.05, ge=0, lt=1)
+    # unset: the backbone's `lora_recipe()` (VLM2VLA's α 32, dropout 0.05; OpenVLA's α 16, dropout 0, gaussian)
+    alpha: float | None = Field(None, gt=0)
+    dropout: float | None = Field(None, ge=0, lt=1)
+    init: Literal["default", "gaussian"] | None = None  # peft's init of the A matrices
     targets: Literal["all-linear"] | list[str] = "all-linear"
 
 

@@ -312,3 +312,21 @@ def test_constrained_decoding_keeps_every_action_id_in_the_bins(registry, stats)
     prediction = backbone.predict(frame, "close the drawer", reasoning=False)
     assert prediction.actions.shape == (1, 7) and not prediction.forced
     assert all(31744 <= i < 32000 for i in prediction.action_ids)
+
+
+def test_lora_follows_openvlas_recipe(registry, stats):
+    from refine_core.config import LoraSettings
+    from refine_core.training.lora import apply_lora, lora_module_names, resolve_lora
+
+    backbone = make_backbone(registry, stats)
+    names = lora_module_names(backbone, "all-linear")
+    # peft's all-linear, as OpenVLA's finetune.py: both towers, the projector and Llama; not lm_head
+    assert {"vision_backbone.featurizer.blocks.0.attn.qkv", "vision_backbone.fused_featurizer.blocks.2.mlp.fc2",
+            "projector.fc3", "language_model.model.layers.1.mlp.down_proj"} <= set(names)
+    assert "language_model.lm_head" not in names
+    settings = resolve_lora(backbone, LoraSettings(r=32))
+    assert (settings.alpha, settings.dropout, settings.init) == (16.0, 0.0, "gaussian")
+    assert resolve_lora(backbone, LoraSettings(r=32, alpha=64)).alpha == 64
+    apply_lora(backbone, LoraSettings(r=32))
+    lora_a = dict(backbone.model.named_parameters())["projector.fc1.lora_A.default.weight"]
+    assert lora_a.std().item() == pytest.approx(1 / 32, rel=0.2)  # peft's gaussian init: N(0, 1/r)

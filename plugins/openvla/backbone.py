@@ -147,9 +147,17 @@ class OpenVLABackbone(Backbone):
     def embedding_modules(self) -> list[tuple[str, torch.nn.Module]]:
         return [("language_model.model.embed_tokens", self.model.get_input_embeddings())]
 
-    def lora_targets(self) -> list[str]:
-        # every linear of the Llama blocks (attention and MLP)
-        return ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    def lora_recipe(self) -> dict[str, Any]:
+        # OpenVLA's fine-tuning recipe (vla-scripts/finetune.py): α = min(r, 16), no dropout,
+        # gaussian init; pair with lora.r=32 for its rank
+        return {"alpha": 16.0, "dropout": 0.0, "init": "gaussian"}
+
+    def lora_targets(self) -> str:
+        # OpenVLA's recipe is peft's "all-linear": every linear layer but the output head
+        return "all-linear"
+
+    def lora_scope(self) -> list[tuple[str, torch.nn.Module]]:
+        return self.vision_modules() + [("projector", self.model.projector)] + self.blocks()
 
     # -- inference ------------------------------------------------------------------------------
     @torch.no_grad()

@@ -43,13 +43,22 @@ def lora_module_names(backbone: Any, targets: str | list[str]) -> list[str]:
     return names
 
 
+def resolve_lora(backbone: Any, settings: LoraSettings) -> LoraSettings:
+    """`lora.alpha/dropout/init` left unset (null) take the backbone's `lora_recipe()`."""
+    recipe = backbone.lora_recipe()
+    return settings.model_copy(update={key: recipe[key] for key in ("alpha", "dropout", "init")
+                                       if getattr(settings, key) is None})
+
+
 def apply_lora(backbone: Any, settings: LoraSettings) -> list[str]:
     """Inject adapters into `backbone.model` (in place); freeze everything but them."""
     from peft import LoraConfig, inject_adapter_in_model
 
     names = lora_module_names(backbone, settings.targets)
+    settings = resolve_lora(backbone, settings)
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=names, bias="none")
+                        target_modules=names, bias="none",
+                        init_lora_weights="gaussian" if settings.init == "gaussian" else True)
     inject_adapter_in_model(config, backbone.model)
     for name, parameter in backbone.model.named_parameters():
         parameter.requires_grad_(is_adapter_parameter(name))
