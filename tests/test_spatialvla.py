@@ -458,3 +458,19 @@ def test_constrained_decoding_gives_an_untrained_model_a_valid_chunk(stats):
     reasoned = backbone.predict(frame, "open the drawer", reasoning=True, max_new_tokens=6)
     assert reasoned.forced and reasoned.actions.shape == (4, 7)
     assert reasoned.generated_ids[-12:] == reasoned.action_ids  # appended after the reasoning it kept
+
+
+def test_bfloat16_trains_and_predicts(stats):
+    """The dtype a GPU run uses (checked on CPU here): depth and back-projection stay fp32 inside."""
+    from refine_core.backbone import TrainingSample
+    from refine_core.loss import reasoning_aware_loss
+
+    backbone = spatial_backbone(stats, dtype="bfloat16")
+    assert backbone.model.dtype == torch.bfloat16
+    sample = TrainingSample(images={"main": np.zeros((64, 64, 3), np.uint8)}, primary_camera="main",
+                            instruction="lift the cup", actions=np.zeros((4, 7)), reasoning=REASONING)
+    batch = backbone.collate([sample])
+    out = reasoning_aware_loss(backbone.forward(batch), batch["labels"], batch["action_mask"], 0.3)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and backbone.model.multi_modal_projector.linear.weight.grad is not None
+    assert backbone.predict(np.zeros((64, 64, 3), np.uint8), "lift the cup", reasoning=False).actions.shape == (4, 7)

@@ -162,7 +162,7 @@ def backproject_patches(intrinsic: torch.Tensor, depth: torch.Tensor, grid: torc
     b, c, h, w = depth.shape
     rows, cols = h // patch_size, w // patch_size
     sampled = F.interpolate(depth.float(), size=(rows * reso, cols * reso), mode="area").reshape(b, c, -1)
-    points = (torch.linalg.inv(intrinsic.float()) @ grid) * sampled  # [B, 3, points]
+    points = (torch.linalg.inv(intrinsic.float()) @ grid.float()) * sampled  # [B, 3, points], fp32 as upstream
     points = points.reshape(b, 3, rows, reso, cols, reso).permute(0, 2, 4, 3, 5, 1)
     return points.reshape(b, rows * cols, -1)
 
