@@ -241,13 +241,21 @@ def test_checkpoint_statistics_need_a_known_unnorm_key(tmp_path):
     from refine_core.errors import UsageError
 
     path = write_checkpoint(tmp_path, {"bridge_orig/1.0.0": stats_block(0.1), "fractal/0.1.0": stats_block(0.2)})
+    config = json.loads((path / "processor_config.json").read_text())
+    policy = {"translation": {"theta_bins": np.linspace(0, np.pi, 17).tolist(),
+                              "phi_bins": np.linspace(-np.pi, np.pi, 33).tolist(),
+                              "r_bins": np.linspace(0, 3 ** 0.5, 9).tolist()},
+              "rotation": {f"{a}_bins": np.linspace(-1, 1, 17).tolist() for a in ("roll", "pitch", "yaw")}}
+    (path / "processor_config.json").write_text(json.dumps({**config, "bin_policy": policy}))
+    fine_tuning = SpatialVLABackbone(tiny_options(path=str(path)))  # the data will bring its statistics
+    assert fine_tuning.unnorm_key is None and fine_tuning.codec is None
     with pytest.raises(UsageError, match="choose one with backbone.unnorm_key.*bridge_orig/1.0.0, fractal/0.1.0"):
-        SpatialVLABackbone(tiny_options(path=str(path)))
+        fine_tuning.predict_action(np.zeros((32, 32, 3), np.uint8), "pick up the can")
     with pytest.raises(UsageError, match="unnorm_key 'kuka' is not in the checkpoint's statistics"):
         SpatialVLABackbone(tiny_options(path=str(path), unnorm_key="kuka"))
     backbone = SpatialVLABackbone(tiny_options(path=str(path), unnorm_key="fractal/0.1.0"))
-    stats = backbone.processor.action_statistics(backbone.unnorm_key)
-    assert stats.q99.tolist() == [0.2] * 7 and stats.mask.tolist() == [True] * 6 + [False]
+    assert backbone.codec.stats.q99.tolist() == [0.2] * 7 and backbone.codec.stats.mask.tolist() == [True] * 6 + [False]
+    assert backbone.predict_action(np.zeros((32, 32, 3), np.uint8), "pick up the can").shape == (4, 7)
 
 
 def test_bad_checkpoint_directories_fail_with_one_line(tmp_path):

@@ -16,8 +16,8 @@ import torch
 
 from refine_core.backbone import AllowedIds, Backbone, model_dtype
 from refine_core.errors import UsageError
-from refine_core.weights import resolve_checkpoint_dir
 from refine_core.images import to_pixel_values
+from refine_core.weights import resolve_checkpoint_dir
 
 from .processor import ProcessorSettings
 
@@ -58,7 +58,9 @@ class SpatialVLABackbone(Backbone):
             self.processor = ProcessorSettings()
         else:
             raise UsageError("spatialvla needs a model: set backbone.path=DIR or backbone.preset=tiny")
-        self.unnorm_key = self.processor.resolve_key(options.unnorm_key)
+        # several datasets and none named is fine for fine-tuning (the data brings its statistics);
+        # predicting with the checkpoint's own statistics asks for the key then
+        self.unnorm_key = self.processor.resolve_key(options.unnorm_key, required=False)
         config = self.model.config
         rows = self.model.get_input_embeddings().num_embeddings
         if len(self.tokenizer) > rows:
@@ -75,8 +77,12 @@ class SpatialVLABackbone(Backbone):
         from plugins.action_codecs.options import SpatialOptions
         from plugins.action_codecs.spatial import SpatialCodec
 
+        key = self.unnorm_key or self.processor.resolve_key(None)  # names the keys when there are several
+        if not self.processor.bin_policy or key is None:
+            raise UsageError("spatialvla has no action codec: train it, or load a checkpoint whose "
+                             "processor_config.json holds statistics and a bin policy")
         options = SpatialOptions(bin_policy=self.processor.bin_policy, chunk_size=self.processor.action_chunk_size)
-        codec = SpatialCodec(options).bind(self.tokenizer, self.processor.action_statistics(self.unnorm_key))
+        codec = SpatialCodec(options).bind(self.tokenizer, self.processor.action_statistics(key))
         self._check_action_range(codec)
         return codec
 
@@ -87,7 +93,8 @@ class SpatialVLABackbone(Backbone):
         previous = self.codec
         super().attach_codec(codec, action_stats)
         self._check_action_range(codec)
-        old = getattr(previous, "bin_policy", None) if previous is not None and previous.is_bound else None
+        # the bins the spatial embeddings were trained on: the attached codec's, else the checkpoint's
+        old = getattr(previous, "bin_policy", None) if previous is not None else self.processor.bin_policy
         new = getattr(codec, "bin_policy", None)
         if old is not None and new is not None and old != new and self.model.config.use_spatial_token:
             from plugins.action_codecs.spatial import spatial_embedding_adaption
@@ -218,15 +225,14 @@ class SpatialVLABackbone(Backbone):
         return new[: new.index(self.eos_id)] if self.eos_id in new else new
 
     def predict_action(self, image: np.ndarray, instruction: str, reasoning: bool = False) -> np.ndarray:
-        """The next action chunk [chunk, 7] in refine's convention (gripper 1 = open); raises
-        ActionDecodeError when the generated span is not a valid chunk."""
+        """The next action chunk [chunk, 7] in refine's convention (gripper 1 = open), the action
+        span decoded under the codec's constraints (see `Backbone.predict`)."""
         from refine_core.codec import ActionDecodeError
 
         if self.codec is None:
-            raise UsageError("spatialvla has no action codec attached: train it, or load a checkpoint whose "
-                             "processor_config.json holds statistics and a bin policy")
+            self.codec = self.checkpoint_codec()
         prediction = self.predict(image, instruction, reasoning=reasoning)
-        if prediction.actions is None:
+        if prediction.actions is None:  # only codecs without reserved ids (text) can get here
             raise ActionDecodeError(prediction.error or "no action span", ids=prediction.action_ids)
         return prediction.actions
 

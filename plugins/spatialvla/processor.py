@@ -60,10 +60,13 @@ class ProcessorSettings:
         (Path(directory) / PROCESSOR_CONFIG).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     # -- statistics ---------------------------------------------------------------------------------
-    def resolve_key(self, unnorm_key: str | None) -> str | None:
-        """The dataset whose statistics un-normalise actions; None when the checkpoint has none."""
+    def resolve_key(self, unnorm_key: str | None, required: bool = True) -> str | None:
+        """The dataset whose statistics un-normalise actions; None when the checkpoint has none, or
+        (not `required`: fine-tuning brings its own statistics) when it has several and none is named."""
         keys = sorted(self.statistics)
         if unnorm_key is None:
+            if len(keys) > 1 and not required:
+                return None
             if len(keys) > 1:
                 raise UsageError(f"this checkpoint holds statistics for {len(keys)} datasets; choose one with "
                                  f"backbone.unnorm_key (one of: {', '.join(keys)})")
