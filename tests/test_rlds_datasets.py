@@ -247,6 +247,8 @@ def assert_usage_error(result, *fragments):
 def test_cli_data_stats_json(cli, rlds):
     result = cli[0]["stats"]
     assert result.returncode == 0, result.stderr
+    # TensorFlow's native start-up lines (absl I0000/E0000, "could not find cuda drivers") stay hidden
+    assert "I0000" not in result.stderr and "E0000" not in result.stderr and "InitializeLog" not in result.stderr
     payload = json.loads(result.stdout)
     assert payload["dataset"] == "bridge" and payload["num_episodes"] == 2 and payload["num_instructions"] == 2
     assert set(payload["action"]) >= {"mean", "std", "min", "max", "q01", "q99", "mask", "count"}

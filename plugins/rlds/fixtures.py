@@ -24,6 +24,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .tensorflow_import import tensorflow
+
 BRIDGE_NAME, BRIDGE_VERSION, BRIDGE_IMAGE = "bridge_dataset", "1.0.0", (256, 256)
 FRACTAL_NAME, FRACTAL_VERSION, FRACTAL_IMAGE = "fractal20220817_data", "0.1.0", (256, 320)
 BRIDGE_CAMERAS = ("image_0", "image_1", "image_2", "image_3")
@@ -62,7 +64,7 @@ def write_rlds(root: str | Path, name: str, version: str, features: Any,
                splits: Mapping[str, Sequence[dict]], overwrite: bool = True) -> Path:
     """Write examples (dicts shaped like `features`, a `tfds.features.FeaturesDict`) with tfds;
     returns `<root>/<name>/<version>`."""
-    import tensorflow_datasets as tfds
+    _, tfds = tensorflow()
 
     target = Path(root) / name / version
     if target.exists() and overwrite:
@@ -78,7 +80,7 @@ def write_rlds(root: str | Path, name: str, version: str, features: Any,
 
 # -- bridge_dataset ------------------------------------------------------------------------
 def bridge_features(image_size: tuple[int, int] = BRIDGE_IMAGE) -> Any:
-    import tensorflow_datasets as tfds
+    _, tfds = tensorflow()
 
     F = tfds.features
     image = F.Image(shape=(*image_size, 3), dtype=np.uint8, encoding_format="jpeg")
@@ -144,7 +146,7 @@ def write_bridge_dataset(root: str | Path, episodes: Episodes, *, image_size: tu
 
 # -- fractal20220817_data ------------------------------------------------------------------
 def fractal_features(image_size: tuple[int, int] = FRACTAL_IMAGE) -> Any:
-    import tensorflow_datasets as tfds
+    _, tfds = tensorflow()
 
     F = tfds.features
     vec = lambda n: F.Tensor(shape=(n,), dtype=np.float32)  # noqa: E731

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from refine_core.stats import DatasetStatistics, StatisticsAccumulator, cached_s
 from . import conversions
 from .layout import (RldsLayout, content_fingerprint, locate_version_dir, parse_action_part, read_features,
                      validate_layout)
+from .tensorflow_import import tensorflow
 
 log = logging.getLogger("refine.datasets")
 _ALL_STEPS = 2**31 - 1  # batch size that puts a whole episode's steps in one batch
@@ -132,11 +132,7 @@ class RldsDataset(RobotDataset):
     # -- reading -------------------------------------------------------------------------------
     def _tf_episodes(self, split: str, images: bool) -> Iterator[tuple[int, dict, dict]]:
         """(ordinal, flat steps, flat episode-level fields) as NumPy, straight from tfds."""
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ warnings off the terminal
-        import tensorflow as tf
-        import tensorflow_datasets as tfds
-
-        tf.config.set_visible_devices([], "GPU")  # reading data must not claim the GPU from torch
+        tf, tfds = tensorflow()
         builder = tfds.builder_from_directory(str(self.version_dir))
         decoders = None
         if not images:  # statistics never look at pixels: skip JPEG decoding entirely
@@ -163,7 +159,7 @@ class RldsDataset(RobotDataset):
             raise self._read_error(split, seen, exc) from None
 
     def _read_error(self, split: str, seen: int, exc: Exception) -> RefineError:
-        import tensorflow as tf
+        tf, _ = tensorflow()
 
         shards = sorted(self.version_dir.glob(f"{self.builder_name}-{split}.tfrecord*"))
         bounds = np.cumsum(self.splits.get(split, []))
