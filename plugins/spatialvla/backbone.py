@@ -19,13 +19,15 @@ from refine_core.errors import UsageError
 from refine_core.images import to_pixel_values
 from refine_core.weights import resolve_checkpoint_dir
 
+from plugins.hf_vlm.backbone import PaliGemmaPrompt
+
 from .processor import ProcessorSettings
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 STATS_KEY = "refine_dataset"  # statistics of a fine-tune whose dataset has no name (as the OpenVLA backbone)
 
 
-class SpatialVLABackbone(Backbone):
+class SpatialVLABackbone(PaliGemmaPrompt, Backbone):
     name = "spatialvla"
 
     def __init__(self, options) -> None:
@@ -145,27 +147,10 @@ class SpatialVLABackbone(Backbone):
         return AutoTokenizer.from_pretrained(path)
 
     # -- data -----------------------------------------------------------------------------------
-    @property
-    def eos_id(self) -> int:
-        return int(self.tokenizer.eos_token_id)
-
-    @property
-    def pad_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return int(pad if pad is not None else self.eos_id)
-
-    def prompt_ids(self, instruction: str) -> list[int]:
-        text = self.tokenizer(instruction.strip().lower() + "\n", add_special_tokens=False)["input_ids"]
-        return [self.image_token_id] * self.num_image_tokens + [int(self.tokenizer.bos_token_id)] + list(text)
-
     def image_inputs(self, frames: Sequence[np.ndarray]) -> dict[str, Any]:
         pixels = to_pixel_values(frames, self.image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
         intrinsic = torch.from_numpy(self.intrinsic).unsqueeze(0).expand(len(frames), 3, 3).contiguous()
         return {"pixel_values": pixels.to(self.model.dtype), "intrinsic": intrinsic}
-
-    def image_token_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Indices of the image placeholders in one sequence (patch order, row-major)."""
-        return (input_ids == self.image_token_id).nonzero().flatten()
 
     # -- model ----------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any], output_attentions: bool = False) -> Any:

@@ -22,33 +22,29 @@ ZOE_MEAN = ZOE_STD = 0.5  # upstream normalises Zoe's input as SigLIP's: (x - 0.
 ZOE_PAD = 31  # reflect padding on every side before the resize, as upstream (fixed for 224 inputs)
 ZOE_SIZE = (384, 384)
 
-# (upstream 4.x BEiT name, transformers 5 name), relative to the ZoeDepth module
-UPSTREAM_TO_OURS: tuple[tuple[str, str], ...] = (
-    (r"^backbone\.embeddings\.", "backbone.beit.embeddings."),
-    (r"^backbone\.encoder\.layer\.(\d+)\.attention\.attention\.query\.", r"backbone.beit.layers.\1.attention.q_proj."),
-    (r"^backbone\.encoder\.layer\.(\d+)\.attention\.attention\.key\.", r"backbone.beit.layers.\1.attention.k_proj."),
-    (r"^backbone\.encoder\.layer\.(\d+)\.attention\.attention\.value\.", r"backbone.beit.layers.\1.attention.v_proj."),
-    (r"^backbone\.encoder\.layer\.(\d+)\.attention\.attention\.relative_position_bias\.",
-     r"backbone.beit.layers.\1.relative_position_bias."),
-    (r"^backbone\.encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"backbone.beit.layers.\1.attention.o_proj."),
-    (r"^backbone\.encoder\.layer\.(\d+)\.intermediate\.dense\.", r"backbone.beit.layers.\1.mlp.fc1."),
-    (r"^backbone\.encoder\.layer\.(\d+)\.output\.dense\.", r"backbone.beit.layers.\1.mlp.fc2."),
-    (r"^backbone\.encoder\.layer\.(\d+)\.(lambda_1|lambda_2|layernorm_before|layernorm_after)",
-     r"backbone.beit.layers.\1.\2"),
+# (upstream 4.x BEiT name, transformers 5 name) prefixes, relative to the ZoeDepth module; {i} = layer
+_RENAMES: tuple[tuple[str, str], ...] = (
+    ("backbone.embeddings.", "backbone.beit.embeddings."),
+    ("backbone.encoder.layer.{i}.attention.attention.query.", "backbone.beit.layers.{i}.attention.q_proj."),
+    ("backbone.encoder.layer.{i}.attention.attention.key.", "backbone.beit.layers.{i}.attention.k_proj."),
+    ("backbone.encoder.layer.{i}.attention.attention.value.", "backbone.beit.layers.{i}.attention.v_proj."),
+    ("backbone.encoder.layer.{i}.attention.attention.relative_position_bias.",
+     "backbone.beit.layers.{i}.relative_position_bias."),
+    ("backbone.encoder.layer.{i}.attention.output.dense.", "backbone.beit.layers.{i}.attention.o_proj."),
+    ("backbone.encoder.layer.{i}.intermediate.dense.", "backbone.beit.layers.{i}.mlp.fc1."),
+    ("backbone.encoder.layer.{i}.output.dense.", "backbone.beit.layers.{i}.mlp.fc2."),
+    *((f"backbone.encoder.layer.{{i}}.{name}", f"backbone.beit.layers.{{i}}.{name}")
+      for name in ("lambda_1", "lambda_2", "layernorm_before.", "layernorm_after.")),
 )
-OURS_TO_UPSTREAM: tuple[tuple[str, str], ...] = (
-    (r"^backbone\.beit\.embeddings\.", "backbone.embeddings."),
-    (r"^backbone\.beit\.layers\.(\d+)\.attention\.q_proj\.", r"backbone.encoder.layer.\1.attention.attention.query."),
-    (r"^backbone\.beit\.layers\.(\d+)\.attention\.k_proj\.", r"backbone.encoder.layer.\1.attention.attention.key."),
-    (r"^backbone\.beit\.layers\.(\d+)\.attention\.v_proj\.", r"backbone.encoder.layer.\1.attention.attention.value."),
-    (r"^backbone\.beit\.layers\.(\d+)\.relative_position_bias\.",
-     r"backbone.encoder.layer.\1.attention.attention.relative_position_bias."),
-    (r"^backbone\.beit\.layers\.(\d+)\.attention\.o_proj\.", r"backbone.encoder.layer.\1.attention.output.dense."),
-    (r"^backbone\.beit\.layers\.(\d+)\.mlp\.fc1\.", r"backbone.encoder.layer.\1.intermediate.dense."),
-    (r"^backbone\.beit\.layers\.(\d+)\.mlp\.fc2\.", r"backbone.encoder.layer.\1.output.dense."),
-    (r"^backbone\.beit\.layers\.(\d+)\.(lambda_1|lambda_2|layernorm_before|layernorm_after)",
-     r"backbone.encoder.layer.\1.\2"),
-)
+
+
+def _rule(source: str, target: str) -> tuple[str, str]:
+    pattern = "^" + re.escape(source).replace(re.escape("{i}"), r"(\d+)")
+    return pattern, target.replace("{i}", r"\1")
+
+
+UPSTREAM_TO_OURS = tuple(_rule(upstream, ours) for upstream, ours in _RENAMES)
+OURS_TO_UPSTREAM = tuple(_rule(ours, upstream) for upstream, ours in _RENAMES)
 
 
 def _translate(name: str, rules: tuple[tuple[str, str], ...]) -> str:
