@@ -45,6 +45,30 @@ def greedy_token(logits, allowed: AllowedIds | None = None, index: int = 0):
     return keep[logits.index_select(-1, keep).argmax(-1)]
 
 
+def greedy_decode(first_logits, next_logits: Callable[[Any, int], Any], max_new_tokens: int,
+                  eos_token_id: int | None = None, allowed: AllowedIds | None = None):
+    """The KV-cached greedy loop backbones with their own models share: `first_logits` [B, V] come
+    from the prompt, `next_logits(tokens [B], step)` feeds the previous tokens through the cache.
+    Rows that emitted eos keep emitting it; stops when every row has. Returns (ids [B, n], logits
+    [B, n, V] in fp32)."""
+    import torch
+
+    scores = [first_logits.float()]
+    tokens = [greedy_token(scores[-1], allowed, 0)]
+    finished = torch.zeros_like(tokens[0], dtype=torch.bool)
+    for step in range(1, max_new_tokens):
+        if eos_token_id is not None:
+            finished |= tokens[-1] == eos_token_id
+            if bool(finished.all()):
+                break
+        scores.append(next_logits(tokens[-1], step).float())
+        token = greedy_token(scores[-1], allowed, step)
+        if eos_token_id is not None:
+            token = torch.where(finished, torch.full_like(token, eos_token_id), token)
+        tokens.append(token)
+    return torch.stack(tokens, dim=1), torch.stack(scores, dim=1)
+
+
 @dataclass
 class TrainingSample:
     """One supervised step: frames, instruction, the action chunk to predict, optional reasoning text."""

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from refine_core.backbone import AllowedIds, greedy_token
+from refine_core.backbone import AllowedIds, greedy_decode
 from refine_core.weights import read_state_dict as read_weights
 from refine_core.weights import write_state_dict
 
@@ -134,23 +134,15 @@ class OpenVLAForActionPrediction(nn.Module):
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError("OpenVLA generation takes unpadded prompts (BOS first in every row)")
         out = self.forward(input_ids, pixel_values, use_cache=True)
-        cache, length = out.past_key_values, out.logits.shape[1]  # prompt + patches
-        scores = [out.logits[:, -1].float()]
-        tokens = [greedy_token(scores[-1], allowed, 0)]
-        finished = torch.zeros_like(tokens[0], dtype=torch.bool)
-        for step in range(1, max_new_tokens):
-            if eos_token_id is not None:
-                finished |= tokens[-1] == eos_token_id
-                if bool(finished.all()):
-                    break
-            positions = torch.full_like(tokens[-1][:, None], length + step - 1)
-            out = self.language_model(input_ids=tokens[-1][:, None], past_key_values=cache, use_cache=True,
-                                      position_ids=positions)
-            cache = out.past_key_values
-            scores.append(out.logits[:, -1].float())
-            next_token = greedy_token(scores[-1], allowed, step)
-            if eos_token_id is not None:  # finished rows keep emitting eos
-                next_token = torch.where(finished, torch.full_like(next_token, eos_token_id), next_token)
-            tokens.append(next_token)
-        ids = torch.stack(tokens, dim=1)
-        return (ids, torch.stack(scores, dim=1)) if return_scores else ids
+        state = {"cache": out.past_key_values}
+        length = out.logits.shape[1]  # prompt + patches
+
+        def next_logits(tokens: torch.Tensor, step: int) -> torch.Tensor:
+            positions = torch.full_like(tokens[:, None], length + step - 1)
+            step_out = self.language_model(input_ids=tokens[:, None], past_key_values=state["cache"],
+                                           use_cache=True, position_ids=positions)
+            state["cache"] = step_out.past_key_values
+            return step_out.logits[:, -1]
+
+        ids, scores = greedy_decode(out.logits[:, -1], next_logits, max_new_tokens, eos_token_id, allowed)
+        return (ids, scores) if return_scores else ids

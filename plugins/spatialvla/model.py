@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from refine_core.backbone import AllowedIds, greedy_token
+from refine_core.backbone import AllowedIds, greedy_decode
 from refine_core.weights import read_state_dict, write_state_dict
 
 from .config import SpatialVLAConfig
@@ -215,24 +215,17 @@ class SpatialVLAForConditionalGeneration(nn.Module):
         """Greedy decoding with a KV cache; the prompt is unpadded. Returns the new ids [B, n];
         `allowed(i)` restricts the i-th new token (constrained action decoding)."""
         out = self.forward(input_ids, pixel_values, intrinsic, token_type_ids=token_type_ids, use_cache=True)
-        cache, length = out.past_key_values, input_ids.shape[1]
-        tokens = [greedy_token(out.logits[:, -1], allowed, 0)]
-        finished = torch.zeros_like(tokens[0], dtype=torch.bool)
-        for step in range(1, max_new_tokens):
-            if eos_token_id is not None:
-                finished |= tokens[-1] == eos_token_id
-                if bool(finished.all()):
-                    break
-            embeds = self.input_embeddings(tokens[-1][:, None])
-            positions = torch.full_like(tokens[-1][:, None], length + step)  # 1-indexed: prompt is 1..length
-            out = self.language_model(inputs_embeds=embeds, past_key_values=cache, use_cache=True,
-                                      position_ids=positions)
-            cache = out.past_key_values
-            next_token = greedy_token(out.logits[:, -1], allowed, step)
-            if eos_token_id is not None:  # finished rows keep emitting eos
-                next_token = torch.where(finished, torch.full_like(next_token, eos_token_id), next_token)
-            tokens.append(next_token)
-        return torch.stack(tokens, dim=1)
+        state = {"cache": out.past_key_values}
+        length = input_ids.shape[1]
+
+        def next_logits(tokens: torch.Tensor, step: int) -> torch.Tensor:
+            positions = torch.full_like(tokens[:, None], length + step)  # 1-indexed: prompt is 1..length
+            step_out = self.language_model(inputs_embeds=self.input_embeddings(tokens[:, None]),
+                                           past_key_values=state["cache"], use_cache=True, position_ids=positions)
+            state["cache"] = step_out.past_key_values
+            return step_out.logits[:, -1]
+
+        return greedy_decode(out.logits[:, -1], next_logits, max_new_tokens, eos_token_id, allowed)[0]
 
 
 def _drop_tied_head(module, state, prefix, local_metadata):
