@@ -1,6 +1,7 @@
 """Safetensors checkpoint directories in the Hugging Face layout: `model.safetensors`, or shards
 listed by `model.safetensors.index.json`. Model-agnostic: backbones that carry their own
-architecture (OpenVLA, SpatialVLA) read and write their upstream layout through these two calls.
+architecture (OpenVLA, SpatialVLA) read and write their upstream layout through these calls, and
+read the directory's tokenizer with `read_tokenizer`.
 """
 from __future__ import annotations
 
@@ -102,3 +103,28 @@ def write_state_dict(directory: str | Path, state: dict, max_shard_bytes: int = 
     (directory / WEIGHTS_INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
                                                       indent=2) + "\n")
     return written
+
+
+def read_tokenizer(directory: str | Path, sentencepiece_class: str):
+    """The checkpoint's tokenizer, or None when the directory has none.
+
+    `tokenizer.json` is read as written, because upstream's fast tokenizer encodes with exactly that
+    file. AutoTokenizer is avoided on purpose: for a config.json whose model_type transformers does
+    not know (openvla, spatialvla) it falls back to a generic backend which, given only
+    `tokenizer.model`, drops Llama's leading "▁" ("In" becomes 797 instead of 512). A directory with
+    only `tokenizer.model` is read by `sentencepiece_class` (e.g. "LlamaTokenizer")."""
+    from importlib.util import find_spec
+
+    directory = Path(directory)
+    if (directory / "tokenizer.json").is_file():
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(directory)
+    if not (directory / "tokenizer.model").is_file():
+        return None
+    if find_spec("sentencepiece") is None or find_spec("google.protobuf") is None:
+        raise UsageError(f"{directory} has tokenizer.model but no tokenizer.json; reading it needs sentencepiece "
+                         "and protobuf: pip install sentencepiece protobuf (or add the checkpoint's tokenizer.json)")
+    import transformers
+
+    return getattr(transformers, sentencepiece_class).from_pretrained(directory)

@@ -251,8 +251,13 @@ def test_backbone_attentions_rows_align_with_input_ids(registry, stats):
     assert all(a.shape[-2:] == (length, length + 256) for a in out.attentions)
 
 
-def test_backbone_on_the_upstream_fixture_reproduces_its_logits(registry, reference):
-    backbone = registry.build("backbone", "openvla", {"path": str(FIXTURE), "attn_implementation": "eager"})
+def test_backbone_on_the_upstream_fixture_reproduces_its_logits(registry, reference, tmp_path):
+    from plugins.openvla.tiny import build_tokenizer
+
+    for name in ("config.json", "model.safetensors"):  # the fixture has weights only: add a tokenizer
+        (tmp_path / name).symlink_to(FIXTURE / name)
+    build_tokenizer().save_pretrained(tmp_path)
+    backbone = registry.build("backbone", "openvla", {"path": str(tmp_path), "attn_implementation": "eager"})
     batch = {"input_ids": reference["input_ids"], "attention_mask": reference["attention_mask"],
              "pixel_values": reference["pixel_values"]}
     with torch.no_grad():

@@ -33,11 +33,14 @@ def reference():
 @pytest.fixture(scope="module")
 def checkpoint(reference, tmp_path_factory):
     """The upstream fixture with a second norm_stats entry added to its config.json."""
+    from plugins.openvla.tiny import build_tokenizer
+
     directory = tmp_path_factory.mktemp("openvla_two_datasets")
     (directory / "model.safetensors").symlink_to(FIXTURE / "model.safetensors")
     config = json.loads((FIXTURE / "config.json").read_text())
     config["norm_stats"]["my_robot"] = MY_ROBOT
     (directory / "config.json").write_text(json.dumps(config))
+    build_tokenizer().save_pretrained(directory)  # the fixture has weights only
     return directory
 
 

@@ -1,7 +1,7 @@
 """OpenVLABackbone: OpenVLA (DINOv2 + SigLIP → projector → Llama-2) as a refine backbone.
 
-Loads an upstream-layout directory (config.json + safetensors, tokenizer files when present) or
-builds the `tiny` preset. Prompt (upstream's): `In: What action should the robot take to
+Loads an upstream-layout directory (config.json + safetensors + tokenizer, read as written by
+`refine_core.weights.read_tokenizer`) or builds the `tiny` preset. Prompt (upstream's): `In: What action should the robot take to
 {instruction}?\\nOut: ` with BOS, plus id 29871 when the tokenizer did not end on it. The 256
 patch embeddings sit after BOS inside the model, so `input_ids`, labels and the logits this
 backbone returns never contain them.
@@ -34,7 +34,7 @@ import torch
 
 from refine_core.backbone import AllowedIds, Backbone, model_dtype
 from refine_core.errors import UsageError
-from refine_core.weights import resolve_checkpoint_dir
+from refine_core.weights import read_tokenizer, resolve_checkpoint_dir
 from refine_core.images import to_pixel_values
 from refine_core.stats import Statistics
 
@@ -44,7 +44,6 @@ PROMPT = "In: What action should the robot take to {instruction}?\nOut: "
 SPACE_ID = 29871  # Llama-2's "▁": upstream appends it so the action tokens follow the prompt's space
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # DINOv2 tower
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)  # SigLIP tower
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 FALLBACK_STATS_KEY = "refine_dataset"  # norm_stats key of an attached codec's statistics when no dataset name is known
 
 
@@ -53,7 +52,6 @@ class OpenVLABackbone(Backbone):
 
     def __init__(self, options) -> None:
         from .model import OpenVLAForActionPrediction
-        from .tiny import build_tokenizer
 
         self.options = options
         self.pretrained = bool(options.path)
@@ -64,19 +62,17 @@ class OpenVLABackbone(Backbone):
             if not (path / "config.json").is_file():
                 raise UsageError(f"backbone.path {path} has no config.json: point it at an OpenVLA checkpoint "
                                  "directory (config.json + model.safetensors)")
+            self.tokenizer = read_tokenizer(path, "LlamaTokenizer")
+            if self.tokenizer is None:
+                raise UsageError(f"{path} has no tokenizer (tokenizer.json or tokenizer.model); copy the "
+                                 "checkpoint's tokenizer files next to config.json")
             try:
                 self.model = OpenVLAForActionPrediction.from_pretrained(path, model_dtype(options.dtype), attn)
             except (ValueError, FileNotFoundError) as exc:
                 raise UsageError(f"Cannot load OpenVLA from {path}: {exc}") from None
-            if any((path / name).is_file() for name in TOKENIZER_FILES):
-                from transformers import AutoTokenizer
-
-                self.tokenizer = AutoTokenizer.from_pretrained(path)
-            else:  # e.g. the upstream tiny fixture: weights only
-                self.tokenizer = build_tokenizer()
         elif options.preset == "tiny":
             from .config import OpenVLAConfig
-            from .tiny import TINY_CONFIG
+            from .tiny import TINY_CONFIG, build_tokenizer
 
             with torch.random.fork_rng():
                 torch.manual_seed(options.seed)

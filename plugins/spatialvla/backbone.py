@@ -17,7 +17,7 @@ import torch
 from refine_core.backbone import AllowedIds, Backbone, model_dtype
 from refine_core.errors import UsageError
 from refine_core.images import to_pixel_values
-from refine_core.weights import resolve_checkpoint_dir
+from refine_core.weights import read_tokenizer, resolve_checkpoint_dir
 
 from plugins.hf_vlm.backbone import PaliGemmaPrompt
 
@@ -40,12 +40,12 @@ class SpatialVLABackbone(PaliGemmaPrompt, Backbone):
         if options.path:
             path = resolve_checkpoint_dir(options.path)
             self._check_directory(path)
+            self.tokenizer = read_tokenizer(path, "GemmaTokenizer")
             try:
                 self.model = SpatialVLAForConditionalGeneration.from_pretrained(
                     path, model_dtype(options.dtype), attn, sync_spatial_embeddings=options.sync_spatial_embeddings)
             except ValueError as exc:  # config contents (model_type, sub-configs)
                 raise UsageError(f"Cannot load SpatialVLA from {path}: {exc}") from None
-            self.tokenizer = self._load_tokenizer(path)
             self.processor = ProcessorSettings.read(path)
         elif options.preset == "tiny":
             from .config import SpatialVLAConfig
@@ -135,16 +135,6 @@ class SpatialVLABackbone(PaliGemmaPrompt, Backbone):
         if not any((path / name).is_file() for name in TOKENIZER_FILES):
             raise UsageError(f"{path} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); copy the checkpoint's "
                              "tokenizer files next to config.json")
-
-    @staticmethod
-    def _load_tokenizer(path: Path):
-        """The checkpoint's tokenizer.json as is. transformers 5's GemmaTokenizer class would add a
-        `<mask>` token a vocabulary may lack (upstream's tiny one does), growing it past the model."""
-        from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-        if (path / "tokenizer.json").is_file():
-            return PreTrainedTokenizerFast.from_pretrained(path)
-        return AutoTokenizer.from_pretrained(path)
 
     # -- data -----------------------------------------------------------------------------------
     def image_inputs(self, frames: Sequence[np.ndarray]) -> dict[str, Any]:
