@@ -145,3 +145,10 @@ def test_overfit_one_sample_then_generate_reasoning_and_action(registry, stats):
     half_bin = (stats.q99 - stats.q01)[:6] / 256
     assert np.all(np.abs(prediction.actions[0, :6] - s.actions[0, :6]) <= half_bin + 1e-6)
     assert prediction.actions[0, 6] == 1.0
+
+
+def test_sdpa_on_a_gemma2_model_is_refused_with_one_line(registry):
+    from refine_core.errors import UsageError
+
+    with pytest.raises(UsageError, match="runs eager attention only"):
+        registry.build("backbone", "hf_vlm", {"preset": "tiny", "attn_implementation": "sdpa"})

@@ -70,6 +70,7 @@ class HFVLMBackbone(PaliGemmaPrompt, Backbone):
 
         self.tokenizer = build_tokenizer()
         config = build_config(len(self.tokenizer), self.tokenizer.convert_tokens_to_ids("<image>"))
+        self._check_attention(config)
         if self.options.attn_implementation != "auto":
             config._attn_implementation = self.options.attn_implementation
         with torch.random.fork_rng():
@@ -77,6 +78,13 @@ class HFVLMBackbone(PaliGemmaPrompt, Backbone):
             self.model = PaliGemmaForConditionalGeneration(config).to(model_dtype(self.options.dtype))
         vision = config.vision_config
         self.image_size, self.image_mean, self.image_std = vision.image_size, SIGLIP_MEAN, SIGLIP_STD
+
+    def _check_attention(self, config) -> None:
+        """transformers 5 refuses SDPA for Gemma-2's soft-capped attention (PaliGemma 2) with a traceback."""
+        text = getattr(config, "text_config", None)
+        if self.options.attn_implementation == "sdpa" and getattr(text, "model_type", None) == "gemma2":
+            raise UsageError("backbone.attn_implementation=sdpa: this model's Gemma-2 language model runs eager "
+                             "attention only (transformers has no SDPA path for it); use auto or eager")
 
     def _load(self, path: str) -> None:
         from transformers import AutoConfig, AutoTokenizer, PaliGemmaForConditionalGeneration
@@ -91,6 +99,7 @@ class HFVLMBackbone(PaliGemmaPrompt, Backbone):
         if config.model_type not in SUPPORTED_MODEL_TYPES:
             raise UsageError(f"hf_vlm loads PaliGemma-layout models (model_type paligemma); {path} has "
                              f"model_type {config.model_type!r}. Use the backbone made for it (refine list backbone).")
+        self._check_attention(config)
         attn = {} if self.options.attn_implementation == "auto" else {
             "attn_implementation": self.options.attn_implementation}
         self.model = PaliGemmaForConditionalGeneration.from_pretrained(path, dtype=model_dtype(self.options.dtype),
