@@ -97,9 +97,10 @@ def test_logits_match_upstream(upstream, reference, attn):
     torch.testing.assert_close(sums, reference["logits_sum_per_pos_f64"], atol=1e-3, rtol=0)
 
 
-def test_cached_greedy_generation_matches_upstream(upstream, reference):
+@pytest.mark.parametrize("decoder", ["dynamic", "static"])
+def test_cached_greedy_generation_matches_upstream(upstream, reference, decoder):
     ids, scores = upstream.generate(reference["input_ids"], reference["pixel_values"], max_new_tokens=7,
-                                    return_scores=True)
+                                    return_scores=True, decoder=decoder)
     assert torch.equal(ids, reference["generated_ids"])
     torch.testing.assert_close(scores, reference["generated_scores"], atol=ATOL, rtol=0)
 
@@ -112,6 +113,29 @@ def test_cached_generation_equals_full_recomputation(upstream, reference):
         for step in range(4):
             logits = upstream(torch.cat([prompt, ids[:, :step]], dim=1), reference["pixel_values"]).logits
             assert int(logits[0, -1].argmax()) == int(ids[0, step])
+
+
+def test_static_decoder_is_kept_while_it_fits_and_rebuilt_when_the_model_changes(registry):
+    import numpy as np
+
+    from refine_core.decoding import CACHE_BUCKET
+
+    backbone = registry.build("backbone", "openvla", {"preset": "tiny", "decoder": "static"})
+    frame = np.zeros((64, 64, 3), dtype=np.uint8)
+    free = backbone.generate_ids(frame, "open the drawer", 20)
+    decoder = backbone.model._static_decoder
+    assert decoder.cache_len % CACHE_BUCKET == 0 and decoder.graph is None  # no CUDA graph on the CPU
+    # an allowed-ids constraint is applied per new token, as with the dynamic cache
+    allowed = [31800, 31801]
+    assert set(backbone.generate_ids(frame, "open the drawer", 5, allowed=lambda i: allowed)) <= set(allowed)
+    assert backbone.model._static_decoder is decoder  # same batch, fits: reused
+    assert backbone.generate_ids(frame, "open the drawer", 20) == free  # the reset cache holds no stale steps
+    backbone.generate_ids(frame, "open the drawer", decoder.cache_len)  # longer than the cache: rebuilt
+    assert backbone.model._static_decoder is not decoder
+    longer = backbone.model._static_decoder
+    backbone.model.to(torch.float64)  # weights replaced: a kept cache/graph would point at the old ones
+    backbone.generate_ids(frame, "open the drawer", 5)
+    assert backbone.model._static_decoder is not longer
 
 
 def test_save_writes_upstream_names_and_reloads_identically(upstream, reference, tmp_path):

@@ -165,8 +165,9 @@ class OpenVLABackbone(Backbone):
         was_training = self.model.training
         self.model.eval()
         try:
-            new = self.model.generate(ids, pixels, max_new_tokens, eos_token_id=self.eos_id,
-                                      allowed=allowed)[0].tolist()
+            decoder = None if self.options.decoder == "auto" else self.options.decoder
+            new = self.model.generate(ids, pixels, max_new_tokens, eos_token_id=self.eos_id, allowed=allowed,
+                                      decoder=decoder)[0].tolist()
         finally:
             self.model.train(was_training)
         return new[: new.index(self.eos_id)] if self.eos_id in new else new

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from refine_core.backbone import AllowedIds, greedy_decode
+from refine_core.decoding import static_decoder
 from refine_core.weights import read_state_dict as read_weights
 from refine_core.weights import write_state_dict
 
@@ -124,25 +125,38 @@ class OpenVLAForActionPrediction(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, max_new_tokens: int,
                  eos_token_id: int | None = None, attention_mask: torch.Tensor | None = None,
-                 return_scores: bool = False,
-                 allowed: AllowedIds | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                 return_scores: bool = False, allowed: AllowedIds | None = None,
+                 decoder: str | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Greedy decoding with a KV cache. Returns the new ids [B, n] (and their logits [B, n, V]).
 
         The prompt must be unpadded: patches go after position 0, which must be BOS in every row.
         Cached steps get explicit positions that count the inserted patch tokens; `allowed(i)`
-        restricts the i-th new token (constrained action decoding)."""
+        restricts the i-th new token (constrained action decoding). `decoder`: "dynamic"
+        (transformers' DynamicCache), "static" (a preallocated cache, refine_core.decoding) or
+        "graph" (static, each step replayed as a CUDA graph on CUDA); default graph on CUDA, else dynamic."""
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError("OpenVLA generation takes unpadded prompts (BOS first in every row)")
-        out = self.forward(input_ids, pixel_values, use_cache=True)
-        state = {"cache": out.past_key_values}
-        length = out.logits.shape[1]  # prompt + patches
+        decoder = decoder or ("graph" if input_ids.is_cuda else "dynamic")
+        if decoder == "dynamic":
+            out = self.forward(input_ids, pixel_values, use_cache=True)
+            state = {"cache": out.past_key_values}
+            first, length = out.logits[:, -1], out.logits.shape[1]  # prompt + patches
 
-        def next_logits(tokens: torch.Tensor, step: int) -> torch.Tensor:
-            positions = torch.full_like(tokens[:, None], length + step - 1)
-            step_out = self.language_model(input_ids=tokens[:, None], past_key_values=state["cache"],
-                                           use_cache=True, position_ids=positions)
-            state["cache"] = step_out.past_key_values
-            return step_out.logits[:, -1]
+            def next_logits(tokens: torch.Tensor, step: int) -> torch.Tensor:
+                positions = torch.full_like(tokens[:, None], length + step - 1)
+                step_out = self.language_model(input_ids=tokens[:, None], past_key_values=state["cache"],
+                                               use_cache=True, position_ids=positions)
+                state["cache"] = step_out.past_key_values
+                return step_out.logits[:, -1]
+        else:
+            embeds, _ = self.multimodal_inputs(input_ids, pixel_values)
+            length = embeds.shape[1]
+            cached = static_decoder(self, self.language_model, embeds.shape[0], length + max_new_tokens,
+                                    graph=decoder == "graph" and input_ids.is_cuda)
+            first = cached.prefill(embeds)
 
-        ids, scores = greedy_decode(out.logits[:, -1], next_logits, max_new_tokens, eos_token_id, allowed)
+            def next_logits(tokens: torch.Tensor, step: int) -> torch.Tensor:
+                return cached.step(tokens, length + step - 1)
+
+        ids, scores = greedy_decode(first, next_logits, max_new_tokens, eos_token_id, allowed)
         return (ids, scores) if return_scores else ids
