@@ -1,10 +1,13 @@
-"""P7 -- full-size OpenVLA (7.5 B) on one GPU: what refine's trainer needs per recipe, and how fast
-actions and reasoning come out.
+"""P7 -- full-size OpenVLA (7.5 B) and SpatialVLA (4 B) on one GPU: what training needs per recipe,
+and how fast actions and reasoning come out.
 
-Run on a CUDA machine: ``python perf/cuda_full_size.py [--batch 16] [--steps 6] [--tokenizer DIR]``
-(about 4 minutes on an H100).
+Run on a CUDA machine: ``python perf/cuda_full_size.py [--batch 16] [--steps 6] [--tokenizer DIR]
+[--only openvla|spatialvla]`` (about 5 minutes on an H100).
 
-Weights are random (nothing is downloaded): the released configuration (`OpenVLAConfig()`, the 982
+SpatialVLA first (see `spatialvla()`): its published configuration with random bf16 weights, LoRA
+r16 steps on synthetic sequences, then generation with the dynamic cache.
+
+OpenVLA: weights are random (nothing is downloaded): the released configuration (`OpenVLAConfig()`, the 982
 keys P6 and the census test count) is built on the GPU, cast to bf16 and saved in the upstream
 layout, then loaded back through `backbone.path` as a user's checkpoint is. `--tokenizer` points at
 a Llama-2 tokenizer directory (tokenizer.json) for real prompt lengths; without it the tiny preset's
@@ -39,6 +42,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "perf"))  # trainable_params: SpatialVLA-4B's published configuration
 sys.path.insert(0, str(ROOT / "tests"))  # the in-memory ToyDataset and its annotation writer
 
 GiB = 1024**3
@@ -164,6 +168,90 @@ def inference(checkpoint: Path, reasoning_tokens: int) -> dict:
     return result
 
 
+def spatialvla(batch: int, steps: int, warmup: int, reasoning_tokens: int) -> dict:
+    """SpatialVLA-4B (perf/trainable_params.py's published configuration) with random bf16 weights:
+    LoRA r16 steps on synthetic sequences (256 image tokens, a 20-token instruction, 60 reasoning
+    tokens, a 4-step chunk of 12 spatial action tokens), then generation with the dynamic cache."""
+    import torch
+
+    from plugins.spatialvla.backbone import SpatialVLABackbone
+    from plugins.spatialvla.model import SpatialVLAForConditionalGeneration
+    from refine_core.collate import IGNORE
+    from refine_core.config import LoraSettings
+    from refine_core.loss import reasoning_aware_loss
+    from refine_core.training.lora import apply_lora
+    from trainable_params import spatialvla_4b_config
+
+    config = spatialvla_4b_config()
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = SpatialVLAForConditionalGeneration(config, "eager")
+    model.to(torch.bfloat16)
+    shell = SpatialVLABackbone.__new__(SpatialVLABackbone)  # module accessors for the LoRA scope
+    shell.model, shell.pretrained = model, True
+    apply_lora(shell, LoraSettings(r=16, alpha=32, dropout=0.0))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.data = p.data.float()  # fp32 adapters, as refine's trainer keeps them under bf16 autocast
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+
+    def sequences(n: int, suffix: int):
+        text = torch.randint(3, 257_000, (n, 20), device="cuda")
+        image = torch.full((n, 256), config.image_token_index, device="cuda")
+        prompt = torch.cat([torch.full((n, 1), 2, device="cuda"), image, text], dim=1)
+        reasoning = torch.randint(3, 257_000, (n, suffix - 12), device="cuda")
+        actions = torch.randint(config.action_token_begin_idx, config.action_token_begin_idx + 8194, (n, 12),
+                                device="cuda")
+        return prompt, torch.cat([reasoning, actions], dim=1)
+
+    prompt, suffix = sequences(batch, 72)
+    ids = torch.cat([prompt, suffix], dim=1)
+    types = torch.cat([torch.zeros_like(prompt), torch.ones_like(suffix)], dim=1)
+    labels = torch.cat([torch.full_like(prompt, IGNORE), suffix], dim=1)
+    action_mask = torch.zeros_like(ids, dtype=torch.bool)
+    action_mask[:, -12:] = True
+    pixels = torch.rand(batch, 3, 224, 224, device="cuda")
+    intrinsic = torch.tensor([[[200.0, 0, 112], [0, 200.0, 112], [0, 0, 1]]], device="cuda").expand(batch, 3, 3)
+    model.train()
+    model.vision_zoe_model.eval()  # frozen in every recipe, as the backbone keeps it
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for step in range(steps + warmup):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(ids, pixels, intrinsic, token_type_ids=types).logits
+            loss = reasoning_aware_loss(logits, labels, action_mask).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+    result = {"trainable": sum(p.numel() for p in trainable), "peak": torch.cuda.max_memory_allocated(),
+              "step": statistics.median(times), "loss_finite": bool(torch.isfinite(loss))}
+    del logits, loss, optimizer
+    model.eval()
+    prompt, _ = sequences(1, 12)
+
+    def timed(n: int, repeats: int) -> float:
+        values = []
+        for _ in range(repeats + 1):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            model.generate(prompt, pixels[:1], intrinsic[:1], n, token_type_ids=torch.zeros_like(prompt))
+            torch.cuda.synchronize()
+            values.append(time.perf_counter() - start)
+        return statistics.median(values[1:])  # the first is a warm-up
+
+    with torch.no_grad():
+        result.update(chunk_s=timed(12, 5), reasoning_s=timed(reasoning_tokens, 2))
+    del model, shell, trainable
+    free_gpu()
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
@@ -172,6 +260,7 @@ def main() -> None:
     parser.add_argument("--reasoning-tokens", type=int, default=256)
     parser.add_argument("--tokenizer", default=None, help="a Llama-2 tokenizer directory (tokenizer.json)")
     parser.add_argument("--work", default=None, help="scratch directory for the 15 GB checkpoint")
+    parser.add_argument("--only", choices=("openvla", "spatialvla"), default=None)
     args = parser.parse_args()
 
     import torch
@@ -179,13 +268,22 @@ def main() -> None:
 
     if not torch.cuda.is_available():
         sys.exit("P7 needs a CUDA GPU")
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, transformers {transformers.__version__}")
+    if args.only != "openvla":
+        r = spatialvla(8, args.steps, args.warmup, args.reasoning_tokens)
+        print(f"SpatialVLA-4B (random, bf16, eager attention): LoRA r16, batch 8 of 349 tokens, "
+              f"{r['trainable']:,} trainable: peak {r['peak'] / GiB:.1f} G, step {r['step']:.3f} s "
+              f"(finite loss: {r['loss_finite']}); generation, dynamic cache: 12 action tokens "
+              f"{r['chunk_s'] * 1e3:.1f} ms ({1 / r['chunk_s']:.1f} chunks/s), {args.reasoning_tokens} tokens "
+              f"{r['reasoning_s']:.2f} s ({args.reasoning_tokens / r['reasoning_s']:.0f} tokens/s)")
+        if args.only == "spatialvla":
+            return
     work = Path(args.work or tempfile.mkdtemp(prefix="refine-p7-"))
     checkpoint = work / "openvla-7b-random"
     start = time.perf_counter()
     write_checkpoint(checkpoint, args.tokenizer)
     free_gpu()
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, transformers {transformers.__version__}; "
-          f"random OpenVLA-7B written in {time.perf_counter() - start:.0f} s")
+    print(f"OpenVLA-7B: random weights written in {time.perf_counter() - start:.0f} s")
     print(f"training: batch {args.batch}, 224 px, median of {args.steps} steps after {args.warmup} warm-up")
     print(f"  {'recipe':10s} {'trainable':>14s} {'static':>9s} {'peak':>9s} {'peak/static':>11s} "
           f"{'step':>8s} {'samples/s':>9s}")

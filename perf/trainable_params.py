@@ -49,29 +49,26 @@ def paligemma2_3b_224():
     return backbone
 
 
-def spatialvla_4b():
-    """IPEC-COMMUNITY/spatialvla-4b-224-pt on the meta device, from its published config.json facts:
+def spatialvla_4b_config():
+    """IPEC-COMMUNITY/spatialvla-4b-224-pt's configuration, from its published config.json facts:
     PaliGemma-2 3B 224 (SigLIP so400m/14, Gemma-2 2B with an untied lm_head, vocab 257,152 + 8,194
     spatial tokens = 265,347), projector 1152→2304, ego3d_patch_reso 2, ZoeDepth NYU+KITTI on BEiT-L/16
     at 384 (hidden 1024, 24 layers, out indices 6/12/18/24, neck 256/512/1024/1024, fusion 256,
     bottleneck 256, bin embedding 128, 4 patch-transformer layers of 128)."""
-    import torch
     from transformers import BeitConfig, ZoeDepthConfig
 
-    from plugins.spatialvla.backbone import SpatialVLABackbone
     from plugins.spatialvla.config import SpatialVLAConfig
-    from plugins.spatialvla.model import SpatialVLAForConditionalGeneration
 
     beit = BeitConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
                       image_size=384, patch_size=16, use_relative_position_bias=True, use_mean_pooling=True,
-                      layer_scale_init_value=0.1, out_indices=[6, 12, 18, 24])
+                      layer_scale_init_value=0.1, out_indices=[6, 12, 18, 24], reshape_hidden_states=False)
     zoe = ZoeDepthConfig(backbone_config=beit, backbone_hidden_size=1024, bottleneck_features=256,
                          bin_embedding_dim=128, fusion_hidden_size=256, neck_hidden_sizes=[256, 512, 1024, 1024],
                          num_relative_features=32, num_patch_transformer_layers=4, patch_transformer_hidden_size=128,
                          patch_transformer_intermediate_size=1024, patch_transformer_num_attention_heads=4,
                          bin_configurations=[{"n_bins": 64, "min_depth": 0.001, "max_depth": 10.0, "name": "nyu"},
                                              {"n_bins": 64, "min_depth": 0.001, "max_depth": 80.0, "name": "kitti"}])
-    config = SpatialVLAConfig.from_dict({
+    return SpatialVLAConfig.from_dict({
         "model_type": "spatialvla", "_vocab_size": 265_347, "action_token_begin_idx": 257_153,
         "image_token_index": 257_152, "spatial_token_num": 8194, "use_spatial_token": True, "use_vision_zoe": True,
         "ego3d_patch_reso": 2, "n_freqs": 8, "hidden_size": 2048, "projection_dim": 2304,
@@ -80,8 +77,17 @@ def spatialvla_4b():
         "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_attention_heads": 16,
                           "num_hidden_layers": 27, "patch_size": 14, "projection_dim": 2304, "vision_use_head": False},
         "vision_zoe_config": zoe.to_dict()})
+
+
+def spatialvla_4b():
+    """SpatialVLA 4B 224 on the meta device, wrapped as a backbone (module accessors only)."""
+    import torch
+
+    from plugins.spatialvla.backbone import SpatialVLABackbone
+    from plugins.spatialvla.model import SpatialVLAForConditionalGeneration
+
     with torch.device("meta"):
-        model = SpatialVLAForConditionalGeneration(config)
+        model = SpatialVLAForConditionalGeneration(spatialvla_4b_config())
     backbone = SpatialVLABackbone.__new__(SpatialVLABackbone)  # module accessors only
     backbone.model, backbone.pretrained = model, True
     return backbone

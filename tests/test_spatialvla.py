@@ -482,3 +482,22 @@ def test_bfloat16_trains_and_predicts(stats):
     out.loss.backward()
     assert torch.isfinite(out.loss) and backbone.model.multi_modal_projector.linear.weight.grad is not None
     assert backbone.predict(np.zeros((64, 64, 3), np.uint8), "lift the cup", reasoning=False).actions.shape == (4, 7)
+
+
+def test_a_zoe_backbone_config_without_reshape_hidden_states_still_runs():
+    """ZoeDepth needs BEiT's token sequences; a config naming its BEiT without the key (BeitConfig's
+    default is feature maps) gets ZoeDepth's own default instead of failing at the first image."""
+    from plugins.spatialvla.config import SpatialVLAConfig
+    from plugins.spatialvla.model import SpatialVLAForConditionalGeneration
+    from plugins.spatialvla.tiny import build_config, build_tokenizer
+
+    data = build_config(build_tokenizer())
+    data["vision_zoe_config"]["backbone_config"].pop("reshape_hidden_states")
+    config = SpatialVLAConfig.from_dict(data)
+    assert config.zoe_config().backbone_config.reshape_hidden_states is False
+    torch.manual_seed(0)
+    model = SpatialVLAForConditionalGeneration(config, "eager").eval()
+    intrinsic = torch.tensor([[[200.0, 0, 112], [0, 200.0, 112], [0, 0, 1]]])
+    with torch.no_grad():
+        features = model.image_features(torch.rand(1, 3, 224, 224), intrinsic)
+    assert features.shape[:2] == (1, 256) and torch.isfinite(features).all()

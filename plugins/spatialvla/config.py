@@ -128,7 +128,12 @@ class SpatialVLAConfig:
     def zoe_config(self):
         from transformers import ZoeDepthConfig
 
-        return ZoeDepthConfig.from_dict(dict(self.vision_zoe_config))
+        data = dict(self.vision_zoe_config)
+        if isinstance(data.get("backbone_config"), dict):
+            # ZoeDepth's neck reads token sequences: its own default BEiT sets this, a config that
+            # names a BEiT without the key would get BeitConfig's default (feature maps) and fail
+            data["backbone_config"] = {"reshape_hidden_states": False, **data["backbone_config"]}
+        return ZoeDepthConfig.from_dict(data)
 
     # -- derived sizes -----------------------------------------------------------------------------
     @property
