@@ -5,7 +5,7 @@ Run on a CUDA machine: ``python perf/cuda_full_size.py [--batch 16] [--steps 6] 
 [--only openvla|spatialvla]`` (about 5 minutes on an H100).
 
 SpatialVLA first (see `spatialvla()`): its published configuration with random bf16 weights, LoRA
-r16 steps on synthetic sequences, then generation with the dynamic cache.
+r16 steps on synthetic sequences, then generation with the CUDA-graph and the dynamic cache.
 
 OpenVLA: weights are random (nothing is downloaded): the released configuration (`OpenVLAConfig()`, the 982
 keys P6 and the census test count) is built on the GPU, cast to bf16 and saved in the upstream
@@ -171,7 +171,7 @@ def inference(checkpoint: Path, reasoning_tokens: int) -> dict:
 def spatialvla(batch: int, steps: int, warmup: int, reasoning_tokens: int) -> dict:
     """SpatialVLA-4B (perf/trainable_params.py's published configuration) with random bf16 weights:
     LoRA r16 steps on synthetic sequences (256 image tokens, a 20-token instruction, 60 reasoning
-    tokens, a 4-step chunk of 12 spatial action tokens), then generation with the dynamic cache."""
+    tokens, a 4-step chunk of 12 spatial action tokens), then generation with each decoder."""
     import torch
 
     from plugins.spatialvla.backbone import SpatialVLABackbone
@@ -235,18 +235,21 @@ def spatialvla(batch: int, steps: int, warmup: int, reasoning_tokens: int) -> di
     model.eval()
     prompt, _ = sequences(1, 12)
 
-    def timed(n: int, repeats: int) -> float:
+    def timed(n: int, repeats: int, decoder: str) -> float:
         values = []
         for _ in range(repeats + 1):
             torch.cuda.synchronize()
             start = time.perf_counter()
-            model.generate(prompt, pixels[:1], intrinsic[:1], n, token_type_ids=torch.zeros_like(prompt))
+            model.generate(prompt, pixels[:1], intrinsic[:1], n, token_type_ids=torch.zeros_like(prompt),
+                           decoder=decoder)
             torch.cuda.synchronize()
             values.append(time.perf_counter() - start)
-        return statistics.median(values[1:])  # the first is a warm-up
+        return statistics.median(values[1:])  # the first is a warm-up (and the graph's capture)
 
     with torch.no_grad():
-        result.update(chunk_s=timed(12, 5), reasoning_s=timed(reasoning_tokens, 2))
+        for decoder in ("graph", "dynamic"):
+            result[f"{decoder}_chunk"] = timed(12, 5, decoder)
+            result[f"{decoder}_reasoning"] = timed(reasoning_tokens, 2, decoder)
     del model, shell, trainable
     free_gpu()
     return result
@@ -273,9 +276,14 @@ def main() -> None:
         r = spatialvla(8, args.steps, args.warmup, args.reasoning_tokens)
         print(f"SpatialVLA-4B (random, bf16, eager attention): LoRA r16, batch 8 of 349 tokens, "
               f"{r['trainable']:,} trainable: peak {r['peak'] / GiB:.1f} G, step {r['step']:.3f} s "
-              f"(finite loss: {r['loss_finite']}); generation, dynamic cache: 12 action tokens "
-              f"{r['chunk_s'] * 1e3:.1f} ms ({1 / r['chunk_s']:.1f} chunks/s), {args.reasoning_tokens} tokens "
-              f"{r['reasoning_s']:.2f} s ({args.reasoning_tokens / r['reasoning_s']:.0f} tokens/s)")
+              f"(finite loss: {r['loss_finite']})")
+        n = args.reasoning_tokens
+        for decoder in ("graph", "dynamic"):
+            print(f"  generation, {decoder:7s}: 12 action tokens {r[f'{decoder}_chunk'] * 1e3:7.1f} ms "
+                  f"({1 / r[f'{decoder}_chunk']:4.1f} chunks/s), {n} tokens {r[f'{decoder}_reasoning']:5.2f} s "
+                  f"({n / r[f'{decoder}_reasoning']:.0f} tokens/s)")
+        print(f"  ratio dynamic/graph: {r['dynamic_chunk'] / r['graph_chunk']:.2f} per chunk, "
+              f"{r['dynamic_reasoning'] / r['graph_reasoning']:.2f} per {n} tokens")
         if args.only == "spatialvla":
             return
     work = Path(args.work or tempfile.mkdtemp(prefix="refine-p7-"))

@@ -6,11 +6,14 @@ static cache the step has fixed shapes, so it is captured once as a CUDA graph a
 per token (perf/cuda_full_size.py). On the CPU the same static cache runs eagerly.
 
 Model-agnostic: any transformers causal LM that accepts `inputs_embeds`, `cache_position` and
-`position_ids`. The caller supplies the prompt's embeddings (e.g. with image patches inserted).
+`position_ids`. The caller supplies the prompt's embeddings (e.g. with image patches inserted) and,
+where its attention is not causal over the prompt, the prefill's mask; `embed` turns new tokens into
+input embeddings where the model does more than a table lookup (it runs inside the graph, so it
+must not synchronise with the host); `position_offset` shifts positions (1-indexed models).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -24,14 +27,15 @@ class StaticDecoder:
     caller whether this decoder still fits the model (weights moved, re-wrapped or converted
     invalidate it)."""
 
-    def __init__(self, language_model: Any, batch: int, cache_len: int, graph: bool):
+    def __init__(self, language_model: Any, batch: int, cache_len: int, graph: bool,
+                 embed: Callable[[torch.Tensor], torch.Tensor] | None = None, position_offset: int = 0):
         from transformers import StaticCache
 
-        self.lm = language_model
+        self.lm, self.embed, self.position_offset = language_model, embed, position_offset
         self.batch, self.cache_len = batch, cache_len
         self.fingerprint = weights_fingerprint(language_model)
         device = next(language_model.parameters()).device
-        self.cache = StaticCache(config=language_model.config, max_cache_len=cache_len)
+        self.cache = StaticCache(config=full_attention_config(language_model.config, cache_len), max_cache_len=cache_len)
         self.tokens = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.position = torch.zeros(1, dtype=torch.long, device=device)
         self.graph, self.logits = None, None
@@ -43,9 +47,10 @@ class StaticDecoder:
                 and weights_fingerprint(language_model) == self.fingerprint)
 
     def _run_step(self) -> torch.Tensor:
-        positions = self.position[None].expand(self.batch, 1)
-        out = self.lm(input_ids=self.tokens, past_key_values=self.cache, cache_position=self.position,
-                      position_ids=positions, use_cache=True)
+        positions = (self.position + self.position_offset)[None].expand(self.batch, 1)
+        inputs = {"input_ids": self.tokens} if self.embed is None else {"inputs_embeds": self.embed(self.tokens)}
+        out = self.lm(**inputs, past_key_values=self.cache, cache_position=self.position, position_ids=positions,
+                      use_cache=True)
         return out.logits[:, -1]
 
     def _capture(self) -> None:
@@ -59,13 +64,15 @@ class StaticDecoder:
         with torch.cuda.graph(self.graph):
             self.logits = self._run_step()
 
-    def prefill(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
-        """Fills the cache with the prompt; returns the logits of its last position [B, V]."""
+    def prefill(self, inputs_embeds: torch.Tensor, attention_mask: Any = None) -> torch.Tensor:
+        """Fills the cache with the prompt; returns the logits of its last position [B, V].
+        `attention_mask`: None (causal), or what the model takes, with `cache_len` key columns."""
         self.cache.reset()  # also clears what the capture's warm-up steps wrote
         length = inputs_embeds.shape[1]
-        positions = torch.arange(length, device=inputs_embeds.device)
-        out = self.lm(inputs_embeds=inputs_embeds, past_key_values=self.cache, cache_position=positions,
-                      position_ids=positions[None].expand(self.batch, length), use_cache=True)
+        slots = torch.arange(length, device=inputs_embeds.device)
+        positions = (slots + self.position_offset)[None].expand(self.batch, length)
+        out = self.lm(inputs_embeds=inputs_embeds, past_key_values=self.cache, cache_position=slots,
+                      position_ids=positions, attention_mask=attention_mask, use_cache=True)
         return out.logits[:, -1]
 
     def step(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
@@ -78,18 +85,43 @@ class StaticDecoder:
         return self.logits.clone()  # the graph overwrites its output buffer on the next replay
 
 
+def full_attention_config(config: Any, cache_len: int) -> Any:
+    """The config the cache is built from: sliding-window layers (Gemma-2) as full ones.
+
+    While every key is within the window the attention is the same, and transformers' sliding
+    static layers keep their fill level in a Python int, which a CUDA graph freezes at capture (on
+    an H100 their logits were off by 0.05-0.3; with full layers graph and eager agree exactly)."""
+    import copy
+
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if window is None or not layer_types or "sliding_attention" not in layer_types:
+        return config
+    if cache_len > window:
+        raise ValueError(f"a static cache of {cache_len} tokens exceeds the sliding window ({window}); "
+                         "decode with the dynamic cache")
+    config = copy.deepcopy(config)
+    config.layer_types = ["full_attention"] * len(layer_types)
+    return config
+
+
 def weights_fingerprint(module: Any) -> int:
     """Changes when a parameter is replaced, moved or re-wrapped (peft), not when updated in place."""
     return hash(tuple((name, p.data_ptr(), p.dtype) for name, p in module.named_parameters()))
 
 
-def static_decoder(owner: Any, language_model: Any, batch: int, needed_len: int, graph: bool) -> StaticDecoder:
+def cache_length(needed_len: int) -> int:
+    return -(-needed_len // CACHE_BUCKET) * CACHE_BUCKET
+
+
+def static_decoder(owner: Any, language_model: Any, batch: int, needed_len: int, graph: bool,
+                   **options: Any) -> StaticDecoder:
     """The decoder kept on `owner` (one at a time, so its cache memory is bounded), rebuilt when it
-    no longer fits the model, the batch or the length."""
+    no longer fits the model, the batch or the length. `options` go to StaticDecoder (the same on
+    every call from one owner)."""
     current = getattr(owner, "_static_decoder", None)
     if current is not None and current.matches(language_model, batch, needed_len) and (current.graph is not None) == graph:
         return current
     owner._static_decoder = None  # free the old cache and graph before allocating the new ones
-    cache_len = -(-needed_len // CACHE_BUCKET) * CACHE_BUCKET
-    owner._static_decoder = StaticDecoder(language_model, batch, cache_len, graph)
+    owner._static_decoder = StaticDecoder(language_model, batch, cache_length(needed_len), graph, **options)
     return owner._static_decoder

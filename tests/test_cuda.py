@@ -100,3 +100,20 @@ def test_cuda_graph_decoding_equals_the_dynamic_cache_and_follows_weight_updates
     torch.testing.assert_close(graph_scores, dynamic_scores, atol=1e-4, rtol=1e-4)
     backbone.generate_ids(frame, "put the red block in the bowl", 7)  # option "auto": the graph on CUDA
     assert model._static_decoder.graph is not None
+
+
+def test_spatialvla_cuda_graph_decoding_equals_the_dynamic_cache():
+    from refine_core.plugins import Registry
+
+    backbone = Registry(entry_points=False).build("backbone", "spatialvla", {"preset": "tiny", "dtype": "float32"})
+    model = backbone.model.to("cuda").eval()
+    prompt = backbone.prompt_ids("put the red block in the bowl")
+    ids = torch.tensor([prompt + [100, 101, 102]], device="cuda")  # a causal suffix, as reasoning is
+    types = torch.tensor([[0] * len(prompt) + [1] * 3], device="cuda")
+    inputs = backbone.image_inputs([np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)])
+    pixels, intrinsic = inputs["pixel_values"].cuda(), inputs["intrinsic"].cuda()
+    graph, dynamic = [model.generate(ids, pixels, intrinsic, 24, token_type_ids=types, decoder=d, return_scores=True)
+                      for d in ("graph", "dynamic")]
+    assert model._static_decoder.graph is not None
+    assert torch.equal(graph[0], dynamic[0])
+    torch.testing.assert_close(graph[1], dynamic[1], atol=1e-4, rtol=1e-4)

@@ -501,3 +501,20 @@ def test_a_zoe_backbone_config_without_reshape_hidden_states_still_runs():
     with torch.no_grad():
         features = model.image_features(torch.rand(1, 3, 224, 224), intrinsic)
     assert features.shape[:2] == (1, 256) and torch.isfinite(features).all()
+
+
+@pytest.mark.parametrize("suffix", [0, 5])
+def test_static_cache_decoding_equals_the_dynamic_cache(tiny, suffix):
+    """The static cache (the CUDA-graph decoder's, run eagerly here) gives the dynamic cache's ids and
+    logits, with the prompt's prefix-LM mask and a causal suffix (reasoning before constrained actions)."""
+    model = tiny.model.eval()
+    prompt = tiny.prompt_ids("put the cup on the plate")
+    extra = list(range(100, 100 + suffix))
+    ids = torch.tensor([prompt + extra])
+    types = torch.tensor([[0] * len(prompt) + [1] * suffix])
+    inputs = tiny.image_inputs([np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)])
+    runs = [model.generate(ids, inputs["pixel_values"], inputs["intrinsic"], 12, token_type_ids=types,
+                           decoder=decoder, return_scores=True) for decoder in ("dynamic", "static")]
+    assert torch.equal(runs[0][0], runs[1][0])
+    torch.testing.assert_close(runs[0][1], runs[1][1], atol=1e-4, rtol=1e-4)
+    assert model._static_decoder.cache_len >= ids.shape[1] + 12

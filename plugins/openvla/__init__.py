@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from refine_core import BackboneSpec, hookimpl
+from refine_core.specs import Decoder, decoder_option
 
 
 class OpenVLAOptions(BaseModel):
@@ -22,9 +23,7 @@ class OpenVLAOptions(BaseModel):
     attn_implementation: Literal["auto", "sdpa", "eager"] = Field(
         "auto", description="auto: sdpa; eager is needed for attention maps.")
     seed: int = Field(0, description="Seed of the preset's random initialisation.")
-    decoder: Literal["auto", "dynamic", "static", "graph"] = Field(
-        "auto", description="Generation's KV cache: auto is graph on CUDA (a static cache, each token's step "
-                            "replayed as a CUDA graph: ~4x faster on a 7B model), dynamic elsewhere.")
+    decoder: Decoder = decoder_option()
     unnorm_key: str | None = Field(
         None, description="Which dataset's action statistics in the checkpoint's norm_stats predict_action "
                           "un-normalises with; unset: the only one (several: name one).")

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from refine_core import BackboneSpec, hookimpl
+from refine_core.specs import Decoder, decoder_option
 
 
 class SpatialVLAOptions(BaseModel):
@@ -26,6 +27,7 @@ class SpatialVLAOptions(BaseModel):
     sync_spatial_embeddings: bool = Field(True, description="On load, copy spatial_embed_tokens into the token "
                                                             "embedding's action rows, as upstream's loader does.")
     seed: int = Field(0, description="Seed of the preset's random initialisation.")
+    decoder: Decoder = decoder_option()
 
 
 @hookimpl

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from refine_core.backbone import AllowedIds, greedy_decode
+from refine_core.decoding import cache_length, static_decoder
 from refine_core.weights import read_state_dict, write_state_dict
 
 from .config import SpatialVLAConfig
@@ -161,24 +162,34 @@ class SpatialVLAForConditionalGeneration(nn.Module):
             features = features + self.position_embedding_3d(xyz).to(features.dtype)
         return scale_features(self.multi_modal_projector(features), self.config.text_hidden_size)
 
-    def input_embeddings(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
-                         intrinsic: torch.Tensor | None = None) -> torch.Tensor:
-        """Merged, √hidden-scaled input embeddings (what Gemma-2's first block receives)."""
+    def token_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings, spatial action tokens from `spatial_embed_tokens`, √hidden-scaled; no
+        host synchronisation, so a decode step that calls it can be captured as a CUDA graph."""
         embeds = nn.functional.embedding(input_ids, self.get_input_embeddings().weight)
         if self.config.use_spatial_token:
             begin = self.config.action_token_begin_idx
             spatial = (input_ids >= begin) & (input_ids < begin + self.config.spatial_token_num)
-            if bool(spatial.any()):
-                replaced = self.spatial_embed_tokens((input_ids - begin).clamp(0, self.config.spatial_token_num - 1))
-                embeds = torch.where(spatial.unsqueeze(-1), replaced.to(embeds.dtype), embeds)
+            replaced = self.spatial_embed_tokens((input_ids - begin).clamp(0, self.config.spatial_token_num - 1))
+            embeds = torch.where(spatial.unsqueeze(-1), replaced.to(embeds.dtype), embeds)
+        return embeds * self._embedding_scale(embeds.dtype)
+
+    def _embedding_scale(self, dtype: torch.dtype) -> torch.Tensor:
+        # rounded to the embeddings' dtype first, as Gemma does; a 0-dim CPU tensor is a launch
+        # argument, so this stays capturable
+        return torch.tensor(math.sqrt(self.config.text_hidden_size), dtype=dtype)
+
+    def input_embeddings(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                         intrinsic: torch.Tensor | None = None) -> torch.Tensor:
+        """Merged, √hidden-scaled input embeddings (what Gemma-2's first block receives)."""
+        embeds = self.token_embeddings(input_ids)
         if pixel_values is not None:
             image = input_ids == self.config.image_token_index
             features = self.image_features(pixel_values, intrinsic).to(embeds.dtype)
             if int(image.sum()) != features.shape[0] * features.shape[1]:
                 raise ValueError(f"{int(image.sum())} image tokens in the text for {features.shape[0]} image(s) of "
                                  f"{features.shape[1]} patches")
-            embeds = embeds.masked_scatter(image.unsqueeze(-1), features)
-        return embeds * torch.tensor(math.sqrt(self.config.text_hidden_size), dtype=embeds.dtype)
+            embeds = embeds.masked_scatter(image.unsqueeze(-1), features * self._embedding_scale(embeds.dtype))
+        return embeds
 
     def attention_bias(self, attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None,
                        length: int, dtype: torch.dtype) -> torch.Tensor:
@@ -211,22 +222,42 @@ class SpatialVLAForConditionalGeneration(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, intrinsic: torch.Tensor | None,
                  max_new_tokens: int, eos_token_id: int | None = None,
-                 token_type_ids: torch.Tensor | None = None, allowed: AllowedIds | None = None) -> torch.Tensor:
-        """Greedy decoding with a KV cache; the prompt is unpadded. Returns the new ids [B, n];
-        `allowed(i)` restricts the i-th new token (constrained action decoding)."""
-        out = self.forward(input_ids, pixel_values, intrinsic, token_type_ids=token_type_ids, use_cache=True)
-        state = {"cache": out.past_key_values}
+                 token_type_ids: torch.Tensor | None = None, allowed: AllowedIds | None = None,
+                 decoder: str | None = None, return_scores: bool = False):
+        """Greedy decoding with a KV cache; the prompt is unpadded. Returns the new ids [B, n] (and
+        their logits [B, n, V]); `allowed(i)` restricts the i-th new token (constrained action
+        decoding). `decoder` as OpenVLA's: "dynamic", "static" or "graph" (default on CUDA); a
+        cache longer than Gemma-2's sliding window falls back to the dynamic one."""
         length = input_ids.shape[1]
+        decoder = decoder or ("graph" if input_ids.is_cuda else "dynamic")
+        window = getattr(self.language_model.config, "sliding_window", None)
+        if decoder != "dynamic" and window is not None and cache_length(length + max_new_tokens) > window:
+            decoder = "dynamic"
+        if decoder == "dynamic":
+            out = self.forward(input_ids, pixel_values, intrinsic, token_type_ids=token_type_ids, use_cache=True)
+            state = {"cache": out.past_key_values}
+            first = out.logits[:, -1]
 
-        def next_logits(tokens: torch.Tensor, step: int) -> torch.Tensor:
-            positions = torch.full_like(tokens[:, None], length + step)  # 1-indexed: prompt is 1..length
-            step_out = self.language_model(inputs_embeds=self.input_embeddings(tokens[:, None]),
-                                           past_key_values=state["cache"], use_cache=True, position_ids=positions)
-            state["cache"] = step_out.past_key_values
-            return step_out.logits[:, -1]
+            def next_logits(tokens: torch.Tensor, step: int) -> torch.Tensor:
+                positions = torch.full_like(tokens[:, None], length + step)  # 1-indexed: prompt is 1..length
+                step_out = self.language_model(inputs_embeds=self.token_embeddings(tokens[:, None]),
+                                               past_key_values=state["cache"], use_cache=True, position_ids=positions)
+                state["cache"] = step_out.past_key_values
+                return step_out.logits[:, -1]
+        else:
+            embeds = self.input_embeddings(input_ids, pixel_values, intrinsic)
+            cached = static_decoder(self, self.language_model, embeds.shape[0], length + max_new_tokens,
+                                    graph=decoder == "graph" and input_ids.is_cuda, embed=self.token_embeddings,
+                                    position_offset=1)
+            bias = self.attention_bias(None, token_type_ids, length, embeds.dtype)  # the prompt's prefix-LM mask
+            bias = nn.functional.pad(bias, (0, cached.cache_len - length), value=torch.finfo(bias.dtype).min)
+            first = cached.prefill(embeds, {"full_attention": bias, "sliding_attention": bias})
 
-        return greedy_decode(out.logits[:, -1], next_logits, max_new_tokens, eos_token_id, allowed)[0]
+            def next_logits(tokens: torch.Tensor, step: int) -> torch.Tensor:
+                return cached.step(tokens, length + step - 1)
 
+        ids, scores = greedy_decode(first, next_logits, max_new_tokens, eos_token_id, allowed)
+        return (ids, scores) if return_scores else ids
 
 def _drop_tied_head(module, state, prefix, local_metadata):
     """The tied lm_head is the embedding: upstream's checkpoint has no such key, nor do we write one."""
