@@ -1,0 +1,36 @@
+"""refine_core.decoding: which cache layout a static decoder builds, and when a kept one is stale."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def test_sliding_window_layers_are_cached_as_full_layers_within_the_window():
+    from transformers import Gemma2Config, LlamaConfig
+
+    from refine_core.decoding import full_attention_config
+
+    gemma = Gemma2Config(num_hidden_layers=4, sliding_window=1024)
+    assert "sliding_attention" in gemma.layer_types
+    full = full_attention_config(gemma, 1024)
+    assert full.layer_types == ["full_attention"] * 4
+    assert "sliding_attention" in gemma.layer_types  # the model's own config is left alone
+    with pytest.raises(ValueError, match="exceeds the sliding window"):
+        full_attention_config(gemma, 1280)
+    llama = LlamaConfig(num_hidden_layers=2)
+    assert full_attention_config(llama, 8192) is llama
+
+
+def test_weights_fingerprint_follows_replaced_storage_not_in_place_updates():
+    from refine_core.decoding import weights_fingerprint
+
+    model = torch.nn.Linear(4, 4)
+    before = weights_fingerprint(model)
+    with torch.no_grad():
+        model.weight.mul_(2)  # an optimizer step
+    assert weights_fingerprint(model) == before
+    model.weight.data = model.weight.data.float().clone()  # the trainer's fp32 master copy
+    assert weights_fingerprint(model) != before
+    moved = weights_fingerprint(model)
+    model.to(torch.float64)
+    assert weights_fingerprint(model) != moved
