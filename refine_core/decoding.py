@@ -64,15 +64,16 @@ class StaticDecoder:
         with torch.cuda.graph(self.graph):
             self.logits = self._run_step()
 
-    def prefill(self, inputs_embeds: torch.Tensor, attention_mask: Any = None) -> torch.Tensor:
+    def prefill(self, attention_mask: Any = None, **inputs: Any) -> torch.Tensor:
         """Fills the cache with the prompt; returns the logits of its last position [B, V].
-        `attention_mask`: None (causal), or what the model takes, with `cache_len` key columns."""
+        `inputs`: `inputs_embeds`, or what the model merges itself (`input_ids`, `pixel_values`, …);
+        `attention_mask`: None (the model's own), or a mask with `cache_len` key columns."""
         self.cache.reset()  # also clears what the capture's warm-up steps wrote
-        length = inputs_embeds.shape[1]
-        slots = torch.arange(length, device=inputs_embeds.device)
+        length = inputs["inputs_embeds" if "inputs_embeds" in inputs else "input_ids"].shape[1]
+        slots = torch.arange(length, device=self.position.device)
         positions = (slots + self.position_offset)[None].expand(self.batch, length)
-        out = self.lm(inputs_embeds=inputs_embeds, past_key_values=self.cache, cache_position=slots,
-                      position_ids=positions, attention_mask=attention_mask, use_cache=True)
+        out = self.lm(**inputs, past_key_values=self.cache, cache_position=slots, position_ids=positions,
+                      attention_mask=attention_mask, use_cache=True)
         return out.logits[:, -1]
 
     def step(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
@@ -93,16 +94,23 @@ def full_attention_config(config: Any, cache_len: int) -> Any:
     an H100 their logits were off by 0.05-0.3; with full layers graph and eager agree exactly)."""
     import copy
 
-    window = getattr(config, "sliding_window", None)
-    layer_types = getattr(config, "layer_types", None)
-    if window is None or not layer_types or "sliding_attention" not in layer_types:
+    window = sliding_window(config)
+    if window is None:
         return config
     if cache_len > window:
         raise ValueError(f"a static cache of {cache_len} tokens exceeds the sliding window ({window}); "
                          "decode with the dynamic cache")
     config = copy.deepcopy(config)
-    config.layer_types = ["full_attention"] * len(layer_types)
+    text = config.get_text_config(decoder=True)  # the config itself, or a VLM's language part
+    text.layer_types = ["full_attention"] * len(text.layer_types)
     return config
+
+
+def sliding_window(config: Any) -> int | None:
+    """The window of a config (or its language part) with sliding-window layers, else None."""
+    text = config.get_text_config(decoder=True)
+    layer_types = getattr(text, "layer_types", None) or []
+    return getattr(text, "sliding_window", None) if "sliding_attention" in layer_types else None
 
 
 def weights_fingerprint(module: Any) -> int:

@@ -117,3 +117,19 @@ def test_spatialvla_cuda_graph_decoding_equals_the_dynamic_cache():
     assert model._static_decoder.graph is not None
     assert torch.equal(graph[0], dynamic[0])
     torch.testing.assert_close(graph[1], dynamic[1], atol=1e-4, rtol=1e-4)
+
+
+def test_hf_vlm_cuda_graph_decoding_equals_transformers_generate():
+    from refine_core.plugins import Registry
+
+    registry = Registry(entry_points=False)
+    frame = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    results = {}
+    for decoder in ("graph", "dynamic"):
+        backbone = registry.build("backbone", "hf_vlm", {"preset": "tiny", "dtype": "float32", "decoder": decoder})
+        backbone.model.to("cuda")
+        results[decoder] = [backbone.generate_ids(frame, "put the red block in the bowl", 24, prefix_ids=prefix)
+                            for prefix in ([], [100, 101, 102])]
+        if decoder == "graph":
+            assert backbone.model._static_decoder.graph is not None
+    assert results["graph"] == results["dynamic"]

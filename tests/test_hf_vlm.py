@@ -152,3 +152,25 @@ def test_sdpa_on_a_gemma2_model_is_refused_with_one_line(registry):
 
     with pytest.raises(UsageError, match="runs eager attention only"):
         registry.build("backbone", "hf_vlm", {"preset": "tiny", "attn_implementation": "sdpa"})
+
+
+@pytest.mark.parametrize("prefix", [[], [100, 101, 102]])
+def test_static_cache_decoding_equals_transformers_generate_and_full_recomputation(registry, prefix):
+    """The static cache (the CUDA-graph decoder's, eager on the CPU) gives transformers' generate ids,
+    and each step's token is the argmax of a full forward pass over prompt + generated tokens."""
+    frame = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    dynamic, static = [registry.build("backbone", "hf_vlm", {"preset": "tiny", "decoder": d}) for d in ("dynamic", "static")]
+    new = static.generate_ids(frame, "put the cup on the plate", 10, prefix_ids=prefix)
+    assert new == dynamic.generate_ids(frame, "put the cup on the plate", 10, prefix_ids=prefix)
+    prompt = static.prompt_ids("put the cup on the plate")
+    pixels = static.image_inputs([frame])["pixel_values"]
+    model = static.model.eval()
+    with torch.no_grad():
+        for step in range(len(new)):
+            suffix = prefix + new[:step]
+            ids = torch.tensor([prompt + suffix])
+            types = torch.tensor([[0] * len(prompt) + [1] * len(suffix)])
+            logits = model(input_ids=ids, pixel_values=pixels, token_type_ids=types).logits[0, -1]
+            assert int(logits.argmax()) == new[step]
+    constrained = static.generate_ids(frame, "put the cup on the plate", 4, allowed=lambda i: [200, 201])
+    assert len(constrained) == 4 and set(constrained) <= {200, 201}

@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from refine_core import BackboneSpec, hookimpl
+from refine_core.specs import Decoder, decoder_option
 
 
 class HFVLMOptions(BaseModel):
@@ -19,6 +20,7 @@ class HFVLMOptions(BaseModel):
     attn_implementation: Literal["auto", "sdpa", "eager"] = Field(
         "auto", description="auto: the model's default (Gemma-2 runs eager attention).")
     seed: int = Field(0, description="Seed of the preset's random initialisation.")
+    decoder: Decoder = decoder_option()
 
 
 @hookimpl

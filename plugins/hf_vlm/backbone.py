@@ -13,7 +13,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from refine_core.backbone import AllowedIds, Backbone, model_dtype
+from refine_core.backbone import AllowedIds, Backbone, greedy_decode, model_dtype
+from refine_core.decoding import cache_length, sliding_window, static_decoder
 from refine_core.errors import UsageError
 from refine_core.images import to_pixel_values
 
@@ -149,7 +150,34 @@ class HFVLMBackbone(PaliGemmaPrompt, Backbone):
     def generate_ids(self, image: np.ndarray, instruction: str, max_new_tokens: int,
                      prefix_ids: Sequence[int] = (), allowed: AllowedIds | None = None) -> list[int]:
         prompt = self.prompt_ids(instruction)
-        ids = torch.tensor([prompt + list(prefix_ids)], device=self.model.device)
+        device = self.model.device
+        ids = torch.tensor([prompt + list(prefix_ids)], device=device)
+        token_types = torch.tensor([[0] * len(prompt) + [1] * len(prefix_ids)], device=device)
+        pixels = self.image_inputs([image])["pixel_values"].to(device)
+        decoder = self.options.decoder if self.options.decoder != "auto" else (
+            "graph" if device.type == "cuda" else "dynamic")
+        window = sliding_window(self.model.config)
+        if window is not None and cache_length(ids.shape[1] + max_new_tokens) > window:
+            decoder = "dynamic"
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            if decoder == "dynamic":
+                new = self._generate_dynamic(ids, token_types, pixels, max_new_tokens, allowed)
+            else:
+                cached = static_decoder(self.model, self.model, 1, ids.shape[1] + max_new_tokens,
+                                        graph=decoder == "graph" and device.type == "cuda", position_offset=1)
+                with torch.no_grad():  # PaliGemma merges the image and masks the prefix itself
+                    first = cached.prefill(input_ids=ids, pixel_values=pixels, token_type_ids=token_types)
+                    length = ids.shape[1]
+                    new = greedy_decode(first, lambda tokens, step: cached.step(tokens, length + step - 1),
+                                        max_new_tokens, self.eos_id, allowed)[0][0].tolist()
+        finally:
+            self.model.train(was_training)
+        return new[: new.index(self.eos_id)] if self.eos_id in new else new
+
+    def _generate_dynamic(self, ids, token_types, pixels, max_new_tokens: int, allowed: AllowedIds | None) -> list[int]:
+        """transformers' generate (dynamic cache); `allowed` through prefix_allowed_tokens_fn."""
         constraint = None
         if allowed is not None:
             every = list(range(self.model.get_output_embeddings().out_features))
@@ -157,19 +185,11 @@ class HFVLMBackbone(PaliGemmaPrompt, Backbone):
             def constraint(batch_id: int, sequence: torch.Tensor) -> list[int]:
                 chosen = allowed(sequence.shape[-1] - ids.shape[1])
                 return every if chosen is None else [int(i) for i in chosen]
-        token_types = torch.tensor([[0] * len(prompt) + [1] * len(prefix_ids)], device=self.model.device)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            out = self.model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=token_types,
-                pixel_values=self.image_inputs([image])["pixel_values"].to(self.model.device),
-                max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.eos_id,
-                pad_token_id=self.pad_id, use_cache=True, prefix_allowed_tokens_fn=constraint)
-        finally:
-            self.model.train(was_training)
-        new = out[0, ids.shape[1]:].tolist()
-        return new[: new.index(self.eos_id)] if self.eos_id in new else new
+        out = self.model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=token_types, pixel_values=pixels,
+            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.eos_id, pad_token_id=self.pad_id,
+            use_cache=True, prefix_allowed_tokens_fn=constraint)
+        return out[0, ids.shape[1]:].tolist()
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:

@@ -153,7 +153,7 @@ class OpenVLAForActionPrediction(nn.Module):
             length = embeds.shape[1]
             cached = static_decoder(self, self.language_model, embeds.shape[0], length + max_new_tokens,
                                     graph=decoder == "graph" and input_ids.is_cuda)
-            first = cached.prefill(embeds)
+            first = cached.prefill(inputs_embeds=embeds)
 
             def next_logits(tokens: torch.Tensor, step: int) -> torch.Tensor:
                 return cached.step(tokens, length + step - 1)

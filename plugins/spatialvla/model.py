@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from refine_core.backbone import AllowedIds, greedy_decode
-from refine_core.decoding import cache_length, static_decoder
+from refine_core.decoding import cache_length, sliding_window, static_decoder
 from refine_core.weights import read_state_dict, write_state_dict
 
 from .config import SpatialVLAConfig
@@ -230,7 +230,7 @@ class SpatialVLAForConditionalGeneration(nn.Module):
         cache longer than Gemma-2's sliding window falls back to the dynamic one."""
         length = input_ids.shape[1]
         decoder = decoder or ("graph" if input_ids.is_cuda else "dynamic")
-        window = getattr(self.language_model.config, "sliding_window", None)
+        window = sliding_window(self.language_model.config)
         if decoder != "dynamic" and window is not None and cache_length(length + max_new_tokens) > window:
             decoder = "dynamic"
         if decoder == "dynamic":
@@ -251,7 +251,7 @@ class SpatialVLAForConditionalGeneration(nn.Module):
                                     position_offset=1)
             bias = self.attention_bias(None, token_type_ids, length, embeds.dtype)  # the prompt's prefix-LM mask
             bias = nn.functional.pad(bias, (0, cached.cache_len - length), value=torch.finfo(bias.dtype).min)
-            first = cached.prefill(embeds, {"full_attention": bias, "sliding_attention": bias})
+            first = cached.prefill({"full_attention": bias, "sliding_attention": bias}, inputs_embeds=embeds)
 
             def next_logits(tokens: torch.Tensor, step: int) -> torch.Tensor:
                 return cached.step(tokens, length + step - 1)
