@@ -118,6 +118,17 @@ def weights_fingerprint(module: Any) -> int:
     return hash(tuple((name, p.data_ptr(), p.dtype) for name, p in module.named_parameters()))
 
 
+def choose_decoder(requested: str | None, on_cuda: bool, config: Any, needed_len: int) -> str:
+    """The decoder a generation uses: "auto" (or None) is "graph" on CUDA and "dynamic" elsewhere; a
+    static one falls back to "dynamic" when its cache would outgrow a sliding window; "graph"
+    runs eagerly off CUDA."""
+    decoder = requested if requested not in (None, "auto") else ("graph" if on_cuda else "dynamic")
+    window = sliding_window(config)
+    if decoder != "dynamic" and window is not None and cache_length(needed_len) > window:
+        return "dynamic"
+    return decoder
+
+
 def cache_length(needed_len: int) -> int:
     return -(-needed_len // CACHE_BUCKET) * CACHE_BUCKET
 

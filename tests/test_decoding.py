@@ -34,3 +34,16 @@ def test_weights_fingerprint_follows_replaced_storage_not_in_place_updates():
     moved = weights_fingerprint(model)
     model.to(torch.float64)
     assert weights_fingerprint(model) != moved
+
+
+def test_the_decoder_choice():
+    from transformers import Gemma2Config, LlamaConfig
+
+    from refine_core.decoding import choose_decoder
+
+    llama, gemma = LlamaConfig(num_hidden_layers=2), Gemma2Config(num_hidden_layers=2, sliding_window=1024)
+    assert choose_decoder("auto", True, llama, 300) == "graph"
+    assert choose_decoder(None, False, llama, 300) == "dynamic"
+    assert choose_decoder("static", False, llama, 100_000) == "static"  # no window: any length
+    assert choose_decoder("graph", True, gemma, 1024) == "graph"
+    assert choose_decoder("graph", True, gemma, 1025) == "dynamic"  # the cache would outgrow the window

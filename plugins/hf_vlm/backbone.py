@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from refine_core.backbone import AllowedIds, Backbone, greedy_decode, model_dtype
-from refine_core.decoding import cache_length, sliding_window, static_decoder
+from refine_core.decoding import choose_decoder, static_decoder
 from refine_core.errors import UsageError
 from refine_core.images import to_pixel_values
 
@@ -154,11 +154,8 @@ class HFVLMBackbone(PaliGemmaPrompt, Backbone):
         ids = torch.tensor([prompt + list(prefix_ids)], device=device)
         token_types = torch.tensor([[0] * len(prompt) + [1] * len(prefix_ids)], device=device)
         pixels = self.image_inputs([image])["pixel_values"].to(device)
-        decoder = self.options.decoder if self.options.decoder != "auto" else (
-            "graph" if device.type == "cuda" else "dynamic")
-        window = sliding_window(self.model.config)
-        if window is not None and cache_length(ids.shape[1] + max_new_tokens) > window:
-            decoder = "dynamic"
+        decoder = choose_decoder(self.options.decoder, device.type == "cuda", self.model.config,
+                                 ids.shape[1] + max_new_tokens)
         was_training = self.model.training
         self.model.eval()
         try:

@@ -1,10 +1,10 @@
 """OpenVLABackbone: OpenVLA (DINOv2 + SigLIP → projector → Llama-2) as a refine backbone.
 
 Loads an upstream-layout directory (config.json + safetensors + tokenizer, read as written by
-`refine_core.weights.read_tokenizer`) or builds the `tiny` preset. Prompt (upstream's): `In: What action should the robot take to
-{instruction}?\\nOut: ` with BOS, plus id 29871 when the tokenizer did not end on it. The 256
-patch embeddings sit after BOS inside the model, so `input_ids`, labels and the logits this
-backbone returns never contain them.
+`refine_core.weights.read_tokenizer`) or builds the `tiny` preset. Prompt (upstream's):
+`In: What action should the robot take to {instruction}?\\nOut: ` with BOS, plus id 29871 when
+the tokenizer did not end on it. The 256 patch embeddings sit after BOS inside the model, so
+`input_ids`, labels and the logits this backbone returns never contain them.
 
 Action statistics (config.json `norm_stats`, see `norm_stats.py`):
 - `predict_action(image, instruction, unnorm_key)` is upstream's `predict_action`: 7 greedy ids,
@@ -165,9 +165,8 @@ class OpenVLABackbone(Backbone):
         was_training = self.model.training
         self.model.eval()
         try:
-            decoder = None if self.options.decoder == "auto" else self.options.decoder
             new = self.model.generate(ids, pixels, max_new_tokens, eos_token_id=self.eos_id, allowed=allowed,
-                                      decoder=decoder)[0].tolist()
+                                      decoder=self.options.decoder)[0].tolist()
         finally:
             self.model.train(was_training)
         return new[: new.index(self.eos_id)] if self.eos_id in new else new

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from refine_core.backbone import AllowedIds, greedy_decode
-from refine_core.decoding import static_decoder
+from refine_core.decoding import choose_decoder, static_decoder
 from refine_core.weights import read_state_dict as read_weights
 from refine_core.weights import write_state_dict
 
@@ -136,7 +136,8 @@ class OpenVLAForActionPrediction(nn.Module):
         "graph" (static, each step replayed as a CUDA graph on CUDA); default graph on CUDA, else dynamic."""
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError("OpenVLA generation takes unpadded prompts (BOS first in every row)")
-        decoder = decoder or ("graph" if input_ids.is_cuda else "dynamic")
+        decoder = choose_decoder(decoder, input_ids.is_cuda, self.language_model.config,
+                                 input_ids.shape[1] + self.num_patches + max_new_tokens)
         if decoder == "dynamic":
             out = self.forward(input_ids, pixel_values, use_cache=True)
             state = {"cache": out.past_key_values}

@@ -189,13 +189,12 @@ class SpatialVLABackbone(PaliGemmaPrompt, Backbone):
         ids = torch.tensor([prompt + list(prefix_ids)], device=device)
         token_types = torch.tensor([[0] * len(prompt) + [1] * len(prefix_ids)], device=device)
         inputs = self.image_inputs([image])
-        decoder = None if self.options.decoder == "auto" else self.options.decoder
         was_training = self.model.training
         self.model.eval()
         try:
             new = self.model.generate(ids, inputs["pixel_values"].to(device), inputs["intrinsic"].to(device),
                                       max_new_tokens, eos_token_id=self.eos_id, token_type_ids=token_types,
-                                      allowed=allowed, decoder=decoder)[0].tolist()
+                                      allowed=allowed, decoder=self.options.decoder)[0].tolist()
         finally:
             self.model.train(was_training)
         return new[: new.index(self.eos_id)] if self.eos_id in new else new

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from refine_core.backbone import AllowedIds, greedy_decode
-from refine_core.decoding import cache_length, sliding_window, static_decoder
+from refine_core.decoding import choose_decoder, static_decoder
 from refine_core.weights import read_state_dict, write_state_dict
 
 from .config import SpatialVLAConfig
@@ -229,10 +229,7 @@ class SpatialVLAForConditionalGeneration(nn.Module):
         decoding). `decoder` as OpenVLA's: "dynamic", "static" or "graph" (default on CUDA); a
         cache longer than Gemma-2's sliding window falls back to the dynamic one."""
         length = input_ids.shape[1]
-        decoder = decoder or ("graph" if input_ids.is_cuda else "dynamic")
-        window = sliding_window(self.language_model.config)
-        if decoder != "dynamic" and window is not None and cache_length(length + max_new_tokens) > window:
-            decoder = "dynamic"
+        decoder = choose_decoder(decoder, input_ids.is_cuda, self.language_model.config, length + max_new_tokens)
         if decoder == "dynamic":
             out = self.forward(input_ids, pixel_values, intrinsic, token_type_ids=token_type_ids, use_cache=True)
             state = {"cache": out.past_key_values}
@@ -258,6 +255,7 @@ class SpatialVLAForConditionalGeneration(nn.Module):
 
         ids, scores = greedy_decode(first, next_logits, max_new_tokens, eos_token_id, allowed)
         return (ids, scores) if return_scores else ids
+
 
 def _drop_tied_head(module, state, prefix, local_metadata):
     """The tied lm_head is the embedding: upstream's checkpoint has no such key, nor do we write one."""
