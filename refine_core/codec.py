@@ -255,8 +255,12 @@ class ActionCodec(ABC):
             raise ActionDecodeError(
                 "expected a flat sequence of integer token ids", text=repr(ids)[:_SHOWN_CHARS]
             ) from None
-        special = set(getattr(self.tokenizer, "all_special_ids", None) or ())
+        trailing = self._trailing_ids()
         end = len(array)
-        while end and int(array[end - 1]) in special:
+        while end and int(array[end - 1]) in trailing:
             end -= 1
         return array[:end]
+
+    def _trailing_ids(self) -> set[int]:
+        """Ids cut off the end of a generated span before decoding: the tokenizer's special ids."""
+        return {int(i) for i in getattr(self.tokenizer, "all_special_ids", None) or ()}

@@ -310,27 +310,15 @@ class SpatialCodec(ActionCodec):
             out.append((edges[cell] + edges[cell + 1]) / 2.0)
         return out[::-1]
 
-    def _id_array(self, ids: Sequence[int]) -> np.ndarray:
-        """Like the base class, but only eos/pad are cut off: action tokens may be special tokens too."""
-        try:
-            array = np.asarray(ids.tolist() if hasattr(ids, "tolist") else list(ids))
-            if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
-                raise ValueError
-            array = array.astype(np.int64)
-        except (TypeError, ValueError, OverflowError):
-            raise ActionDecodeError("expected a flat sequence of integer token ids", text=repr(ids)[:200]) from None
+    def _trailing_ids(self) -> set[int]:
+        """Only eos/pad (action tokens may be special tokens too); a minimal tokenizer's special ids."""
         enders = set()
         for attr in ("eos_token_id", "pad_token_id"):
             value = getattr(self.tokenizer, attr, None)
             enders.update(value if isinstance(value, (list, tuple)) else [] if value is None else [value])
-        if not enders:  # a minimal tokenizer: fall back to its special ids
+        if not enders:
             enders = set(getattr(self.tokenizer, "all_special_ids", None) or ())
-        enders = {int(i) for i in enders} - set(range(self._begin, self._begin + N_TOKENS))
-        end = len(array)
-        while end and int(array[end - 1]) in enders:
-            end -= 1
-        return array[:end]
-
+        return {int(i) for i in enders} - set(range(self._begin, self._begin + N_TOKENS))
 
 def _read_config(config: Mapping[str, Any] | str | Path) -> dict[str, Any]:
     if isinstance(config, Mapping):
