@@ -32,9 +32,9 @@ from refine_core import DatasetStatistics, Episode, RobotDataset, Statistics, St
 from refine_core.annotate import annotate_dataset  # noqa: E402
 from refine_core.annotate.prompt import PROMPT_VERSION, build_prompt, reasoning_from_answer  # noqa: E402
 from refine_core.config import AnnotateSettings  # noqa: E402
-from refine_core.plugins import get_registry  # noqa: E402
+from refine_core.registry import get_registry  # noqa: E402
 from refine_core.teacher import Annotation, Teacher, TeacherIdentity, TokenUsage  # noqa: E402
-from teachers.common import encode_png  # noqa: E402
+from refine_teachers.common import encode_png  # noqa: E402
 
 STEPS_PER_EPISODE = 20
 

@@ -55,9 +55,9 @@ RECIPES = {
 def write_checkpoint(directory: Path, tokenizer_dir: str | None) -> None:
     import torch
 
-    from plugins.openvla.config import OpenVLAConfig
-    from plugins.openvla.model import OpenVLAForActionPrediction
-    from plugins.openvla.tiny import build_tokenizer
+    from refine_plugins.openvla.config import OpenVLAConfig
+    from refine_plugins.openvla.model import OpenVLAForActionPrediction
+    from refine_plugins.openvla.tiny import build_tokenizer
 
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -121,7 +121,7 @@ def inference(checkpoint: Path, reasoning_tokens: int) -> dict:
     import numpy as np
     import torch
 
-    from refine_core.plugins import Registry
+    from refine_core.registry import Registry
 
     backbone = Registry(entry_points=False).build("backbone", "openvla", {"path": str(checkpoint)})
     model = backbone.model.to("cuda").eval()
@@ -174,9 +174,9 @@ def spatialvla(batch: int, steps: int, warmup: int, reasoning_tokens: int) -> di
     tokens, a 4-step chunk of 12 spatial action tokens), then generation with each decoder."""
     import torch
 
-    from plugins.spatialvla.backbone import SpatialVLABackbone
-    from plugins.spatialvla.model import SpatialVLAForConditionalGeneration
-    from refine_core.collate import IGNORE
+    from refine_plugins.spatialvla.backbone import SpatialVLABackbone
+    from refine_plugins.spatialvla.model import SpatialVLAForConditionalGeneration
+    from refine_core.data.collate import IGNORE
     from refine_core.config import LoraSettings
     from refine_core.loss import reasoning_aware_loss
     from refine_core.training.lora import apply_lora

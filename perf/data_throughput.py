@@ -39,7 +39,7 @@ def raw_tfds(version_dir) -> tuple[int, float]:
 
 
 def refine_batches(dataset, backbone, batch_size: int, epoch_samples: int) -> tuple[int, float]:
-    from refine_core.samples import SampleStream
+    from refine_core.data.samples import SampleStream
 
     start = time.perf_counter()
     stream = iter(SampleStream(dataset, split="train", val_fraction=0.0, shuffle_buffer=256, seed=0))
@@ -56,7 +56,7 @@ def train_rate(dataset, backbone, batch_size: int, steps: int = 6) -> float:
     import torch
 
     from refine_core.loss import reasoning_aware_loss
-    from refine_core.samples import SampleStream
+    from refine_core.data.samples import SampleStream
 
     stream = iter(SampleStream(dataset, split="train", val_fraction=0.0, shuffle_buffer=64, seed=0))
     batches = [backbone.collate(list(itertools.islice(stream, batch_size))) for _ in range(steps)]
@@ -84,7 +84,7 @@ def main() -> None:
 
     import torch
 
-    from refine_core.plugins import get_registry
+    from refine_core.registry import get_registry
 
     torch.set_num_threads(args.threads)
     registry = get_registry()

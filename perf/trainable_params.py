@@ -33,7 +33,7 @@ def paligemma2_3b_224():
     import torch
     from transformers import Gemma2Config, PaliGemmaConfig, PaliGemmaForConditionalGeneration, SiglipVisionConfig
 
-    from plugins.hf_vlm.backbone import HFVLMBackbone
+    from refine_plugins.hf_vlm.backbone import HFVLMBackbone
 
     vision = SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
                                 num_attention_heads=16, image_size=224, patch_size=14, projection_dim=2304)
@@ -57,7 +57,7 @@ def spatialvla_4b_config():
     bottleneck 256, bin embedding 128, 4 patch-transformer layers of 128)."""
     from transformers import BeitConfig, ZoeDepthConfig
 
-    from plugins.spatialvla.config import SpatialVLAConfig
+    from refine_plugins.spatialvla.config import SpatialVLAConfig
 
     beit = BeitConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
                       image_size=384, patch_size=16, use_relative_position_bias=True, use_mean_pooling=True,
@@ -83,8 +83,8 @@ def spatialvla_4b():
     """SpatialVLA 4B 224 on the meta device, wrapped as a backbone (module accessors only)."""
     import torch
 
-    from plugins.spatialvla.backbone import SpatialVLABackbone
-    from plugins.spatialvla.model import SpatialVLAForConditionalGeneration
+    from refine_plugins.spatialvla.backbone import SpatialVLABackbone
+    from refine_plugins.spatialvla.model import SpatialVLAForConditionalGeneration
 
     with torch.device("meta"):
         model = SpatialVLAForConditionalGeneration(spatialvla_4b_config())
@@ -94,7 +94,7 @@ def spatialvla_4b():
 
 
 def spatialvla_tiny():
-    from refine_core.plugins import Registry
+    from refine_core.registry import Registry
 
     return Registry(entry_points=False).build("backbone", "spatialvla", {"preset": "tiny"})
 
@@ -108,7 +108,7 @@ def spatialvla_tiny_step_seconds(steps: int = 6) -> float:
     import numpy as np
     import torch
 
-    from plugins.action_codecs.spatial import SpatialCodec
+    from refine_plugins.action_codecs.spatial import SpatialCodec
     from refine_core import Statistics
     from refine_core.backbone import TrainingSample
     from refine_core.loss import reasoning_aware_loss
@@ -133,7 +133,7 @@ def spatialvla_tiny_step_seconds(steps: int = 6) -> float:
 
 
 def tiny():
-    from refine_core.plugins import Registry
+    from refine_core.registry import Registry
 
     return Registry(entry_points=False).build("backbone", "hf_vlm", {"preset": "tiny"})
 

@@ -42,7 +42,7 @@ def main() -> None:
     from rich.console import Console
 
     from refine_core.loss import reasoning_aware_loss
-    from refine_core.samples import SampleStream
+    from refine_core.data.samples import SampleStream
     from refine_core.training import Trainer, prepare_run
     from train_toys import ToyDataset, toy_config, write_annotations
 

@@ -1,24 +1,88 @@
-"""refine core: contracts, registry, config and engines. Model-, robot- and vendor-agnostic."""
+"""refine core: the public plugin API, the registry, the config and the engines.
+
+Everything a plugin implements or receives is importable from here (`from refine_core import
+Backbone`); built-in plugins and third-party ones use nothing else of the core, and a test
+holds them to it. Names load on first use, so `import refine_core` stays light (no torch).
+
+Registering components (see README "Writing a plugin")
+    hookimpl, BackboneSpec, ActionCodecSpec, TeacherSpec, DatasetSpec, BenchmarkSpec, NoOptions,
+    get_registry (build another registered component, e.g. a codec a backbone relies on)
+Errors (the CLI maps them to exit codes)
+    RefineError (1: failed while working), UsageError (2: bad usage or input, one line),
+    UnknownComponent, MissingExtra
+Data: what datasets yield and every stage consumes
+    Episode, Step, ACTION_DIM, GRIPPER, Reasoning, TaskPlanning, Statistics, DatasetStatistics,
+    RobotDataset; for dataset authors: StatisticsAccumulator, cached_statistics, cache_dir
+Teachers
+    Teacher, TeacherIdentity, AnnotationRequest, Annotation, TokenUsage, Price, BatchTeacher,
+    BatchStatus, TeacherError, TransientTeacherError, PermanentTeacherError, MalformedAnswer;
+    refine's teacher prompt: PROMPT_VERSION, build_prompt, TeacherAnswer, answer_json_schema,
+    reasoning_from_answer; motion analysis of an episode: motion_phases, gripper_open,
+    current_sub_actions
+Action codecs
+    ActionCodec, CodecOptions, ActionDecodeError, TokenizerLike, default_action_mask
+Backbones, and the toolkit a backbone author builds with
+    Backbone, BackboneOptions, Decoder, TrainingSample, Prediction, AllowedIds, model_dtype;
+    greedy_decode, choose_decoder, static_decoder (KV-cached and CUDA-graph decoding);
+    read_state_dict, write_state_dict, read_tokenizer, resolve_checkpoint_dir (safetensors
+    checkpoint directories, Hub ids); to_pixel_values; PaliGemmaPrompt
+Training objective
+    reasoning_aware_loss, LossOutput
+Benchmarks
+    Benchmark, EvalContext, BenchmarkResult, SampleStream, episode_samples
+Files
+    atomic_write (a file a reader sees whole or not at all; durable before it counts)
+"""
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from .codec import ActionCodec, ActionDecodeError
-from .episode import ACTION_DIM, Episode, Step
-from .errors import RefineError, UnknownComponent, UsageError
-from .hookspecs import hookimpl
-from .plugins import get_registry
-from .reasoning import Reasoning, TaskPlanning
-from .specs import ActionCodecSpec, BackboneSpec, BenchmarkSpec, DatasetSpec, NoOptions, TeacherSpec
-from .dataset import RobotDataset
-from .stats import DatasetStatistics, Statistics
-from .teacher import Annotation, AnnotationRequest, BatchStatus, BatchTeacher, Teacher, TeacherIdentity, TokenUsage
+# public name -> the module that defines it
+_EXPORTS: dict[str, str] = {}
+for _module, _names in {
+    "refine_core.hookspecs": "hookimpl",
+    "refine_core.specs": "ActionCodecSpec BackboneSpec BenchmarkSpec DatasetSpec NoOptions TeacherSpec",
+    "refine_core.registry": "get_registry",
+    "refine_core.errors": "MissingExtra RefineError UnknownComponent UsageError",
+    "refine_core.episode": "ACTION_DIM GRIPPER Episode Step",
+    "refine_core.reasoning": "Reasoning TaskPlanning",
+    "refine_core.statistics": "DatasetStatistics Statistics StatisticsAccumulator cached_statistics",
+    "refine_core.files": "atomic_write cache_dir",
+    "refine_core.dataset": "RobotDataset",
+    "refine_core.teacher": "Annotation AnnotationRequest BatchStatus BatchTeacher MalformedAnswer "
+                           "PermanentTeacherError Price Teacher TeacherError TeacherIdentity TokenUsage "
+                           "TransientTeacherError",
+    "refine_core.annotate.prompt": "PROMPT_VERSION TeacherAnswer answer_json_schema build_prompt "
+                                   "reasoning_from_answer",
+    "refine_core.annotate.motion": "gripper_open motion_phases",
+    "refine_core.annotate.strategy": "current_sub_actions",
+    "refine_core.action_codec": "ActionCodec ActionDecodeError CodecOptions TokenizerLike default_action_mask",
+    "refine_core.backbone": "AllowedIds Backbone BackboneOptions Decoder Prediction TrainingSample model_dtype",
+    "refine_core.toolkit.decoding": "choose_decoder greedy_decode static_decoder",
+    "refine_core.toolkit.weights": "read_state_dict read_tokenizer resolve_checkpoint_dir write_state_dict",
+    "refine_core.toolkit.images": "to_pixel_values",
+    "refine_core.toolkit.prompts": "PaliGemmaPrompt",
+    "refine_core.loss": "LossOutput reasoning_aware_loss",
+    "refine_core.benchmark": "Benchmark BenchmarkResult EvalContext",
+    "refine_core.data.samples": "SampleStream episode_samples",
+}.items():
+    for _name in _names.split():
+        _EXPORTS[_name] = _module
 
-__all__ = [
-    "ACTION_DIM", "ActionCodec", "ActionCodecSpec", "ActionDecodeError",
-    "Annotation", "AnnotationRequest", "BackboneSpec", "BatchStatus", "BatchTeacher",
-    "BenchmarkSpec", "DatasetSpec", "DatasetStatistics", "Episode", "NoOptions", "Reasoning",
-    "RefineError", "RobotDataset", "Statistics", "Step", "TaskPlanning", "Teacher",
-    "TeacherIdentity", "TeacherSpec", "TokenUsage", "UnknownComponent", "UsageError",
-    "__version__", "get_registry", "hookimpl",
-]
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'refine_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

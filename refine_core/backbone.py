@@ -12,14 +12,15 @@ import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
-from .codec import ActionCodec, ActionDecodeError
-from .collate import EncodedSample, ReasoningOrder, assemble, pad_batch
-from .errors import UsageError
-from .stats import Statistics
+from refine_core.action_codec import ActionCodec, ActionDecodeError
+from refine_core.data.collate import EncodedSample, ReasoningOrder, assemble, pad_batch
+from refine_core.errors import UsageError
+from refine_core.statistics import Statistics
 
 
 def model_dtype(name: str):
@@ -32,41 +33,26 @@ def model_dtype(name: str):
 
 
 AllowedIds = Callable[[int], "Sequence[int] | np.ndarray | None"]  # new-token index → allowed ids (None: any)
+Decoder = Literal["auto", "dynamic", "static", "graph"]
 
 
-def greedy_token(logits, allowed: AllowedIds | None = None, index: int = 0):
-    """argmax over the last dimension of `logits` [B, V], restricted to `allowed(index)` when given."""
-    ids = allowed(index) if allowed is not None else None
-    if ids is None:
-        return logits.argmax(-1)
-    import torch
+class BackboneOptions(BaseModel):
+    """The options every backbone takes; a backbone's own options model extends this one."""
 
-    keep = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=logits.device)
-    return keep[logits.index_select(-1, keep).argmax(-1)]
+    model_config = ConfigDict(extra="forbid")
 
-
-def greedy_decode(first_logits, next_logits: Callable[[Any, int], Any], max_new_tokens: int,
-                  eos_token_id: int | None = None, allowed: AllowedIds | None = None):
-    """The KV-cached greedy loop backbones with their own models share: `first_logits` [B, V] come
-    from the prompt, `next_logits(tokens [B], step)` feeds the previous tokens through the cache.
-    Rows that emitted eos keep emitting it; stops when every row has. Returns (ids [B, n], logits
-    [B, n, V] in fp32)."""
-    import torch
-
-    scores = [first_logits.float()]
-    tokens = [greedy_token(scores[-1], allowed, 0)]
-    finished = torch.zeros_like(tokens[0], dtype=torch.bool)
-    for step in range(1, max_new_tokens):
-        if eos_token_id is not None:
-            finished |= tokens[-1] == eos_token_id
-            if bool(finished.all()):
-                break
-        scores.append(next_logits(tokens[-1], step).float())
-        token = greedy_token(scores[-1], allowed, step)
-        if eos_token_id is not None:
-            token = torch.where(finished, torch.full_like(token, eos_token_id), token)
-        tokens.append(token)
-    return torch.stack(tokens, dim=1), torch.stack(scores, dim=1)
+    path: str | None = Field(None, description="Local checkpoint directory or Hugging Face Hub id (org/name); "
+                                               "takes precedence over `preset`.")
+    preset: Literal["tiny"] | None = Field("tiny", description="Build a randomly initialised model from a "
+                                                               "config (no download) when `path` is unset.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 on CUDA, else fp32.")
+    attn_implementation: Literal["auto", "sdpa", "eager"] = Field(
+        "auto", description="auto: the backbone's default; eager is needed for attention maps.")
+    seed: int = Field(0, description="Seed of the preset's random initialisation.")
+    decoder: Decoder = Field("auto", description="Generation's KV cache: auto is graph on CUDA (a static cache, "
+                                                 "each token's step replayed as a CUDA graph: 2-4x faster on GPUs, "
+                                                 "perf P7), dynamic (transformers' cache) elsewhere; static runs "
+                                                 "the static cache eagerly.")
 
 
 @dataclass
@@ -109,6 +95,37 @@ class Backbone(ABC):
     model: Any
     tokenizer: Any
     codec: ActionCodec
+
+    # -- construction (a template: subclasses implement `load` and `build_preset`) -----------
+    def __init__(self, options: BackboneOptions) -> None:
+        self.options = options
+        self.pretrained = bool(options.path)
+        self.codec = None  # attached by attach_codec
+        if options.path:
+            self.load(options.path)
+        elif options.preset:
+            import torch
+
+            with torch.random.fork_rng():  # the preset's weights depend on its seed only
+                torch.manual_seed(options.seed)
+                self.build_preset(options.preset)
+        else:
+            raise UsageError(f"{self.name} needs a model: set backbone.path=DIR_OR_HUB_ID or backbone.preset=tiny")
+        rows = self.model.get_input_embeddings().num_embeddings
+        if len(self.tokenizer) > rows:
+            raise UsageError(f"the tokenizer has {len(self.tokenizer)} ids but the model only {rows} embeddings")
+
+    def attention(self, auto: str = "sdpa") -> str:
+        """The `attn_implementation` option, "auto" standing for `auto`."""
+        return auto if self.options.attn_implementation == "auto" else self.options.attn_implementation
+
+    def load(self, path: str) -> None:
+        """Set `model` and `tokenizer` from a checkpoint directory or Hub id (`backbone.path`)."""
+        raise UsageError(f"{self.name} cannot load checkpoints; use backbone.preset")
+
+    def build_preset(self, preset: str) -> None:
+        """Set `model` and `tokenizer` to a randomly initialised preset (torch's RNG is seeded)."""
+        raise UsageError(f"{self.name} has no preset {preset!r}; set backbone.path")
 
     # -- codec ------------------------------------------------------------------------------
     def attach_codec(self, codec: ActionCodec, action_stats: Statistics) -> "Backbone":
@@ -207,11 +224,27 @@ class Backbone(ABC):
         return self.blocks()
 
     # -- inference ----------------------------------------------------------------------------
-    @abstractmethod
     def generate_ids(self, image: np.ndarray, instruction: str, max_new_tokens: int,
                      prefix_ids: Sequence[int] = (), allowed: AllowedIds | None = None) -> list[int]:
         """Greedy continuation of the prompt (plus `prefix_ids`), eos excluded. `allowed(i)` (when
-        given) lists the ids the i-th new token may take, None meaning any (constrained decoding)."""
+        given) lists the ids the i-th new token may take, None meaning any (constrained decoding).
+        Runs the model in eval mode without gradients, restoring its mode after."""
+        import torch
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                new = self.greedy_continuation(image, instruction, max_new_tokens, list(prefix_ids), allowed)
+        finally:
+            self.model.train(was_training)
+        return new[: new.index(self.eos_id)] if self.eos_id in new else new
+
+    def greedy_continuation(self, image: np.ndarray, instruction: str, max_new_tokens: int,
+                            prefix_ids: list[int], allowed: AllowedIds | None) -> list[int]:
+        """The model's greedy new ids after prompt + `prefix_ids` (up to `max_new_tokens`; may run past
+        eos, which `generate_ids` cuts). A backbone implements this or overrides `generate_ids`."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither greedy_continuation nor generate_ids")
 
     def split_generated(self, ids: Sequence[int]) -> tuple[list[int], list[int]]:
         """(reasoning ids, action ids) of a reason-then-act continuation."""

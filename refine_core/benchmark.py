@@ -7,15 +7,15 @@ A benchmark is built from its options (`factory(options)`) and called with an `E
 from __future__ import annotations
 
 import json
-import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .annotations import AnnotationSet
-from .backbone import Backbone
-from .dataset import RobotDataset
+from refine_core.data.annotation_set import AnnotationSet
+from refine_core.backbone import Backbone
+from refine_core.dataset import RobotDataset
+from refine_core.files import atomic_write
 
 
 @dataclass
@@ -45,17 +45,8 @@ class Benchmark(ABC):
         """Run the benchmark; per-episode records and a summary of aggregates."""
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def write_results(out_dir: str | Path, result: BenchmarkResult) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out_dir / "results.jsonl", "".join(json.dumps(r) + "\n" for r in result.records))
-    _atomic_write(out_dir / "summary.json", json.dumps(result.summary, indent=2) + "\n")
+    atomic_write(out_dir / "results.jsonl", "".join(json.dumps(r) + "\n" for r in result.records))
+    atomic_write(out_dir / "summary.json", json.dumps(result.summary, indent=2) + "\n")

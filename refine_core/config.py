@@ -8,16 +8,15 @@ component (they belong to it, not to the new one).
 from __future__ import annotations
 
 import copy
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import UsageError
-from .reasoning_formats import DEFAULT_FORMAT, format_names
-from .specs import KINDS, ComponentSpec
+from refine_core.errors import UsageError, explain_validation
+from refine_core.data.reasoning_formats import DEFAULT_FORMAT, format_names
+from refine_core.specs import KINDS
 
 
 class Section(BaseModel):
@@ -120,7 +119,8 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     backbone: Component = Component(name="hf_vlm", preset="tiny")
-    codec: Component = Component(name="bins")
+    # unset: the backbone's own codec (BackboneSpec.default_codec), else bins; `resolve_components` decides
+    codec: Component | None = None
     teacher: Component = Component(name="scripted")
     dataset: Component = Component(name="demo")
     benchmark: Component = Component(name="offline")
@@ -188,7 +188,7 @@ def _apply(data: dict[str, Any], keys: list[str], value: Any) -> None:
     head = keys[0]
     if head in COMPONENTS and keys[1:] in ([], ["name"]):
         update = value if len(keys) == 1 else {"name": value}
-        data[head] = _merge_component(data.get(head, {}), update, head)
+        data[head] = _merge_component(data.get(head) or {}, update, head)
         return
     node = data
     for k in keys[:-1]:
@@ -206,15 +206,13 @@ def resolve_config(
     base: RunConfig | None = None,
 ) -> RunConfig:
     """Defaults (or `base`) < file < component flags < --set, validated (stage settings only;
-    component options are checked by validate_components)."""
+    component options are checked, and an unset codec chosen, by resolve_components)."""
     data = (base or RunConfig()).to_dict()
-    codec_named = base is not None  # a base config (a run being resumed) already made its choice
     if config_file:
         file_data = read_config_file(config_file)
-        codec_named |= isinstance(file_data.get("codec"), (dict, str))
         for key, value in file_data.items():
             if key in COMPONENTS:
-                data[key] = _merge_component(data[key], value, f"{key} in {config_file}")
+                data[key] = _merge_component(data[key] or {}, value, f"{key} in {config_file}")
             elif isinstance(value, dict) and isinstance(data.get(key), dict):
                 data[key] = {**data[key], **value}
             else:
@@ -222,73 +220,50 @@ def resolve_config(
     for kind, name in (components or {}).items():
         if name:
             _apply(data, [kind, "name"], name)
-            codec_named |= kind == "codec"
     for item in sets or []:
         keys, value = parse_set(item)
-        codec_named |= keys == ["codec", "name"] or keys == ["codec"]
         _apply(data, keys, value)
-    if not codec_named:  # the backbone's own action tokens (SpatialVLA's spatial grid) unless told otherwise
-        default = backbone_default_codec(data["backbone"]["name"])
-        if default and default != data["codec"]["name"]:
-            data["codec"] = {**data["codec"], "name": default}
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise UsageError(_explain(exc, RunConfig)) from None
+        raise UsageError(explain_validation(exc, RunConfig)) from None
 
 
-def backbone_default_codec(backbone: str) -> str | None:
-    """The codec a backbone's spec names in `metadata["default_codec"]`, if it is registered."""
-    from .plugins import get_registry
+def resolve_components(config: RunConfig, registry, kinds: tuple[str, ...] = COMPONENTS) -> RunConfig:
+    """The config with its codec decided (when unset: the backbone's `default_codec`, else bins),
+    after checking that the components of `kinds` exist and their options are valid, before any
+    work starts. The one place a codec left unset is chosen."""
+    if config.codec is None:
+        config = config.model_copy(update={"codec": Component(name=registry.default_codec(config.backbone.name))})
+    for kind in kinds:
+        component = getattr(config, kind)
+        registry.validate_options(kind, component.name, component.options)
+    return config
 
+
+def config_difference(saved: dict[str, Any], current: dict[str, Any],
+                      ignore: frozenset[str] = frozenset()) -> tuple[str, Any, Any] | None:
+    """The first setting (dotted key, saved value, current value; keys sorted) that differs between
+    two configs, outside `ignore`. Both are re-validated first, so a setting added to refine after
+    `saved` was written counts as its default rather than as a change."""
     try:
-        spec = get_registry().get("backbone", backbone).spec
-    except UsageError:  # unknown backbone: reported when components are validated
-        return None
-    return spec.metadata.get("default_codec")
+        saved, current = RunConfig.model_validate(saved).to_dict(), RunConfig.model_validate(current).to_dict()
+    except ValueError:  # not a config this version can read: compare as written
+        pass
+    old, new = _flatten(saved), _flatten(current)
+    for key in sorted(set(old) | set(new)):
+        if key not in ignore and old.get(key) != new.get(key):
+            return key, old.get(key), new.get(key)
+    return None
 
 
-def _explain(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
-    """One line for the first error: the dotted field, what is wrong, and the allowed keys."""
-    err = exc.errors()[0]
-    loc = [str(p) for p in err["loc"]]
-    dotted = prefix + ".".join(loc)
-    if err["type"] == "extra_forbidden":
-        parent: Any = model
-        for part in loc[:-1]:
-            field = parent.model_fields.get(part) if isinstance(parent, type) else None
-            parent = field.annotation if field is not None else None
-        allowed = sorted(parent.model_fields) if isinstance(parent, type) and issubclass(parent, BaseModel) else []
-        hint = difflib.get_close_matches(loc[-1], allowed, n=1)
-        did = f" Did you mean '{hint[0]}'?" if hint else ""
-        return f"Unknown config key '{dotted}'.{did} Allowed: {', '.join(allowed) or '(none)'}"
-    return f"Invalid config value for '{dotted}': {err['msg']} (got {err.get('input')!r})"
-
-
-def validate_options(kind: str, spec: ComponentSpec, options: dict[str, Any]) -> BaseModel:
-    """Build the spec's options model; typos and bad values fail with the field and allowed keys."""
-    model = spec.options
-    allowed = sorted(model.model_fields)
-    for key in options:
-        if key not in model.model_fields and model.model_config.get("extra") != "allow":
-            hint = difflib.get_close_matches(key, allowed, n=1)
-            did = f" Did you mean '{hint[0]}'?" if hint else ""
-            raise UsageError(
-                f"Unknown option '{kind}.{key}' for {kind} '{spec.name}'.{did} "
-                f"Allowed: {', '.join(allowed) or '(none)'}"
-            )
-    try:
-        return model.model_validate(options)
-    except ValidationError as exc:
-        raise UsageError(_explain(exc, model, prefix=f"{kind}.")) from None
-
-
-def validate_components(config: RunConfig, registry, kinds: tuple[str, ...] = COMPONENTS) -> dict[str, BaseModel]:
-    """Check every named component exists and its options are valid, before any work starts."""
-    return {
-        kind: registry.validate_options(kind, getattr(config, kind).name, getattr(config, kind).options)
-        for kind in kinds
-    }
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
+    return flat
 
 
 def dump_yaml(config: RunConfig) -> str:

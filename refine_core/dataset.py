@@ -4,8 +4,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Iterator
 
-from .episode import Episode
-from .stats import DatasetStatistics
+from refine_core.episode import Episode
+from refine_core.statistics import DatasetStatistics
 
 
 class RobotDataset(ABC):

@@ -32,3 +32,53 @@ class DuplicateComponent(UsageError):
             f"Two plugins register the {kind} '{name}': '{first}' and '{second}'. "
             f"Uninstall one, or restrict third-party plugins with REFINE_PLUGINS=..."
         )
+
+
+class MissingExtra(UsageError):
+    """An optional dependency is not installed: names the extra that brings it."""
+
+    def __init__(self, module: str, extra: str, needed_for: str = ""):
+        self.module, self.extra = module, extra
+        what = f" ({needed_for})" if needed_for else ""
+        super().__init__(f"{module} is not installed{what}: pip install 'refine-vla[{extra}]'")
+
+
+# Top-level modules of optional dependencies -> the extra that installs them (pyproject.toml).
+OPTIONAL_MODULES: dict[str, str] = {
+    "tensorflow": "rlds", "tensorflow_datasets": "rlds", "importlib_resources": "rlds",
+    "pyarrow": "lerobot", "av": "lerobot",
+    "google": "gemini", "openai": "openai",
+    "accelerate": "train", "peft": "train",
+    "matplotlib": "plots",
+}
+
+
+def missing_extra(exc: BaseException) -> MissingExtra | None:
+    """The MissingExtra an ImportError stands for, when it is an optional dependency's."""
+    name = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
+    top = (name or "").split(".")[0]
+    if top not in OPTIONAL_MODULES:
+        return None
+    return MissingExtra(top, OPTIONAL_MODULES[top])
+
+
+def explain_validation(exc, model, prefix: str = "") -> str:
+    """One line for the first error of a pydantic ValidationError against `model`: the dotted
+    field, what is wrong, and for an unknown key a close match and the allowed keys."""
+    import difflib
+
+    from pydantic import BaseModel
+
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    dotted = prefix + ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        parent = model
+        for part in loc[:-1]:
+            field = parent.model_fields.get(part) if isinstance(parent, type) else None
+            parent = field.annotation if field is not None else None
+        allowed = sorted(parent.model_fields) if isinstance(parent, type) and issubclass(parent, BaseModel) else []
+        hint = difflib.get_close_matches(loc[-1], allowed, n=1)
+        did = f" Did you mean '{hint[0]}'?" if hint else ""
+        return f"Unknown config key '{dotted}'.{did} Allowed: {', '.join(allowed) or '(none)'}"
+    return f"Invalid config value for '{dotted}': {err['msg']} (got {err.get('input')!r})"

@@ -5,7 +5,7 @@ from typing import Any, Iterable
 
 import pluggy
 
-from .specs import ActionCodecSpec, BackboneSpec, BenchmarkSpec, DatasetSpec, TeacherSpec
+from refine_core.specs import ActionCodecSpec, BackboneSpec, BenchmarkSpec, DatasetSpec, TeacherSpec
 
 PROJECT = "refine"
 hookspec = pluggy.HookspecMarker(PROJECT)

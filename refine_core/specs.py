@@ -7,11 +7,14 @@ plugin's registration stays import-light (torch, tensorflow… are imported only
 """
 from __future__ import annotations
 
+import difflib
 import importlib
-from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Literal, Union
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from refine_core.errors import UsageError, explain_validation
 
 
 class NoOptions(BaseModel):
@@ -23,23 +26,12 @@ class NoOptions(BaseModel):
 Factory = Union[Callable[..., Any], str]
 
 
-def decoder_option() -> Any:
-    """The `decoder` option of backbones that generate through refine_core.decoding."""
-    return Field("auto", description="Generation's KV cache: auto is graph on CUDA (a static cache, each token's "
-                                     "step replayed as a CUDA graph: 2-4x faster on GPUs, perf P7), dynamic "
-                                     "(transformers' cache) elsewhere; static runs the static cache eagerly.")
-
-
-Decoder = Literal["auto", "dynamic", "static", "graph"]
-
-
 @dataclass(frozen=True)
 class ComponentSpec:
     name: str
     summary: str
     factory: Factory
     options: type[BaseModel] = NoOptions
-    metadata: dict[str, Any] = field(default_factory=dict, compare=False)
 
     kind: ClassVar[str] = "component"
 
@@ -53,6 +45,22 @@ class ComponentSpec:
                 f"{type(self).__name__} '{self.name}': factory must be callable or 'module:attribute'"
             )
 
+    def validate_options(self, options: dict[str, Any]) -> BaseModel:
+        """The options model built from `options`: an unknown key names a close match and the
+        allowed keys, a bad value names the field (UsageError, one line)."""
+        model = self.options
+        allowed = sorted(model.model_fields)
+        for key in options:
+            if key not in model.model_fields and model.model_config.get("extra") != "allow":
+                hint = difflib.get_close_matches(key, allowed, n=1)
+                did = f" Did you mean '{hint[0]}'?" if hint else ""
+                raise UsageError(f"Unknown option '{self.kind}.{key}' for {self.kind} '{self.name}'.{did} "
+                                 f"Allowed: {', '.join(allowed) or '(none)'}")
+        try:
+            return model.model_validate(options)
+        except ValidationError as exc:
+            raise UsageError(explain_validation(exc, model, prefix=f"{self.kind}.")) from None
+
     def load_factory(self) -> Callable[..., Any]:
         if callable(self.factory):
             return self.factory
@@ -65,6 +73,9 @@ class ComponentSpec:
 
 @dataclass(frozen=True)
 class BackboneSpec(ComponentSpec):
+    # the codec used when the config names none (SpatialVLA: its own spatial action tokens)
+    default_codec: str | None = None
+
     kind: ClassVar[str] = "backbone"
 
 

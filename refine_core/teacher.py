@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .reasoning import Reasoning
+from refine_core.reasoning import Reasoning
 
 
 @dataclass(frozen=True)

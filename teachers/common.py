@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from refine_core.errors import UsageError
-from refine_core.teacher import AnnotationRequest, PermanentTeacherError, TransientTeacherError
+from refine_core import UsageError
+from refine_core import AnnotationRequest, PermanentTeacherError, TransientTeacherError
 
 
 def request_frames(request: AnnotationRequest, cameras: str) -> list[np.ndarray]:

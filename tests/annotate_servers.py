@@ -321,7 +321,7 @@ def coded_refine_main() -> None:
     """The `refine` CLI with this module's `coded` dataset registered beside the built-ins."""
     import sys
 
-    from refine_core import plugins
+    from refine_core import registry as plugins
     from refine_core.cli import main
 
     plugins._registry = plugins.Registry(builtins=(*plugins.BUILTIN_PLUGINS, "annotate_servers"))

@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover
 
 from hypothesis import settings
 
-from refine_core.plugins import reset_registry
+from refine_core.registry import reset_registry
 
 # Property tests explore the same examples on every run: a CI failure reproduces locally.
 settings.register_profile("refine", derandomize=True, database=None)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from plugins.rlds import fixtures
+from refine_plugins.rlds import fixtures
 
 BRIDGE_INSTRUCTION = "put the red block on the blue plate"
 

@@ -19,10 +19,10 @@ import pytest
 from annotate_servers import CodedDataset, FakeTeacherServer
 from refine_core.annotate import annotate_dataset, estimate_run, select_episodes
 from refine_core.annotate.store import BATCH_DIR, JOURNAL_DIR
-from refine_core.annotations import MANIFEST, AnnotationSet, episode_filename
+from refine_core.data.annotation_set import MANIFEST, AnnotationSet, episode_filename
 from refine_core.config import AnnotateSettings
 from refine_core.errors import RefineError, UsageError
-from refine_core.plugins import get_registry
+from refine_core.registry import get_registry
 from refine_core.reasoning import Reasoning
 from test_annotate_pipeline import CountingTeacher
 

@@ -20,7 +20,7 @@ pytest.importorskip("tensorflow_datasets")
 
 from annotate_servers import INSTRUCTION, FakeTeacherServer, coded_frame  # noqa: E402
 from conftest import run_refine  # noqa: E402
-from refine_core.annotations import AnnotationSet  # noqa: E402
+from refine_core.data.annotation_set import AnnotationSet  # noqa: E402
 
 KEY = "AIza-cli-SECRET-90d2f1"
 EPISODES, RECORDED_STEPS = 3, 8
@@ -30,7 +30,7 @@ CODE = re.compile(r"Frame of episode (\d+) step (\d+)")
 
 @pytest.fixture(scope="module")
 def bridge_dir(tmp_path_factory):
-    from plugins.rlds.fixtures import write_bridge_dataset
+    from refine_plugins.rlds.fixtures import write_bridge_dataset
 
     root = tmp_path_factory.mktemp("annotate_bridge")
     rng = np.random.default_rng(0)

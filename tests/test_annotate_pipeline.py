@@ -15,13 +15,13 @@ from refine_core.annotate import (RateLimiter, RetryPolicy, annotate_dataset, as
 from refine_core.annotate.motion import keyframes, motion_phases
 from refine_core.annotate.prompt import reasoning_from_answer
 from refine_core.annotate.store import JOURNAL_DIR, read_journal
-from refine_core.annotations import MANIFEST, AnnotationSet, episode_filename
+from refine_core.data.annotation_set import MANIFEST, AnnotationSet, episode_filename
 from refine_core.config import AnnotateSettings
 from refine_core.errors import RefineError, UsageError
 from refine_core.reasoning import Reasoning, TaskPlanning
 from refine_core.teacher import (Annotation, AnnotationRequest, MalformedAnswer, Teacher, TeacherIdentity, TokenUsage,
                                  TransientTeacherError)
-from teachers.scripted.teacher import ScriptedTeacher, objects_from_instruction
+from refine_teachers.scripted.teacher import ScriptedTeacher, objects_from_instruction
 
 
 def _reasoning(text: str) -> Reasoning:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from refine_core.attention import (focus, fuse, fused_map, image_attention, image_positions, normalise, patch_grid,
+from refine_core.evaluate.attention import (focus, fuse, fused_map, image_attention, image_positions, normalise, patch_grid,
                                    sample_attention, target_query_positions, top_k_heads, upsample)
 from refine_core.errors import UsageError
 
@@ -100,7 +100,7 @@ def test_fused_map_records_heads_and_image_share():
 @pytest.fixture(scope="module")
 def tiny():
     from refine_core import Statistics
-    from refine_core.plugins import Registry
+    from refine_core.registry import Registry
 
     registry = Registry(entry_points=False)
     backbone = registry.build("backbone", "hf_vlm", {"preset": "tiny"})

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refine_core import ActionDecodeError, Statistics, UsageError
-from refine_core.plugins import Registry
-from plugins.action_codecs.spatial import (
+from refine_core.registry import Registry
+from refine_plugins.action_codecs.spatial import (
     ACTION_TOKENS, SpatialCodec, fit_gaussian, gaussian_bin_policy, gaussian_from_statistics,
     spatial_embedding_adaption, statistics_from_processor_config, to_spherical, uniform_bin_policy,
 )

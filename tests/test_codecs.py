@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refine_core import ActionCodec, ActionDecodeError, RefineError, Statistics, UsageError
-from refine_core.codec import default_action_mask
-from refine_core.plugins import Registry
+from refine_core.action_codec import default_action_mask
+from refine_core.registry import Registry
 
 OPENVLA_FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "openvla_upstream_tiny"
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from refine_core.collate import IGNORE, assemble, drop_reasoning, pad_batch
+from refine_core.data.collate import IGNORE, assemble, drop_reasoning, pad_batch
 
 PROMPT, REASON, ACTIONS, EOS = [7, 8, 9], [20, 21], [90, 91, 92], 1
 

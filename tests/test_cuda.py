@@ -54,7 +54,7 @@ def test_trains_in_bf16_on_the_gpu_and_predicts_there(backbone, recipe, data, tm
 def test_sdpa_and_eager_attention_agree_on_the_gpu():
     """The fused attention kernels used on GPUs give the logits of the reference implementation
     (OpenVLA's Llama; the Gemma-2 backbones run eager attention only)."""
-    from refine_core.plugins import Registry
+    from refine_core.registry import Registry
 
     registry = Registry(entry_points=False)
     for name in ("openvla",):
@@ -76,7 +76,7 @@ def test_sdpa_and_eager_attention_agree_on_the_gpu():
 def test_cuda_graph_decoding_equals_the_dynamic_cache_and_follows_weight_updates():
     """Prediction on a GPU replays each decode step as a CUDA graph (the default there); it gives
     the dynamic cache's ids and logits, also after the weights were updated in place (training)."""
-    from refine_core.plugins import Registry
+    from refine_core.registry import Registry
 
     backbone = Registry(entry_points=False).build("backbone", "openvla", {"preset": "tiny", "dtype": "float32"})
     model = backbone.model.to("cuda").eval()
@@ -103,7 +103,7 @@ def test_cuda_graph_decoding_equals_the_dynamic_cache_and_follows_weight_updates
 
 
 def test_spatialvla_cuda_graph_decoding_equals_the_dynamic_cache():
-    from refine_core.plugins import Registry
+    from refine_core.registry import Registry
 
     backbone = Registry(entry_points=False).build("backbone", "spatialvla", {"preset": "tiny", "dtype": "float32"})
     model = backbone.model.to("cuda").eval()
@@ -120,7 +120,7 @@ def test_spatialvla_cuda_graph_decoding_equals_the_dynamic_cache():
 
 
 def test_hf_vlm_cuda_graph_decoding_equals_transformers_generate():
-    from refine_core.plugins import Registry
+    from refine_core.registry import Registry
 
     registry = Registry(entry_points=False)
     frame = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)

@@ -1,4 +1,4 @@
-"""refine_core.decoding: which cache layout a static decoder builds, and when a kept one is stale."""
+"""refine_core.toolkit.decoding: which cache layout a static decoder builds, and when a kept one is stale."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +8,7 @@ import torch
 def test_sliding_window_layers_are_cached_as_full_layers_within_the_window():
     from transformers import Gemma2Config, LlamaConfig
 
-    from refine_core.decoding import full_attention_config
+    from refine_core.toolkit.decoding import full_attention_config
 
     gemma = Gemma2Config(num_hidden_layers=4, sliding_window=1024)
     assert "sliding_attention" in gemma.layer_types
@@ -22,7 +22,7 @@ def test_sliding_window_layers_are_cached_as_full_layers_within_the_window():
 
 
 def test_weights_fingerprint_follows_replaced_storage_not_in_place_updates():
-    from refine_core.decoding import weights_fingerprint
+    from refine_core.toolkit.decoding import weights_fingerprint
 
     model = torch.nn.Linear(4, 4)
     before = weights_fingerprint(model)
@@ -39,7 +39,7 @@ def test_weights_fingerprint_follows_replaced_storage_not_in_place_updates():
 def test_the_decoder_choice():
     from transformers import Gemma2Config, LlamaConfig
 
-    from refine_core.decoding import choose_decoder
+    from refine_core.toolkit.decoding import choose_decoder
 
     llama, gemma = LlamaConfig(num_hidden_layers=2), Gemma2Config(num_hidden_layers=2, sliding_window=1024)
     assert choose_decoder("auto", True, llama, 300) == "graph"

@@ -12,12 +12,12 @@ import pytest
 pytest.importorskip("tensorflow_datasets")
 
 from conftest import run_refine  # noqa: E402
-from plugins.demo import DemoOptions  # noqa: E402
-from plugins.demo import dataset as demo_data  # noqa: E402
-from plugins.demo.render import render_episode  # noqa: E402
-from plugins.demo.scene import CELL, generate_episodes  # noqa: E402
+from refine_plugins.demo import DemoOptions  # noqa: E402
+from refine_plugins.demo import dataset as demo_data  # noqa: E402
+from refine_plugins.demo.render import render_episode  # noqa: E402
+from refine_plugins.demo.scene import CELL, generate_episodes  # noqa: E402
 from refine_core.annotate.motion import motion_phases  # noqa: E402
-from refine_core.plugins import get_registry  # noqa: E402
+from refine_core.registry import get_registry  # noqa: E402
 
 EPISODES = 24
 # learnability run: steps, batch, learning rate, and the held-out action-token accuracy to reach
@@ -161,7 +161,7 @@ def test_tiny_backbone_learns_the_demo(demo):
     import torch
 
     from refine_core.loss import reasoning_aware_loss
-    from refine_core.samples import SampleStream
+    from refine_core.data.samples import SampleStream
 
     ds = demo[0]
     registry = get_registry()

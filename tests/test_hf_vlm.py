@@ -10,10 +10,10 @@ import torch
 
 from refine_core import Statistics
 from refine_core.backbone import TrainingSample
-from refine_core.collate import IGNORE
+from refine_core.data.collate import IGNORE
 from refine_core.errors import UsageError
 from refine_core.loss import reasoning_aware_loss
-from refine_core.plugins import Registry
+from refine_core.registry import Registry
 
 REASONING = ("<Observation>: a red block left of a blue plate. <Situation Analysis>: gripper open. "
              "<Spatial Reasoning>: block is left. <Task Planning>: <logical_steps> <1> reach the block "

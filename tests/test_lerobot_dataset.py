@@ -11,9 +11,9 @@ pytest.importorskip("pyarrow")
 pytest.importorskip("av")
 
 from conftest import run_refine  # noqa: E402
-from plugins.lerobot.fixtures import synthetic_frames, write_lerobot_dataset  # noqa: E402
+from refine_plugins.lerobot.fixtures import synthetic_frames, write_lerobot_dataset  # noqa: E402
 from refine_core.errors import UsageError  # noqa: E402
-from refine_core.plugins import get_registry  # noqa: E402
+from refine_core.registry import get_registry  # noqa: E402
 
 LENGTHS = (5, 7, 4)  # two data/video files: episodes 0-1 share file-000, episode 2 is file-001
 SIZE = (48, 64)

@@ -11,8 +11,8 @@ import torch
 from refine_core import DatasetStatistics, Episode, RobotDataset, Statistics, Step
 from refine_core.benchmark import EvalContext, write_results
 from refine_core.loss import reasoning_aware_loss
-from refine_core.plugins import Registry
-from refine_core.samples import SampleStream
+from refine_core.registry import Registry
+from refine_core.data.samples import SampleStream
 
 
 class TwoEpisodes(RobotDataset):

@@ -24,7 +24,7 @@ def reference():
 
 @pytest.fixture(scope="module")
 def upstream(reference):
-    from plugins.openvla.model import OpenVLAForActionPrediction
+    from refine_plugins.openvla.model import OpenVLAForActionPrediction
 
     return OpenVLAForActionPrediction.from_pretrained(FIXTURE, attn_implementation="eager")
 
@@ -32,7 +32,7 @@ def upstream(reference):
 def test_config_reads_every_upstream_field_and_writes_it_back():
     if not FIXTURE.is_dir():
         pytest.skip("upstream OpenVLA fixture not present")
-    from plugins.openvla.config import OpenVLAConfig
+    from refine_plugins.openvla.config import OpenVLAConfig
 
     raw = json.loads((FIXTURE / "config.json").read_text())
     config = OpenVLAConfig.from_dict(raw)
@@ -45,8 +45,8 @@ def test_config_reads_every_upstream_field_and_writes_it_back():
 
 
 def test_full_config_on_meta_matches_the_official_census():
-    from plugins.openvla.config import OpenVLAConfig
-    from plugins.openvla.model import OpenVLAForActionPrediction
+    from refine_plugins.openvla.config import OpenVLAConfig
+    from refine_plugins.openvla.model import OpenVLAForActionPrediction
 
     with torch.device("meta"):
         model = OpenVLAForActionPrediction(OpenVLAConfig())
@@ -82,7 +82,7 @@ def test_intermediates_match_upstream(upstream, reference):
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_logits_match_upstream(upstream, reference, attn):
-    from plugins.openvla.model import OpenVLAForActionPrediction
+    from refine_plugins.openvla.model import OpenVLAForActionPrediction
 
     model = upstream if attn == "eager" else OpenVLAForActionPrediction.from_pretrained(FIXTURE, attn_implementation=attn)
     with torch.no_grad():
@@ -118,7 +118,7 @@ def test_cached_generation_equals_full_recomputation(upstream, reference):
 def test_static_decoder_is_kept_while_it_fits_and_rebuilt_when_the_model_changes(registry):
     import numpy as np
 
-    from refine_core.decoding import CACHE_BUCKET
+    from refine_core.toolkit.decoding import CACHE_BUCKET
 
     backbone = registry.build("backbone", "openvla", {"preset": "tiny", "decoder": "static"})
     frame = np.zeros((64, 64, 3), dtype=np.uint8)
@@ -141,7 +141,7 @@ def test_static_decoder_is_kept_while_it_fits_and_rebuilt_when_the_model_changes
 def test_save_writes_upstream_names_and_reloads_identically(upstream, reference, tmp_path):
     from safetensors import safe_open
 
-    from plugins.openvla.model import OpenVLAForActionPrediction
+    from refine_plugins.openvla.model import OpenVLAForActionPrediction
 
     upstream.save_pretrained(tmp_path)
     with safe_open(str(tmp_path / "model.safetensors"), "pt") as f, \
@@ -163,7 +163,7 @@ def test_timm_style_layerscale_names_load(upstream, tmp_path):
     """A checkpoint exported with timm's LayerScale name (`gamma`) loads into `scale_factor`."""
     from safetensors.torch import load_file, save_file
 
-    from plugins.openvla.model import OpenVLAForActionPrediction
+    from refine_plugins.openvla.model import OpenVLAForActionPrediction
 
     state = load_file(str(FIXTURE / "model.safetensors"))
     renamed = {k.replace(".scale_factor", ".gamma"): v for k, v in state.items()}
@@ -176,7 +176,7 @@ def test_timm_style_layerscale_names_load(upstream, tmp_path):
 
 
 def test_unsupported_configs_are_refused():
-    from plugins.openvla.config import OpenVLAConfig
+    from refine_plugins.openvla.config import OpenVLAConfig
 
     with pytest.raises(ValueError, match="model_type"):
         OpenVLAConfig(model_type="prismatic")
@@ -190,7 +190,7 @@ REASONING = "<Observation>: red block. <Task Planning>: <logical_steps> <1> reac
 
 @pytest.fixture(scope="module")
 def registry():
-    from refine_core.plugins import Registry
+    from refine_core.registry import Registry
 
     return Registry(entry_points=False)
 
@@ -230,7 +230,7 @@ def sample(seed=0, reasoning=REASONING):
 
 
 def test_backbone_prompt_ids_and_action_vocabulary(backbone):
-    from plugins.openvla.backbone import SPACE_ID
+    from refine_plugins.openvla.backbone import SPACE_ID
 
     ids = backbone.prompt_ids("Put the red block on the blue plate")
     assert ids[0] == 1 and ids[-1] == SPACE_ID == 29871
@@ -241,7 +241,7 @@ def test_backbone_prompt_ids_and_action_vocabulary(backbone):
 
 
 def test_backbone_batch_and_named_parts(backbone):
-    from refine_core.collate import IGNORE
+    from refine_core.data.collate import IGNORE
 
     batch = backbone.collate([sample(0), sample(1, reasoning=None)])
     assert batch["pixel_values"].shape == (2, 6, 224, 224)
@@ -276,7 +276,7 @@ def test_backbone_attentions_rows_align_with_input_ids(registry, stats):
 
 
 def test_backbone_on_the_upstream_fixture_reproduces_its_logits(registry, reference, tmp_path):
-    from plugins.openvla.tiny import build_tokenizer
+    from refine_plugins.openvla.tiny import build_tokenizer
 
     for name in ("config.json", "model.safetensors"):  # the fixture has weights only: add a tokenizer
         (tmp_path / name).symlink_to(FIXTURE / name)
@@ -305,7 +305,7 @@ def test_backbone_bad_options_fail_with_one_line(registry, tmp_path):
 
     with pytest.raises(UsageError, match="has no config.json"):
         registry.build("backbone", "openvla", {"path": str(tmp_path)})
-    with pytest.raises(UsageError, match="backbone.path=DIR or backbone.preset=tiny"):
+    with pytest.raises(UsageError, match="backbone.path=DIR_OR_HUB_ID or backbone.preset=tiny"):
         registry.build("backbone", "openvla", {"preset": None})
 
 

@@ -33,7 +33,7 @@ def reference():
 @pytest.fixture(scope="module")
 def checkpoint(reference, tmp_path_factory):
     """The upstream fixture with a second norm_stats entry added to its config.json."""
-    from plugins.openvla.tiny import build_tokenizer
+    from refine_plugins.openvla.tiny import build_tokenizer
 
     directory = tmp_path_factory.mktemp("openvla_two_datasets")
     (directory / "model.safetensors").symlink_to(FIXTURE / "model.safetensors")
@@ -46,7 +46,7 @@ def checkpoint(reference, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def registry():
-    from refine_core.plugins import Registry
+    from refine_core.registry import Registry
 
     return Registry(entry_points=False)
 
@@ -82,7 +82,7 @@ def test_statistics_come_from_norm_stats_with_the_mask(backbone):
 
 def test_the_fixture_decode_case_matches_upstream(backbone, reference):
     """reference_io's fixed ids → upstream's actions under norm_stats['bridge_orig']."""
-    from plugins.action_codecs.bins import BinsCodec
+    from refine_plugins.action_codecs.bins import BinsCodec
 
     ids = reference["decode_test_token_ids"][0].tolist()
     expected = reference["decode_test_actions"]
@@ -178,8 +178,8 @@ def test_training_setup_names_the_statistics_and_applies_the_reasoning_format(re
             return DatasetStatistics(action=Statistics.from_array(next(self.episodes()).actions()))
 
     from refine_core import Reasoning, TaskPlanning
-    from refine_core.annotations import episode_filename
-    from refine_core.samples import SampleStream
+    from refine_core.data.annotation_set import episode_filename
+    from refine_core.data.samples import SampleStream
 
     reasoning = Reasoning(observation="a cup", situation_analysis="not held", spatial_reasoning="cup below",
                           task_planning=TaskPlanning(logical_steps=["grasp", "lift"], sub_action="move down"))

@@ -20,7 +20,7 @@ SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_t
 
 @pytest.fixture(scope="module")
 def registry():
-    from refine_core.plugins import Registry
+    from refine_core.registry import Registry
 
     return Registry(entry_points=False)
 
@@ -60,7 +60,7 @@ def llama2_files() -> dict:
 
 
 def test_prompt_ids_equal_upstream_ids_under_the_llama2_tokenizer(registry, weights_only, tmp_path):
-    from plugins.openvla.backbone import SPACE_ID
+    from refine_plugins.openvla.backbone import SPACE_ID
 
     checkpoint = with_files(weights_only, tmp_path / "openvla", llama2_files())
     backbone = registry.build("backbone", "openvla", {"path": str(checkpoint)})
@@ -97,7 +97,7 @@ def test_a_training_sequence_equals_upstream_training_ids(registry, weights_only
 
     from refine_core import Statistics
     from refine_core.backbone import TrainingSample
-    from refine_core.collate import IGNORE
+    from refine_core.data.collate import IGNORE
 
     reference = DATA["training"]
     checkpoint = with_files(weights_only, tmp_path / "openvla", llama2_files())

@@ -10,7 +10,7 @@ import pytest
 
 from refine_core import hookspecs
 from refine_core.errors import DuplicateComponent, UnknownComponent, UsageError
-from refine_core.plugins import BUILTIN_PLUGINS, Registry
+from refine_core.registry import BUILTIN_PLUGINS, Registry
 
 ALL_KINDS_PLUGIN = '''
 from pydantic import BaseModel, ConfigDict

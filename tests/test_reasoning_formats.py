@@ -11,11 +11,11 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from refine_core import Episode, Reasoning, Step, TaskPlanning
-from refine_core.annotations import AnnotationSet, episode_filename
+from refine_core.data.annotation_set import AnnotationSet, episode_filename
 from refine_core.config import resolve_config
 from refine_core.errors import UsageError
-from refine_core.reasoning_formats import ECOT_TAGS, get_reasoning_format
-from refine_core.samples import episode_samples
+from refine_core.data.reasoning_formats import ECOT_TAGS, get_reasoning_format
+from refine_core.data.samples import episode_samples
 
 REASONING = Reasoning(
     observation="A red block and a blue plate on the table; the gripper is open.",

@@ -29,8 +29,8 @@ def _episodes() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from plugins.rlds.fixtures import write_bridge_dataset
-    from refine_core.run import run_pipeline
+    from refine_plugins.rlds.fixtures import write_bridge_dataset
+    from refine_core.run.stages import run_pipeline
 
     root = tmp_path_factory.mktemp("report-run")
     data = write_bridge_dataset(root / "data", _episodes(), image_size=(96, 96))
@@ -96,7 +96,7 @@ def test_report_says_which_stages_are_missing(run_dir, tmp_path):
 
 
 def test_examples_put_model_reasoning_beside_teacher_text_and_frame(run_dir, tmp_path):
-    from refine_core.annotations import AnnotationSet
+    from refine_core.data.annotation_set import AnnotationSet
 
     partial = tmp_path / "partial"
     partial.mkdir()

@@ -16,10 +16,10 @@ import pytest
 pytest.importorskip("tensorflow_datasets")
 
 from conftest import run_refine  # noqa: E402
-from plugins.rlds import RldsOptions, conversions, fixtures  # noqa: E402
-from plugins.rlds.reader import RldsDataset, build_rlds_dataset  # noqa: E402
+from refine_plugins.rlds import RldsOptions, conversions, fixtures  # noqa: E402
+from refine_plugins.rlds.reader import RldsDataset, build_rlds_dataset  # noqa: E402
 from refine_core.errors import UsageError  # noqa: E402
-from refine_core.plugins import get_registry  # noqa: E402
+from refine_core.registry import get_registry  # noqa: E402
 
 from rlds_fixtures import BRIDGE_GRIPPERS, BRIDGE_INSTRUCTION, FRACTAL_GRIPPERS, write_all  # noqa: E402
 
@@ -188,7 +188,7 @@ def test_statistics_fall_back_to_user_cache_when_data_folder_refuses(rlds, tmp_p
     root = tmp_path / "ro"
     shutil.copytree(rlds.fractal, root / "fractal20220817_data" / "0.1.0")
     ds = fractal(root)
-    from refine_core.stats import stats_file_name
+    from refine_core.statistics import stats_file_name
 
     # a directory where the file should go: the data folder cannot take it (works as root too)
     (root / "fractal20220817_data" / "0.1.0" / stats_file_name(ds.identity)).mkdir()

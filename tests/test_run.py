@@ -20,7 +20,7 @@ STAGES = "annotate,train,eval"
 
 @pytest.fixture(scope="module")
 def bridge_dir(tmp_path_factory) -> Path:
-    from plugins.rlds.fixtures import write_bridge_dataset
+    from refine_plugins.rlds.fixtures import write_bridge_dataset
 
     rng = np.random.default_rng(0)
     episodes = []

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from refine_core import DatasetStatistics, Episode, RobotDataset, Statistics, Step
-from refine_core.annotations import AnnotationSet, episode_filename
+from refine_core.data.annotation_set import AnnotationSet, episode_filename
 from refine_core.errors import UsageError
-from refine_core.samples import SampleStream, action_chunks, episode_split
+from refine_core.data.samples import SampleStream, action_chunks, episode_split
 
 
 class CountingDataset(RobotDataset):

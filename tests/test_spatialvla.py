@@ -68,14 +68,14 @@ def upstream_keys(n_vision: int, n_text: int, n_beit: int, tied: bool = True, zo
 
 
 def tiny_options(**overrides):
-    from plugins.spatialvla import SpatialVLAOptions
+    from refine_plugins.spatialvla import SpatialVLAOptions
 
     return SpatialVLAOptions(**{"preset": "tiny", "dtype": "float32", **overrides})
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    from plugins.spatialvla.backbone import SpatialVLABackbone
+    from refine_plugins.spatialvla.backbone import SpatialVLABackbone
 
     return SpatialVLABackbone(tiny_options())
 
@@ -113,7 +113,7 @@ def test_upstream_checkpoint_keys_are_the_ones_we_expect():
 def test_config_reads_every_upstream_field_and_writes_it_back():
     if not FIXTURE.is_dir():
         pytest.skip("upstream SpatialVLA fixture not present")
-    from plugins.spatialvla.config import SpatialVLAConfig
+    from refine_plugins.spatialvla.config import SpatialVLAConfig
 
     raw = json.loads((FIXTURE / "config.json").read_text())
     config = SpatialVLAConfig.from_dict(raw)
@@ -127,7 +127,7 @@ def test_config_reads_every_upstream_field_and_writes_it_back():
 
 # -- equivalence with upstream -------------------------------------------------------------------------
 def test_logits_match_upstream_on_identical_weights(reference):
-    from plugins.spatialvla.model import SpatialVLAForConditionalGeneration
+    from refine_plugins.spatialvla.model import SpatialVLAForConditionalGeneration
 
     model = SpatialVLAForConditionalGeneration.from_pretrained(FIXTURE, sync_spatial_embeddings=False)
     logits = fixture_logits(model, reference)
@@ -138,7 +138,7 @@ def test_logits_match_upstream_on_identical_weights(reference):
 def test_loading_syncs_spatial_embeddings_into_the_action_rows_as_upstream():
     if not FIXTURE.is_dir():
         pytest.skip("upstream SpatialVLA fixture not present")
-    from plugins.spatialvla.model import SpatialVLAForConditionalGeneration
+    from refine_plugins.spatialvla.model import SpatialVLAForConditionalGeneration
 
     model = SpatialVLAForConditionalGeneration.from_pretrained(FIXTURE)
     rows = model.get_input_embeddings().weight[-8194:]
@@ -149,7 +149,7 @@ def test_loading_syncs_spatial_embeddings_into_the_action_rows_as_upstream():
 def test_save_writes_upstream_names_and_reloads_identically_even_sharded(reference, tmp_path):
     from safetensors import safe_open
 
-    from plugins.spatialvla.model import SpatialVLAForConditionalGeneration
+    from refine_plugins.spatialvla.model import SpatialVLAForConditionalGeneration
 
     model = SpatialVLAForConditionalGeneration.from_pretrained(FIXTURE, sync_spatial_embeddings=False)
     model.save_pretrained(tmp_path / "one")
@@ -190,7 +190,7 @@ def test_zoedepth_is_frozen_and_stays_in_eval_mode(tiny):
 
 
 def test_backprojection_recovers_points_on_a_plane():
-    from plugins.spatialvla.depth import backproject_patches, patch_pixel_grid
+    from refine_plugins.spatialvla.depth import backproject_patches, patch_pixel_grid
 
     intrinsic = torch.tensor([[[200.0, 0.0, 112.0], [0.0, 200.0, 112.0], [0.0, 0.0, 1.0]]])
     depth = torch.full((1, 1, 224, 224), 2.0)
@@ -237,7 +237,7 @@ def stats_block(scale: float) -> dict:
 def test_checkpoint_statistics_need_a_known_unnorm_key(tmp_path):
     if not FIXTURE.is_dir():
         pytest.skip("upstream SpatialVLA fixture not present")
-    from plugins.spatialvla.backbone import SpatialVLABackbone
+    from refine_plugins.spatialvla.backbone import SpatialVLABackbone
     from refine_core.errors import UsageError
 
     path = write_checkpoint(tmp_path, {"bridge_orig/1.0.0": stats_block(0.1), "fractal/0.1.0": stats_block(0.2)})
@@ -261,8 +261,8 @@ def test_checkpoint_statistics_need_a_known_unnorm_key(tmp_path):
 def test_bad_checkpoint_directories_fail_with_one_line(tmp_path):
     if not FIXTURE.is_dir():
         pytest.skip("upstream SpatialVLA fixture not present")
-    from plugins.spatialvla.backbone import SpatialVLABackbone
-    from plugins.spatialvla.model import SpatialVLAForConditionalGeneration
+    from refine_plugins.spatialvla.backbone import SpatialVLABackbone
+    from refine_plugins.spatialvla.model import SpatialVLAForConditionalGeneration
     from refine_core.errors import UsageError
 
     wrong = write_checkpoint(tmp_path / "wrong")
@@ -337,8 +337,8 @@ def stats():
 
 
 def spatial_backbone(stats, **options):
-    from plugins.action_codecs.spatial import SpatialCodec
-    from plugins.spatialvla.backbone import SpatialVLABackbone
+    from refine_plugins.action_codecs.spatial import SpatialCodec
+    from refine_plugins.spatialvla.backbone import SpatialVLABackbone
 
     backbone = SpatialVLABackbone(tiny_options(**options))
     return backbone.attach_codec(SpatialCodec(), stats)
@@ -380,8 +380,8 @@ def test_tiny_trains_with_the_reasoning_aware_loss_and_predicts_a_chunk(stats):
 def test_a_checkpoint_with_processor_bins_predicts_with_them_and_saves_them_back(stats, tmp_path):
     if not FIXTURE.is_dir():
         pytest.skip("upstream SpatialVLA fixture not present")
-    from plugins.action_codecs.spatial import SpatialCodec, gaussian_bin_policy, gaussian_from_statistics
-    from plugins.spatialvla.backbone import SpatialVLABackbone
+    from refine_plugins.action_codecs.spatial import SpatialCodec, gaussian_bin_policy, gaussian_from_statistics
+    from refine_plugins.spatialvla.backbone import SpatialVLABackbone
     from refine_core import Statistics
 
     policy = gaussian_bin_policy(gaussian_from_statistics(stats))
@@ -417,11 +417,17 @@ def test_a_checkpoint_with_processor_bins_predicts_with_them_and_saves_them_back
 
 
 def test_the_backbone_brings_its_codec_unless_one_is_named():
-    from refine_core.config import resolve_config
+    from refine_core.config import resolve_components, resolve_config
+    from refine_core.registry import get_registry
 
-    assert resolve_config(components={"backbone": "spatialvla"}).codec.name == "spatial"
-    assert resolve_config(components={"backbone": "spatialvla", "codec": "bins"}).codec.name == "bins"
-    assert resolve_config(components={"backbone": "hf_vlm"}).codec.name == "bins"
+    def resolved(**components):
+        return resolve_components(resolve_config(components=components), get_registry())
+
+    assert resolved(backbone="spatialvla").codec.name == "spatial"
+    assert resolved(backbone="spatialvla", codec="bins").codec.name == "bins"
+    assert resolved(backbone="hf_vlm").codec.name == "bins"
+    # the choice is made once and kept: a config that names its codec is not re-decided
+    assert resolve_components(resolved(backbone="spatialvla", codec="bins"), get_registry()).codec.name == "bins"
 
 
 def test_refine_train_with_the_tiny_preset_end_to_end(tmp_path):
@@ -429,7 +435,7 @@ def test_refine_train_with_the_tiny_preset_end_to_end(tmp_path):
     import yaml
     from conftest import run_refine
 
-    from plugins.rlds import fixtures
+    from refine_plugins.rlds import fixtures
     from refine_core.training import list_checkpoints, load_checkpoint
 
     rng = np.random.default_rng(0)
@@ -487,9 +493,9 @@ def test_bfloat16_trains_and_predicts(stats):
 def test_a_zoe_backbone_config_without_reshape_hidden_states_still_runs():
     """ZoeDepth needs BEiT's token sequences; a config naming its BEiT without the key (BeitConfig's
     default is feature maps) gets ZoeDepth's own default instead of failing at the first image."""
-    from plugins.spatialvla.config import SpatialVLAConfig
-    from plugins.spatialvla.model import SpatialVLAForConditionalGeneration
-    from plugins.spatialvla.tiny import build_config, build_tokenizer
+    from refine_plugins.spatialvla.config import SpatialVLAConfig
+    from refine_plugins.spatialvla.model import SpatialVLAForConditionalGeneration
+    from refine_plugins.spatialvla.tiny import build_config, build_tokenizer
 
     data = build_config(build_tokenizer())
     data["vision_zoe_config"]["backbone_config"].pop("reshape_hidden_states")

@@ -10,7 +10,7 @@ import pytest
 from refine_core.cli import main
 from refine_core.config import resolve_config
 from refine_core.errors import RefineError, UsageError
-from refine_core.sweep import parse_grid, plan_sweep, point_finished, read_metric, run_sweep
+from refine_core.run.sweep import parse_grid, plan_sweep, point_finished, read_metric, run_sweep
 
 STAGES = ("train", "eval")
 
@@ -123,7 +123,7 @@ def test_read_metric_takes_dotted_keys_and_reports_absence(tmp_path):
 
 
 def test_sweep_command_runs_each_point_through_the_pipeline(tmp_path, capsys):
-    from plugins.rlds.fixtures import write_bridge_dataset
+    from refine_plugins.rlds.fixtures import write_bridge_dataset
 
     rng = np.random.default_rng(0)
     episodes = [{"actions": np.c_[rng.normal(0, 0.05, (5, 6)), (np.arange(5) < 2).astype(float)],

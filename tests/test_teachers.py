@@ -11,10 +11,10 @@ import pytest
 from annotate_servers import CodedDataset, FakeTeacherServer
 from conftest import run_refine
 from refine_core.annotate import annotate_dataset
-from refine_core.annotations import AnnotationSet
+from refine_core.data.annotation_set import AnnotationSet
 from refine_core.config import AnnotateSettings
 from refine_core.errors import UsageError
-from refine_core.plugins import get_registry
+from refine_core.registry import get_registry
 from refine_core.reasoning import Reasoning
 
 GEMINI_KEY = "AIza-test-SECRET-4f1c9e"

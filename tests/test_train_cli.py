@@ -21,7 +21,7 @@ from train_toys import ToyDataset, write_annotations  # noqa: E402
 
 @pytest.fixture(scope="module")
 def bridge_root(tmp_path_factory):
-    from plugins.rlds import fixtures
+    from refine_plugins.rlds import fixtures
 
     root = tmp_path_factory.mktemp("bridge")
     episodes = []

@@ -16,13 +16,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from refine_core.errors import UsageError
-from refine_core.plugins import Registry
+from refine_core.registry import Registry
 from refine_core.training import (METRIC_KEYS, CollapseDetector, TrainingDiverged, apply_freeze, frozen_block_count,
                                   latest_checkpoint, list_checkpoints, load_checkpoint, parameter_rows, prepare_run,
                                   train)
 from refine_core.training.lora import apply_lora
 from refine_core.training.setup import attach_codec
-from refine_core.training.checkpoint import config_difference
+from refine_core.training.checkpoint import resume_difference
 from refine_core.training.trainer import lr_factor
 
 from train_toys import ToyDataset, toy_config, write_annotations
@@ -189,7 +189,7 @@ RESUME_SETTINGS = ("train.max_steps=6", "train.batch_size=2", "train.grad_accum=
 def test_exact_resume_after_a_kill(tmp_path, annotations, monkeypatch):
     reference = run(tmp_path / "a", *RESUME_SETTINGS, annotations=annotations)
     calls = {"n": 0}
-    from plugins.hf_vlm.backbone import HFVLMBackbone
+    from refine_plugins.hf_vlm.backbone import HFVLMBackbone
 
     original = HFVLMBackbone.forward
 
@@ -249,7 +249,7 @@ def test_refuses_to_overwrite_and_checks_resumed_config(tmp_path):
         run(tmp_path, "train.max_steps=1", "train.batch_size=1")
     with pytest.raises(UsageError, match=r"config differs .* at train.lr \(checkpoint 0.003, now 0.1\)"):
         run(tmp_path, "train.max_steps=2", "train.batch_size=1", "train.lr=0.1", resume=True)
-    assert config_difference({"train": {"max_steps": 1, "lr": 1}}, {"train": {"max_steps": 9, "lr": 1}}) is None
+    assert resume_difference({"train": {"max_steps": 1, "lr": 1}}, {"train": {"max_steps": 9, "lr": 1}}) is None
 
 
 def test_a_checkpoint_from_before_a_new_setting_still_resumes():
@@ -258,9 +258,9 @@ def test_a_checkpoint_from_before_a_new_setting_still_resumes():
     current = RunConfig().to_dict()
     older = RunConfig().to_dict()
     del older["train"]["reasoning_format"]  # written before the setting existed
-    assert config_difference(older, current) is None
+    assert resume_difference(older, current) is None
     changed = {**current, "train": {**current["train"], "reasoning_format": "ecot"}}
-    assert "train.reasoning_format" in config_difference(older, changed)
+    assert "train.reasoning_format" in resume_difference(older, changed)
 
 
 def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from refine_core.errors import UsageError
-from refine_core.weights import resolve_checkpoint_dir
+from refine_core.toolkit.weights import resolve_checkpoint_dir
 
 SPATIALVLA_FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "spatialvla_upstream_tiny"
 
@@ -47,14 +47,14 @@ def test_a_hub_id_resolves_to_its_snapshot(tmp_path):
     source.mkdir()
     (source / "config.json").write_text("{}")
     snapshot = hub_cache(tmp_path / "cache", "IPEC-COMMUNITY/spatialvla-4b-224-pt", source)
-    result = in_fresh_process("from refine_core.weights import resolve_checkpoint_dir as r; "
+    result = in_fresh_process("from refine_core.toolkit.weights import resolve_checkpoint_dir as r; "
                               "print(r('IPEC-COMMUNITY/spatialvla-4b-224-pt'))", tmp_path / "cache")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(snapshot)
 
 
 def test_an_unreachable_hub_id_fails_with_one_line(tmp_path):
-    result = in_fresh_process("from refine_core.weights import resolve_checkpoint_dir as r\n"
+    result = in_fresh_process("from refine_core.toolkit.weights import resolve_checkpoint_dir as r\n"
                               "try:\n    r('openvla/openvla-7b')\nexcept Exception as e:\n"
                               "    print(type(e).__name__, '|', e)", tmp_path / "empty")
     name, _, message = result.stdout.strip().partition(" | ")
@@ -68,8 +68,8 @@ def test_spatialvla_loads_from_a_hub_id(tmp_path):
         pytest.skip("upstream SpatialVLA fixture not present")
     hub_cache(tmp_path / "cache", "someone/spatialvla-tiny", SPATIALVLA_FIXTURE)
     result = in_fresh_process(
-        "from plugins.spatialvla import SpatialVLAOptions\n"
-        "from plugins.spatialvla.backbone import SpatialVLABackbone\n"
+        "from refine_plugins.spatialvla import SpatialVLAOptions\n"
+        "from refine_plugins.spatialvla.backbone import SpatialVLABackbone\n"
         "b = SpatialVLABackbone(SpatialVLAOptions(path='someone/spatialvla-tiny', dtype='float32'))\n"
         "print(b.pretrained, b.model.config.spatial_token_num)", tmp_path / "cache")
     assert result.returncode == 0, result.stderr

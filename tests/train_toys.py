@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from refine_core import DatasetStatistics, Episode, RobotDataset, Statistics, Step
-from refine_core.annotations import episode_filename
+from refine_core.data.annotation_set import episode_filename
 from refine_core.config import resolve_config
 
 OBJECTS = ("red block", "blue cup", "green sponge", "yellow banana", "white towel", "orange carrot")

@@ -25,6 +25,6 @@ def refine_benchmarks():
     yield BenchmarkSpec(
         name="offline",
         summary="Held-out episodes: teacher-forced token accuracy and free-running action L1 / gripper accuracy",
-        factory="benchmarks.offline.benchmark:OfflineBenchmark",
+        factory="refine_benchmarks.offline.benchmark:OfflineBenchmark",
         options=OfflineOptions,
     )

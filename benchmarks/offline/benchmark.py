@@ -14,10 +14,10 @@ import math
 import numpy as np
 import torch
 
-from refine_core.benchmark import Benchmark, BenchmarkResult, EvalContext
-from refine_core.episode import GRIPPER
-from refine_core.loss import reasoning_aware_loss
-from refine_core.samples import SampleStream, episode_samples
+from refine_core import Benchmark, BenchmarkResult, EvalContext
+from refine_core import GRIPPER
+from refine_core import reasoning_aware_loss
+from refine_core import SampleStream, episode_samples
 
 MODES = {"with_reasoning": True, "without_reasoning": False}
 

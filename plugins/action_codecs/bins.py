@@ -13,8 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from refine_core.codec import ActionCodec, ActionDecodeError, TokenizerLike
-from refine_core.errors import UsageError
+from refine_core import ActionCodec, ActionDecodeError, TokenizerLike
+from refine_core import UsageError
 
 from .options import BinsOptions
 

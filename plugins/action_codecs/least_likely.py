@@ -11,8 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
-from refine_core.codec import ActionDecodeError, TokenizerLike
-from refine_core.errors import UsageError
+from refine_core import ActionDecodeError, TokenizerLike
+from refine_core import UsageError
 
 from .options import SYMBOLS, LeastLikelyOptions
 from .text import TextCodec

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from refine_core.codec import CodecOptions
-from refine_core.episode import ACTION_DIM, GRIPPER
+from refine_core import CodecOptions
+from refine_core import ACTION_DIM, GRIPPER
 
 # The characters of the compact text form, in the order explicit `token_ids` are given.
 SYMBOLS = "0123456789-.,[]"

@@ -37,10 +37,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from pydantic import ValidationError
 
-from refine_core.codec import ActionCodec, ActionDecodeError, TokenizerLike, default_action_mask
-from refine_core.episode import GRIPPER
-from refine_core.errors import UsageError
-from refine_core.stats import Statistics
+from refine_core import ActionCodec, ActionDecodeError, TokenizerLike, default_action_mask
+from refine_core import GRIPPER
+from refine_core import UsageError
+from refine_core import Statistics
 
 from .options import SPATIAL_GRID, SpatialOptions
 

@@ -10,9 +10,9 @@ from typing import Sequence
 
 import numpy as np
 
-from refine_core.codec import ActionCodec, ActionDecodeError, TokenizerLike
-from refine_core.episode import ACTION_DIM, GRIPPER
-from refine_core.errors import UsageError
+from refine_core import ActionCodec, ActionDecodeError, TokenizerLike
+from refine_core import ACTION_DIM, GRIPPER
+from refine_core import UsageError
 
 from .options import TextOptions
 from .textform import format_chunk, parse_chunk

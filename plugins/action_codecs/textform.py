@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 
-from refine_core.codec import ActionDecodeError
+from refine_core import ActionDecodeError
 
 _NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")
 _CONTEXT = 12  # characters shown either side of a parse error

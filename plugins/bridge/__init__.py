@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from plugins.rlds import RldsCommonOptions
+from refine_plugins.rlds import RldsCommonOptions
 from refine_core import DatasetSpec, hookimpl
 
 
@@ -19,6 +19,6 @@ def refine_datasets():
     yield DatasetSpec(
         name="bridge",
         summary="BridgeData V2 (RLDS bridge_dataset, WidowX, 5 Hz) converted as OpenVLA does",
-        factory="plugins.bridge.dataset:BridgeDataset",
+        factory="refine_plugins.bridge.dataset:BridgeDataset",
         options=BridgeOptions,
     )

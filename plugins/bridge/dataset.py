@@ -23,9 +23,9 @@ carries `file_path`, `episode_id` and the other episode_metadata fields, plus `s
 """
 from __future__ import annotations
 
-from plugins.rlds.fixtures import BRIDGE_CAMERAS, BRIDGE_NAME
-from plugins.rlds.layout import RldsLayout
-from plugins.rlds.reader import RldsDataset
+from refine_plugins.rlds.fixtures import BRIDGE_CAMERAS, BRIDGE_NAME
+from refine_plugins.rlds.layout import RldsLayout
+from refine_plugins.rlds.reader import RldsDataset
 
 
 class BridgeDataset(RldsDataset):

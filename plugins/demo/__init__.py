@@ -49,6 +49,6 @@ def refine_datasets():
     yield DatasetSpec(
         name="demo",
         summary="Synthetic table-top pick-and-place (rendered frames, scripted expert), written as bridge RLDS",
-        factory="plugins.demo.dataset:DemoDataset",
+        factory="refine_plugins.demo.dataset:DemoDataset",
         options=DemoOptions,
     )

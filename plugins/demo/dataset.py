@@ -23,10 +23,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from refine_core.dataset import RobotDataset
-from refine_core.episode import Episode
-from refine_core.errors import UsageError
-from refine_core.stats import DatasetStatistics
+from refine_core import RobotDataset, cache_dir
+from refine_core import Episode
+from refine_core import UsageError
+from refine_core import DatasetStatistics
 
 from .render import IMAGE_SIZE, render_episode
 from .scene import CELL, DemoEpisode, generate_episodes
@@ -45,9 +45,8 @@ def generator_identity(options) -> str:
 
 
 def default_cache_dir() -> Path:
-    """$REFINE_CACHE_DIR/demo, else ~/.cache/refine/demo."""
-    base = os.environ.get("REFINE_CACHE_DIR")
-    return (Path(base).expanduser() if base else Path.home() / ".cache" / "refine") / "demo"
+    """The demo's folder under refine's cache root (`refine_core.cache_dir`)."""
+    return cache_dir("demo")
 
 
 def recorded_episode(episode: DemoEpisode, index: int, frames: np.ndarray, source: str) -> dict[str, Any]:
@@ -129,7 +128,7 @@ def ensure_generated(options) -> Path:
 
 def write_demo(folder: Path, options, identity: str) -> None:
     """RLDS under `folder/bridge_dataset/1.0.0` and the metadata sidecar (written last)."""
-    from plugins.rlds.fixtures import write_bridge_dataset
+    from refine_plugins.rlds.fixtures import write_bridge_dataset
 
     episodes = generate_episodes(options.episodes, options.seed, options.pick_only_fraction)
     recorded, sidecar = [], {}
@@ -168,8 +167,8 @@ class DemoDataset(RobotDataset):
     def reader(self):
         """The bridge reader over the cached folder (generated on first use)."""
         if self._reader is None:
-            from plugins.bridge import BridgeOptions
-            from plugins.bridge.dataset import BridgeDataset
+            from refine_plugins.bridge import BridgeOptions
+            from refine_plugins.bridge.dataset import BridgeDataset
 
             folder = ensure_generated(self.options)
             self._reader = BridgeDataset(BridgeOptions(data_dir=str(folder), max_episodes=self.options.max_episodes))

@@ -1,7 +1,7 @@
 """`fractal`: the RT-1 robot data as the `fractal20220817_data` RLDS builder."""
 from __future__ import annotations
 
-from plugins.rlds import RldsCommonOptions
+from refine_plugins.rlds import RldsCommonOptions
 from refine_core import DatasetSpec, hookimpl
 
 
@@ -14,6 +14,6 @@ def refine_datasets():
     yield DatasetSpec(
         name="fractal",
         summary="RT-1 robot data (RLDS fractal20220817_data, Google robot, 3 Hz) converted as OpenVLA does",
-        factory="plugins.fractal.dataset:FractalDataset",
+        factory="refine_plugins.fractal.dataset:FractalDataset",
         options=FractalOptions,
     )

@@ -18,9 +18,9 @@ Example: c = [0, 0, +1, 0, −1, 0] → [1, 1, 0, 0, 1, 1]. No step is dropped.
 """
 from __future__ import annotations
 
-from plugins.rlds.fixtures import FRACTAL_NAME
-from plugins.rlds.layout import RldsLayout
-from plugins.rlds.reader import RldsDataset
+from refine_plugins.rlds.fixtures import FRACTAL_NAME
+from refine_plugins.rlds.layout import RldsLayout
+from refine_plugins.rlds.reader import RldsDataset
 
 
 class FractalDataset(RldsDataset):

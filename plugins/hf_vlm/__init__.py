@@ -3,24 +3,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from refine_core import BackboneSpec, hookimpl
-from refine_core.specs import Decoder, decoder_option
+from refine_core import BackboneOptions, BackboneSpec, hookimpl
 
 
-class HFVLMOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class HFVLMOptions(BackboneOptions):
     path: str | None = Field(None, description="Local directory or hub id of a PaliGemma-layout model; "
                                                "takes precedence over `preset`.")
-    preset: Literal["tiny"] | None = Field("tiny", description="Build a randomly initialised model from a "
-                                                               "config (no download) when `path` is unset.")
-    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 on CUDA, else fp32.")
     attn_implementation: Literal["auto", "sdpa", "eager"] = Field(
         "auto", description="auto: the model's default (Gemma-2 runs eager attention).")
-    seed: int = Field(0, description="Seed of the preset's random initialisation.")
-    decoder: Decoder = decoder_option()
 
 
 @hookimpl
@@ -28,6 +20,6 @@ def refine_backbones():
     yield BackboneSpec(
         name="hf_vlm",
         summary="Any PaliGemma-layout Hugging Face VLM (local dir or hub); preset 'tiny' builds one offline",
-        factory="plugins.hf_vlm.backbone:HFVLMBackbone",
+        factory="refine_plugins.hf_vlm.backbone:HFVLMBackbone",
         options=HFVLMOptions,
     )

@@ -13,58 +13,28 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from refine_core.backbone import AllowedIds, Backbone, greedy_decode, model_dtype
-from refine_core.decoding import choose_decoder, static_decoder
-from refine_core.errors import UsageError
-from refine_core.images import to_pixel_values
+from refine_core import PaliGemmaPrompt
+from refine_core import AllowedIds, Backbone, greedy_decode, model_dtype
+from refine_core import choose_decoder, static_decoder
+from refine_core import UsageError
+from refine_core import to_pixel_values
 
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 SUPPORTED_MODEL_TYPES = ("paligemma",)
-
-
-class PaliGemmaPrompt:
-    """PaliGemma's prompt layout, shared by the backbones built on it (hf_vlm, SpatialVLA): image
-    placeholders × patches, bos, the lower-cased instruction and "\\n". Needs `tokenizer`,
-    `image_token_id` and `num_image_tokens` on the backbone."""
-
-    @property
-    def eos_id(self) -> int:
-        return int(self.tokenizer.eos_token_id)
-
-    @property
-    def pad_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return int(pad if pad is not None else self.eos_id)
-
-    def prompt_ids(self, instruction: str) -> list[int]:
-        text = self.tokenizer(instruction.strip().lower() + "\n", add_special_tokens=False)["input_ids"]
-        return [self.image_token_id] * self.num_image_tokens + [int(self.tokenizer.bos_token_id)] + list(text)
-
-    def image_token_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Indices of the image placeholders in one sequence (patch order, row-major)."""
-        return (input_ids == self.image_token_id).nonzero().flatten()
 
 
 class HFVLMBackbone(PaliGemmaPrompt, Backbone):
     name = "hf_vlm"
 
     def __init__(self, options) -> None:
-        self.options = options
-        self.pretrained = bool(options.path)
-        self.codec = None  # attached by attach_codec (see refine_core.backbone)
-        if options.path:
-            self._load(options.path)
-        elif options.preset == "tiny":
-            self._build_tiny(options.seed)
-        else:
-            raise UsageError("hf_vlm needs a model: set backbone.path=DIR_OR_HUB_ID or backbone.preset=tiny")
+        super().__init__(options)
         vision = self.model.config.vision_config
         self.num_image_tokens = (vision.image_size // vision.patch_size) ** 2
         self.image_token_id = int(self.model.config.image_token_id)
         self.model.config.use_cache = False
 
     # -- construction ---------------------------------------------------------------------------
-    def _build_tiny(self, seed: int) -> None:
+    def build_preset(self, preset: str) -> None:
         from transformers import PaliGemmaForConditionalGeneration
 
         from .tiny import build_config, build_tokenizer
@@ -74,9 +44,7 @@ class HFVLMBackbone(PaliGemmaPrompt, Backbone):
         self._check_attention(config)
         if self.options.attn_implementation != "auto":
             config._attn_implementation = self.options.attn_implementation
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            self.model = PaliGemmaForConditionalGeneration(config).to(model_dtype(self.options.dtype))
+        self.model = PaliGemmaForConditionalGeneration(config).to(model_dtype(self.options.dtype))
         vision = config.vision_config
         self.image_size, self.image_mean, self.image_std = vision.image_size, SIGLIP_MEAN, SIGLIP_STD
 
@@ -87,7 +55,7 @@ class HFVLMBackbone(PaliGemmaPrompt, Backbone):
             raise UsageError("backbone.attn_implementation=sdpa: this model's Gemma-2 language model runs eager "
                              "attention only (transformers has no SDPA path for it); use auto or eager")
 
-    def _load(self, path: str) -> None:
+    def load(self, path: str) -> None:
         from transformers import AutoConfig, AutoTokenizer, PaliGemmaForConditionalGeneration
 
         local = Path(path)
@@ -146,32 +114,24 @@ class HFVLMBackbone(PaliGemmaPrompt, Backbone):
         return ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
     # -- inference ------------------------------------------------------------------------------
-    @torch.no_grad()
-    def generate_ids(self, image: np.ndarray, instruction: str, max_new_tokens: int,
-                     prefix_ids: Sequence[int] = (), allowed: AllowedIds | None = None) -> list[int]:
+    def greedy_continuation(self, image: np.ndarray, instruction: str, max_new_tokens: int,
+                            prefix_ids: list[int], allowed: AllowedIds | None) -> list[int]:
         prompt = self.prompt_ids(instruction)
         device = self.model.device
-        ids = torch.tensor([prompt + list(prefix_ids)], device=device)
+        ids = torch.tensor([prompt + prefix_ids], device=device)
         token_types = torch.tensor([[0] * len(prompt) + [1] * len(prefix_ids)], device=device)
         pixels = self.image_inputs([image])["pixel_values"].to(device)
         decoder = choose_decoder(self.options.decoder, device.type == "cuda", self.model.config,
                                  ids.shape[1] + max_new_tokens)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            if decoder == "dynamic":
-                new = self._generate_dynamic(ids, token_types, pixels, max_new_tokens, allowed)
-            else:
-                cached = static_decoder(self.model, self.model, 1, ids.shape[1] + max_new_tokens,
-                                        graph=decoder == "graph" and device.type == "cuda", position_offset=1)
-                with torch.no_grad():  # PaliGemma merges the image and masks the prefix itself
-                    first = cached.prefill(input_ids=ids, pixel_values=pixels, token_type_ids=token_types)
-                    length = ids.shape[1]
-                    new = greedy_decode(first, lambda tokens, step: cached.step(tokens, length + step - 1),
-                                        max_new_tokens, self.eos_id, allowed)[0][0].tolist()
-        finally:
-            self.model.train(was_training)
-        return new[: new.index(self.eos_id)] if self.eos_id in new else new
+        if decoder == "dynamic":
+            return self._generate_dynamic(ids, token_types, pixels, max_new_tokens, allowed)
+        cached = static_decoder(self.model, self.model, 1, ids.shape[1] + max_new_tokens,
+                                graph=decoder == "graph" and device.type == "cuda", position_offset=1)
+        # PaliGemma merges the image and masks the prefix itself
+        first = cached.prefill(input_ids=ids, pixel_values=pixels, token_type_ids=token_types)
+        length = ids.shape[1]
+        return greedy_decode(first, lambda tokens, step: cached.step(tokens, length + step - 1),
+                             max_new_tokens, self.eos_id, allowed)[0][0].tolist()
 
     def _generate_dynamic(self, ids, token_types, pixels, max_new_tokens: int, allowed: AllowedIds | None) -> list[int]:
         """transformers' generate (dynamic cache); `allowed` through prefix_allowed_tokens_fn."""

@@ -49,6 +49,6 @@ def refine_datasets():
     yield DatasetSpec(
         name="lerobot",
         summary="A LeRobotDataset v3 folder (parquet data, embedded images or mp4 videos)",
-        factory="plugins.lerobot.reader:LeRobotDataset",
+        factory="refine_plugins.lerobot.reader:LeRobotDataset",
         options=LeRobotOptions,
     )

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from refine_core.errors import UsageError
+from refine_core import UsageError
 
 CODEBASE_VERSION = "v3.0"
 INFO_PATH = "meta/info.json"

@@ -17,10 +17,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from refine_core.dataset import RobotDataset
-from refine_core.episode import ACTION_DIM, GRIPPER, Episode, Step
-from refine_core.errors import UsageError
-from refine_core.stats import DatasetStatistics, StatisticsAccumulator, cached_statistics, user_stats_dir
+from refine_core import RobotDataset
+from refine_core import ACTION_DIM, Episode, GRIPPER, Step
+from refine_core import UsageError
+from refine_core import DatasetStatistics, StatisticsAccumulator, cache_dir, cached_statistics
 
 from .layout import (CAMERA_DTYPES, IMAGE_PREFIX, INFO_PATH, EpisodeRecord, missing_key, read_episode_records,
                      read_info, read_tasks, split_range)
@@ -240,7 +240,7 @@ class LeRobotDataset(RobotDataset):
 
     def statistics(self) -> DatasetStatistics:
         stats, self.statistics_path = cached_statistics(self.identity, self._compute_statistics,
-                                                        [self.root / "meta", user_stats_dir()])
+                                                        [self.root / "meta", cache_dir("stats")])
         return stats
 
     def _compute_statistics(self) -> DatasetStatistics:

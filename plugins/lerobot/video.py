@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from refine_core.errors import UsageError
+from refine_core import UsageError
 
 
 def decode_frames(path: Path, timestamps: np.ndarray, tolerance: float) -> np.ndarray:

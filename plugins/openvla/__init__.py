@@ -5,25 +5,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from refine_core import BackboneSpec, hookimpl
-from refine_core.specs import Decoder, decoder_option
+from refine_core import BackboneOptions, BackboneSpec, hookimpl
 
 
-class OpenVLAOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class OpenVLAOptions(BackboneOptions):
     path: str | None = Field(None, description="Local directory of an OpenVLA checkpoint in the upstream "
                                                "layout (config.json + safetensors) or a Hub id (org/name); takes "
                                                "precedence over `preset`.")
-    preset: Literal["tiny"] | None = Field("tiny", description="Build a randomly initialised tiny OpenVLA "
-                                                               "(no download) when `path` is unset.")
-    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 on CUDA, else fp32.")
     attn_implementation: Literal["auto", "sdpa", "eager"] = Field(
         "auto", description="auto: sdpa; eager is needed for attention maps.")
-    seed: int = Field(0, description="Seed of the preset's random initialisation.")
-    decoder: Decoder = decoder_option()
     unnorm_key: str | None = Field(
         None, description="Which dataset's action statistics in the checkpoint's norm_stats predict_action "
                           "un-normalises with; unset: the only one (several: name one).")
@@ -34,6 +26,6 @@ def refine_backbones():
     yield BackboneSpec(
         name="openvla",
         summary="OpenVLA (DINOv2+SigLIP, Llama-2) from an upstream-layout directory; preset 'tiny' builds one offline",
-        factory="plugins.openvla.backbone:OpenVLABackbone",
+        factory="refine_plugins.openvla.backbone:OpenVLABackbone",
         options=OpenVLAOptions,
     )

@@ -1,7 +1,7 @@
 """OpenVLABackbone: OpenVLA (DINOv2 + SigLIP → projector → Llama-2) as a refine backbone.
 
 Loads an upstream-layout directory (config.json + safetensors + tokenizer, read as written by
-`refine_core.weights.read_tokenizer`) or builds the `tiny` preset. Prompt (upstream's):
+`refine_core.toolkit.weights.read_tokenizer`) or builds the `tiny` preset. Prompt (upstream's):
 `In: What action should the robot take to {instruction}?\\nOut: ` with BOS, plus id 29871 when
 the tokenizer did not end on it. The 256 patch embeddings sit after BOS inside the model, so
 `input_ids`, labels and the logits this backbone returns never contain them.
@@ -32,11 +32,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from refine_core.backbone import AllowedIds, Backbone, model_dtype
-from refine_core.errors import UsageError
-from refine_core.weights import read_tokenizer, resolve_checkpoint_dir
-from refine_core.images import to_pixel_values
-from refine_core.stats import Statistics
+from refine_core import AllowedIds, Backbone, model_dtype
+from refine_core import UsageError
+from refine_core import read_tokenizer, resolve_checkpoint_dir
+from refine_core import to_pixel_values
+from refine_core import Statistics
 
 from .norm_stats import entry_from_statistics, resolve_unnorm_key, statistics_from_entry
 
@@ -51,40 +51,34 @@ class OpenVLABackbone(Backbone):
     name = "openvla"
 
     def __init__(self, options) -> None:
+        super().__init__(options)
+        self.image_size = int(self.model.config.image_sizes[0])
+
+    def load(self, path: str) -> None:
         from .model import OpenVLAForActionPrediction
 
-        self.options = options
-        self.pretrained = bool(options.path)
-        self.codec = None  # attached by attach_codec (see refine_core.backbone)
-        attn = "sdpa" if options.attn_implementation == "auto" else options.attn_implementation
-        if options.path:
-            path = resolve_checkpoint_dir(options.path)
-            if not (path / "config.json").is_file():
-                raise UsageError(f"backbone.path {path} has no config.json: point it at an OpenVLA checkpoint "
-                                 "directory (config.json + model.safetensors)")
-            self.tokenizer = read_tokenizer(path, "LlamaTokenizer")
-            if self.tokenizer is None:
-                raise UsageError(f"{path} has no tokenizer (tokenizer.json or tokenizer.model); copy the "
-                                 "checkpoint's tokenizer files next to config.json")
-            try:
-                self.model = OpenVLAForActionPrediction.from_pretrained(path, model_dtype(options.dtype), attn)
-            except (ValueError, FileNotFoundError) as exc:
-                raise UsageError(f"Cannot load OpenVLA from {path}: {exc}") from None
-        elif options.preset == "tiny":
-            from .config import OpenVLAConfig
-            from .tiny import TINY_CONFIG, build_tokenizer
+        path = resolve_checkpoint_dir(path)
+        if not (path / "config.json").is_file():
+            raise UsageError(f"backbone.path {path} has no config.json: point it at an OpenVLA checkpoint "
+                             "directory (config.json + model.safetensors)")
+        self.tokenizer = read_tokenizer(path, "LlamaTokenizer")
+        if self.tokenizer is None:
+            raise UsageError(f"{path} has no tokenizer (tokenizer.json or tokenizer.model); copy the "
+                             "checkpoint's tokenizer files next to config.json")
+        try:
+            self.model = OpenVLAForActionPrediction.from_pretrained(path, model_dtype(self.options.dtype),
+                                                                    self.attention())
+        except (ValueError, FileNotFoundError) as exc:
+            raise UsageError(f"Cannot load OpenVLA from {path}: {exc}") from None
 
-            with torch.random.fork_rng():
-                torch.manual_seed(options.seed)
-                self.model = OpenVLAForActionPrediction(OpenVLAConfig.from_dict(TINY_CONFIG), attn)
-            self.model.to(model_dtype(options.dtype))
-            self.tokenizer = build_tokenizer()
-        else:
-            raise UsageError("openvla needs a model: set backbone.path=DIR or backbone.preset=tiny")
-        rows = self.model.get_input_embeddings().num_embeddings
-        if len(self.tokenizer) > rows:
-            raise UsageError(f"the tokenizer has {len(self.tokenizer)} ids but the model only {rows} embeddings")
-        self.image_size = int(self.model.config.image_sizes[0])
+    def build_preset(self, preset: str) -> None:
+        from .config import OpenVLAConfig
+        from .model import OpenVLAForActionPrediction
+        from .tiny import TINY_CONFIG, build_tokenizer
+
+        self.model = OpenVLAForActionPrediction(OpenVLAConfig.from_dict(TINY_CONFIG), self.attention())
+        self.model.to(model_dtype(self.options.dtype))
+        self.tokenizer = build_tokenizer()
 
     # -- data -----------------------------------------------------------------------------------
     @property
@@ -156,20 +150,13 @@ class OpenVLABackbone(Backbone):
         return self.vision_modules() + [("projector", self.model.projector)] + self.blocks()
 
     # -- inference ------------------------------------------------------------------------------
-    @torch.no_grad()
-    def generate_ids(self, image: np.ndarray, instruction: str, max_new_tokens: int,
-                     prefix_ids: Sequence[int] = (), allowed: AllowedIds | None = None) -> list[int]:
+    def greedy_continuation(self, image: np.ndarray, instruction: str, max_new_tokens: int,
+                            prefix_ids: list[int], allowed: AllowedIds | None) -> list[int]:
         device = self.model.device
-        ids = torch.tensor([self.prompt_ids(instruction) + list(prefix_ids)], device=device)
+        ids = torch.tensor([self.prompt_ids(instruction) + prefix_ids], device=device)
         pixels = self.image_inputs([image])["pixel_values"].to(device)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            new = self.model.generate(ids, pixels, max_new_tokens, eos_token_id=self.eos_id, allowed=allowed,
-                                      decoder=self.options.decoder)[0].tolist()
-        finally:
-            self.model.train(was_training)
-        return new[: new.index(self.eos_id)] if self.eos_id in new else new
+        return self.model.generate(ids, pixels, max_new_tokens, eos_token_id=self.eos_id, allowed=allowed,
+                                   decoder=self.options.decoder)[0].tolist()
 
     # -- action statistics (upstream norm_stats) --------------------------------------------------
     def _codec_key(self) -> str | None:
@@ -198,7 +185,7 @@ class OpenVLABackbone(Backbone):
     def action_codec(self, unnorm_key: str | None = None):
         """A `bins` codec (config.n_action_bins, out-of-range ids clipped as upstream) bound to the
         tokenizer and the statistics of `unnorm_key`."""
-        from plugins.action_codecs.bins import BinsCodec
+        from refine_plugins.action_codecs.bins import BinsCodec
 
         options = BinsCodec.options_model(n_bins=int(self.model.config.n_action_bins), clip_out_of_range=True)
         return BinsCodec(options).bind(self.tokenizer, self.action_statistics(unnorm_key))

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from refine_core.backbone import AllowedIds, greedy_decode
-from refine_core.decoding import choose_decoder, static_decoder
-from refine_core.weights import read_state_dict as read_weights
-from refine_core.weights import write_state_dict
+from refine_core import AllowedIds, greedy_decode
+from refine_core import choose_decoder, static_decoder
+from refine_core import read_state_dict as read_weights
+from refine_core import write_state_dict
 
 from .config import OpenVLAConfig
 from .vision import PrismaticProjector, PrismaticVisionBackbone
@@ -132,7 +132,7 @@ class OpenVLAForActionPrediction(nn.Module):
         The prompt must be unpadded: patches go after position 0, which must be BOS in every row.
         Cached steps get explicit positions that count the inserted patch tokens; `allowed(i)`
         restricts the i-th new token (constrained action decoding). `decoder`: "dynamic"
-        (transformers' DynamicCache), "static" (a preallocated cache, refine_core.decoding) or
+        (transformers' DynamicCache), "static" (a preallocated cache, refine_core.toolkit.decoding) or
         "graph" (static, each step replayed as a CUDA graph on CUDA); default graph on CUDA, else dynamic."""
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError("OpenVLA generation takes unpadded prompts (BOS first in every row)")

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from refine_core.errors import UsageError
-from refine_core.stats import Statistics
+from refine_core import UsageError
+from refine_core import Statistics
 
 STAT_FIELDS = ("mean", "std", "max", "min", "q01", "q99")
 

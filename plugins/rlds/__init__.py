@@ -52,6 +52,6 @@ def refine_datasets():
     yield DatasetSpec(
         name="rlds",
         summary="Any RLDS/tfds dataset on disk (image, instruction, action keys and gripper convention as options)",
-        factory="plugins.rlds.reader:build_rlds_dataset",
+        factory="refine_plugins.rlds.reader:build_rlds_dataset",
         options=RldsOptions,
     )

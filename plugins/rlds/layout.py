@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from refine_core.errors import UsageError
+from refine_core import UsageError
 
 GripperConvention = Literal["open_is_1", "closed_is_1", "closedness_relative"]
 

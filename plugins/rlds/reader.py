@@ -24,10 +24,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from refine_core.dataset import RobotDataset
-from refine_core.episode import ACTION_DIM, GRIPPER, Episode, Step
-from refine_core.errors import RefineError, UsageError
-from refine_core.stats import DatasetStatistics, StatisticsAccumulator, cached_statistics, user_stats_dir
+from refine_core import RobotDataset
+from refine_core import ACTION_DIM, Episode, GRIPPER, Step
+from refine_core import RefineError, UsageError
+from refine_core import DatasetStatistics, StatisticsAccumulator, cache_dir, cached_statistics
 
 from . import conversions
 from .layout import (RldsLayout, content_fingerprint, locate_version_dir, parse_action_part, read_features,
@@ -287,7 +287,7 @@ class RldsDataset(RobotDataset):
     def statistics(self) -> DatasetStatistics:
         """Training-split statistics, cached next to the data (or in the user cache) by identity."""
         stats, self.statistics_path = cached_statistics(
-            self.identity, self._compute_statistics, [self.version_dir, user_stats_dir()]
+            self.identity, self._compute_statistics, [self.version_dir, cache_dir("stats")]
         )
         return stats
 

@@ -5,29 +5,21 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from refine_core import BackboneSpec, hookimpl
-from refine_core.specs import Decoder, decoder_option
+from refine_core import BackboneOptions, BackboneSpec, hookimpl
 
 
-class SpatialVLAOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SpatialVLAOptions(BackboneOptions):
     path: str | None = Field(None, description="Local directory of a SpatialVLA checkpoint in the upstream layout "
                                                "(config.json, safetensors, tokenizer, processor_config.json); "
                                                "or a Hub id (org/name); takes precedence over `preset`.")
-    preset: Literal["tiny"] | None = Field("tiny", description="Build a randomly initialised tiny SpatialVLA "
-                                                               "(no download) when `path` is unset.")
     unnorm_key: str | None = Field(None, description="Dataset whose statistics (processor_config.json) and camera "
                                                      "intrinsic to use; required when the checkpoint has several.")
-    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 on CUDA, else fp32.")
     attn_implementation: Literal["auto", "sdpa", "eager"] = Field(
         "auto", description="SigLIP's attention (auto: sdpa; eager for attention maps). Gemma-2 is always eager.")
     sync_spatial_embeddings: bool = Field(True, description="On load, copy spatial_embed_tokens into the token "
                                                             "embedding's action rows, as upstream's loader does.")
-    seed: int = Field(0, description="Seed of the preset's random initialisation.")
-    decoder: Decoder = decoder_option()
 
 
 @hookimpl
@@ -36,7 +28,7 @@ def refine_backbones():
         name="spatialvla",
         summary="SpatialVLA (SigLIP+ZoeDepth Ego3D, Gemma-2, spatial action tokens) from an upstream-layout "
                 "directory; preset 'tiny' builds one offline",
-        factory="plugins.spatialvla.backbone:SpatialVLABackbone",
+        factory="refine_plugins.spatialvla.backbone:SpatialVLABackbone",
         options=SpatialVLAOptions,
-        metadata={"default_codec": "spatial"},  # its action tokens are the spatial grid's
+        default_codec="spatial",  # its action tokens are the spatial grid's
     )

@@ -14,12 +14,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from refine_core.backbone import AllowedIds, Backbone, model_dtype
-from refine_core.errors import UsageError
-from refine_core.images import to_pixel_values
-from refine_core.weights import read_tokenizer, resolve_checkpoint_dir
+from refine_core import AllowedIds, Backbone, model_dtype
+from refine_core import UsageError
+from refine_core import to_pixel_values
+from refine_core import read_tokenizer, resolve_checkpoint_dir
 
-from plugins.hf_vlm.backbone import PaliGemmaPrompt
+from refine_core import PaliGemmaPrompt
 
 from .processor import ProcessorSettings
 
@@ -31,53 +31,47 @@ class SpatialVLABackbone(PaliGemmaPrompt, Backbone):
     name = "spatialvla"
 
     def __init__(self, options) -> None:
-        from .model import SpatialVLAForConditionalGeneration
-
-        self.options = options
-        self.pretrained = bool(options.path)
-        self.codec = None  # attached by attach_codec (see refine_core.backbone)
-        attn = "sdpa" if options.attn_implementation == "auto" else options.attn_implementation
-        if options.path:
-            path = resolve_checkpoint_dir(options.path)
-            self._check_directory(path)
-            self.tokenizer = read_tokenizer(path, "GemmaTokenizer")
-            try:
-                self.model = SpatialVLAForConditionalGeneration.from_pretrained(
-                    path, model_dtype(options.dtype), attn, sync_spatial_embeddings=options.sync_spatial_embeddings)
-            except ValueError as exc:  # config contents (model_type, sub-configs)
-                raise UsageError(f"Cannot load SpatialVLA from {path}: {exc}") from None
-            self.processor = ProcessorSettings.read(path)
-        elif options.preset == "tiny":
-            from .config import SpatialVLAConfig
-            from .tiny import build_config, build_tokenizer
-
-            self.tokenizer = build_tokenizer()
-            with torch.random.fork_rng():
-                torch.manual_seed(options.seed)
-                self.model = SpatialVLAForConditionalGeneration(SpatialVLAConfig.from_dict(
-                    build_config(self.tokenizer)), attn)
-            self.model.to(model_dtype(options.dtype))
-            self.processor = ProcessorSettings()
-        else:
-            raise UsageError("spatialvla needs a model: set backbone.path=DIR or backbone.preset=tiny")
+        super().__init__(options)
         # several datasets and none named is fine for fine-tuning (the data brings its statistics);
         # predicting with the checkpoint's own statistics asks for the key then
         self.unnorm_key = self.processor.resolve_key(options.unnorm_key, required=False)
         config = self.model.config
-        rows = self.model.get_input_embeddings().num_embeddings
-        if len(self.tokenizer) > rows:
-            raise UsageError(f"the tokenizer has {len(self.tokenizer)} ids but the model only {rows} embeddings")
         self.image_size, self.num_image_tokens = config.image_size, config.num_image_tokens
         self.image_token_id = int(config.image_token_index)
         self.intrinsic = self.processor.intrinsic(self.unnorm_key, self.image_size)
         if self.processor.bin_policy and self.unnorm_key:  # a released checkpoint decodes with its own bins
             self.codec = self.checkpoint_codec()
 
+    def load(self, path: str) -> None:
+        from .model import SpatialVLAForConditionalGeneration
+
+        path = resolve_checkpoint_dir(path)
+        self._check_directory(path)
+        self.tokenizer = read_tokenizer(path, "GemmaTokenizer")
+        try:
+            self.model = SpatialVLAForConditionalGeneration.from_pretrained(
+                path, model_dtype(self.options.dtype), self.attention(),
+                sync_spatial_embeddings=self.options.sync_spatial_embeddings)
+        except ValueError as exc:  # config contents (model_type, sub-configs)
+            raise UsageError(f"Cannot load SpatialVLA from {path}: {exc}") from None
+        self.processor = ProcessorSettings.read(path)
+
+    def build_preset(self, preset: str) -> None:
+        from .config import SpatialVLAConfig
+        from .model import SpatialVLAForConditionalGeneration
+        from .tiny import build_config, build_tokenizer
+
+        self.tokenizer = build_tokenizer()
+        self.model = SpatialVLAForConditionalGeneration(SpatialVLAConfig.from_dict(build_config(self.tokenizer)),
+                                                        self.attention())
+        self.model.to(model_dtype(self.options.dtype))
+        self.processor = ProcessorSettings()
+
     def checkpoint_codec(self):
         """The `spatial` codec exactly as the checkpoint's processor defines it: its bin policy,
         chunk size and the `unnorm_key` dataset's statistics."""
-        from plugins.action_codecs.options import SpatialOptions
-        from plugins.action_codecs.spatial import SpatialCodec
+        from refine_plugins.action_codecs.options import SpatialOptions
+        from refine_plugins.action_codecs.spatial import SpatialCodec
 
         key = self.unnorm_key or self.processor.resolve_key(None)  # names the keys when there are several
         if not self.processor.bin_policy or key is None:
@@ -99,7 +93,7 @@ class SpatialVLABackbone(PaliGemmaPrompt, Backbone):
         old = getattr(previous, "bin_policy", None) if previous is not None else self.processor.bin_policy
         new = getattr(codec, "bin_policy", None)
         if old is not None and new is not None and old != new and self.model.config.use_spatial_token:
-            from plugins.action_codecs.spatial import spatial_embedding_adaption
+            from refine_plugins.action_codecs.spatial import spatial_embedding_adaption
 
             with torch.no_grad():
                 weight = spatial_embedding_adaption(old, new, self.model.spatial_embed_tokens.weight)
@@ -181,28 +175,21 @@ class SpatialVLABackbone(PaliGemmaPrompt, Backbone):
         return scope
 
     # -- inference ------------------------------------------------------------------------------
-    @torch.no_grad()
-    def generate_ids(self, image: np.ndarray, instruction: str, max_new_tokens: int,
-                     prefix_ids: Sequence[int] = (), allowed: AllowedIds | None = None) -> list[int]:
+    def greedy_continuation(self, image: np.ndarray, instruction: str, max_new_tokens: int,
+                            prefix_ids: list[int], allowed: AllowedIds | None) -> list[int]:
         prompt = self.prompt_ids(instruction)
         device = self.model.device
-        ids = torch.tensor([prompt + list(prefix_ids)], device=device)
+        ids = torch.tensor([prompt + prefix_ids], device=device)
         token_types = torch.tensor([[0] * len(prompt) + [1] * len(prefix_ids)], device=device)
         inputs = self.image_inputs([image])
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            new = self.model.generate(ids, inputs["pixel_values"].to(device), inputs["intrinsic"].to(device),
-                                      max_new_tokens, eos_token_id=self.eos_id, token_type_ids=token_types,
-                                      allowed=allowed, decoder=self.options.decoder)[0].tolist()
-        finally:
-            self.model.train(was_training)
-        return new[: new.index(self.eos_id)] if self.eos_id in new else new
+        return self.model.generate(ids, inputs["pixel_values"].to(device), inputs["intrinsic"].to(device),
+                                   max_new_tokens, eos_token_id=self.eos_id, token_type_ids=token_types,
+                                   allowed=allowed, decoder=self.options.decoder)[0].tolist()
 
     def predict_action(self, image: np.ndarray, instruction: str, reasoning: bool = False) -> np.ndarray:
         """The next action chunk [chunk, 7] in refine's convention (gripper 1 = open), the action
         span decoded under the codec's constraints (see `Backbone.predict`)."""
-        from refine_core.codec import ActionDecodeError
+        from refine_core import ActionDecodeError
 
         if self.codec is None:
             self.codec = self.checkpoint_codec()

@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from refine_core.backbone import AllowedIds, greedy_decode
-from refine_core.decoding import choose_decoder, static_decoder
-from refine_core.weights import read_state_dict, write_state_dict
+from refine_core import AllowedIds, greedy_decode
+from refine_core import choose_decoder, static_decoder
+from refine_core import read_state_dict, write_state_dict
 
 from .config import SpatialVLAConfig
 from .depth import (Ego3DPositionEmbedding, backproject_patches, metric_depth, patch_pixel_grid, scale_features,

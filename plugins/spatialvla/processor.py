@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from refine_core.errors import UsageError
-from refine_core.stats import Statistics
+from refine_core import UsageError
+from refine_core import Statistics
 
 PROCESSOR_CONFIG = "processor_config.json"
 # Upstream's default camera (640×480, f ≈ 623.6 px): what its processor uses for datasets it has

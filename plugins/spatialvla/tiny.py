@@ -27,7 +27,7 @@ _ZOE = {"model_type": "zoedepth", "backbone_hidden_size": 32, "bottleneck_featur
 
 def build_tokenizer():
     """The hf_vlm tiny tokenizer with the 8194 action tokens appended (special, as upstream's)."""
-    from plugins.hf_vlm.tiny import build_tokenizer as base_tokenizer
+    from refine_plugins.hf_vlm.tiny import build_tokenizer as base_tokenizer
 
     tokenizer = base_tokenizer()
     tokenizer.add_tokens([ACTION_TOKEN.format(i) for i in range(SPATIAL_TOKENS)], special_tokens=True)

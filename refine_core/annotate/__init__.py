@@ -1,13 +1,13 @@
 """The annotation pipeline behind `refine annotate` (strategies, concurrency, rate limits,
 retries, durable store, content cache, cost). See `pipeline` for the flow and `store` for
-the durability rules; the on-disk format is `refine_core.annotations`."""
+the durability rules; the on-disk format is `refine_core.data.annotation_set`."""
 from __future__ import annotations
 
-from .estimate import Estimate, estimate_run
-from .limits import RateLimiter, RetryPolicy
-from .pipeline import RunStats, annotate_dataset, ask, parse_shard, select_episodes, shard_of
-from .prompt import PROMPT_VERSION, TeacherAnswer, answer_json_schema, build_prompt, reasoning_from_answer
-from .strategy import STRATEGIES, asked_steps
+from refine_core.annotate.estimate import Estimate, estimate_run
+from refine_core.annotate.asking import RateLimiter, RetryPolicy
+from refine_core.annotate.pipeline import RunStats, annotate_dataset, ask, parse_shard, select_episodes, shard_of
+from refine_core.annotate.prompt import PROMPT_VERSION, TeacherAnswer, answer_json_schema, build_prompt, reasoning_from_answer
+from refine_core.annotate.strategy import STRATEGIES, asked_steps
 
 __all__ = [
     "Estimate", "PROMPT_VERSION", "RateLimiter", "RetryPolicy", "RunStats", "STRATEGIES", "TeacherAnswer",

@@ -32,12 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from ..errors import RefineError
-from ..teacher import (Annotation, AnnotationRequest, BatchStatus, PermanentTeacherError, Price, TeacherError,
+from refine_core.errors import RefineError
+from refine_core.teacher import (Annotation, AnnotationRequest, BatchStatus, PermanentTeacherError, Price, TeacherError,
                        TransientTeacherError)
-from .cache import content_key
-from .pipeline import _EpisodeWork, _Run
-from .store import BATCH_DIR, _fsync_dir
+from refine_core.annotate.cache import content_key
+from refine_core.annotate.pipeline import _EpisodeWork, _Run
+from refine_core.annotate.store import BATCH_DIR
+from refine_core.files import fsync_dir
 
 
 def read_job_files(out: str | Path, teacher_key: str) -> list[tuple[Path, dict[str, Any]]]:
@@ -63,7 +64,7 @@ def _write_locked(path: Path, data: bytes):
     handle.flush()
     os.fsync(handle.fileno())
     os.replace(temp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return handle
 
 

@@ -3,22 +3,20 @@
 Keyed by the teacher's identity (teacher, model, prompt version), the instruction and the
 exact pixels of every frame in the request: the same question to the same teacher is paid for
 once, whichever dataset, OUT directory or shard asks it. Best effort: an entry that cannot be
-read is a miss, and a write is atomic (rename) but not fsynced — the journal, not the cache,
+read is a miss, and a write is atomic but not durable (`atomic_write(durable=False)`) — the journal, not the cache,
 is what makes a run durable.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..teacher import AnnotationRequest, TeacherIdentity
-
-DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "refine" / "annotations"
+from refine_core.files import atomic_write, cache_dir
+from refine_core.teacher import AnnotationRequest, TeacherIdentity
 
 
 def image_digest(image: np.ndarray) -> str:
@@ -36,7 +34,7 @@ def content_key(identity: TeacherIdentity, request: AnnotationRequest) -> str:
 
 class ContentCache:
     def __init__(self, directory: str | Path | None = None):
-        self.directory = Path(directory) if directory else DEFAULT_CACHE_DIR
+        self.directory = Path(directory) if directory else cache_dir("annotations")
 
     def _path(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}.json"
@@ -54,8 +52,6 @@ class ContentCache:
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            temp.write_text(json.dumps(value))
-            os.replace(temp, path)
+            atomic_write(path, json.dumps(value), durable=False)
         except OSError:
             pass  # a cache that cannot be written only costs a later re-ask

@@ -5,13 +5,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import AnnotateSettings
-from ..dataset import RobotDataset
-from ..teacher import Price, Teacher
-from .cache import ContentCache, content_key
-from .pipeline import effective_price, run_header, select_episodes, step_request
-from .store import AnnotationStore
-from .strategy import asked_steps
+from refine_core.config import AnnotateSettings
+from refine_core.dataset import RobotDataset
+from refine_core.teacher import Price, Teacher
+from refine_core.annotate.cache import ContentCache, content_key
+from refine_core.annotate.pipeline import effective_price, run_header, select_episodes, step_request
+from refine_core.annotate.store import AnnotationStore
+from refine_core.annotate.strategy import asked_steps
 
 
 @dataclass
@@ -44,7 +44,7 @@ def estimate_run(dataset: RobotDataset, teacher: Teacher, out: str | Path, setti
     batch = teacher.batch
     in_flight: set[tuple[str, int]] = set()
     if batch is not None:
-        from .batch import read_job_files
+        from refine_core.annotate.batch import read_job_files
 
         price = Price(price.input_per_million * batch.price_factor, price.output_per_million * batch.price_factor)
         for _, data in read_job_files(out, teacher.identity.key()):

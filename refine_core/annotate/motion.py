@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..episode import GRIPPER
+from refine_core.episode import GRIPPER
 
 PHASES = ("approach", "descend", "grasp", "lift", "move", "place", "release")
 _AXES = (("forward", "backward"), ("left", "right"), ("up", "down"))

@@ -18,17 +18,17 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ..config import AnnotateSettings
-from ..dataset import RobotDataset
-from ..episode import Episode, Step
-from ..errors import RefineError, UsageError
-from ..reasoning import Reasoning
-from ..teacher import (AnnotationRequest, MalformedAnswer, PermanentTeacherError, Price, Teacher,
+from refine_core.config import AnnotateSettings
+from refine_core.dataset import RobotDataset
+from refine_core.episode import Episode, Step
+from refine_core.errors import RefineError, UsageError
+from refine_core.reasoning import Reasoning
+from refine_core.teacher import (AnnotationRequest, MalformedAnswer, PermanentTeacherError, Price, Teacher,
                        TeacherIdentity, TokenUsage, TransientTeacherError)
-from .cache import ContentCache, content_key
-from .limits import RateLimiter, RetryPolicy
-from .store import AnnotationStore
-from .strategy import asked_steps, carry_over, current_sub_actions, sources
+from refine_core.annotate.cache import ContentCache, content_key
+from refine_core.annotate.asking import RateLimiter, RetryPolicy
+from refine_core.annotate.store import AnnotationStore
+from refine_core.annotate.strategy import asked_steps, carry_over, current_sub_actions, sources
 
 
 # -- selection -----------------------------------------------------------------------------
@@ -343,7 +343,7 @@ def annotate_dataset(dataset: RobotDataset, teacher: Teacher, out: str | Path, s
                      on_progress: Callable[[RunStats], None] | None = None) -> RunStats:
     """Annotate (or resume annotating) `dataset` into `out`; returns what this run did."""
     if teacher.batch is None:
-        from .batch import read_job_files
+        from refine_core.annotate.batch import read_job_files
 
         if jobs := read_job_files(out, teacher.identity.key()):
             raise UsageError(f"{out} has {len(jobs)} batch jobs submitted by a batch-mode run and not yet collected; "
@@ -351,7 +351,7 @@ def annotate_dataset(dataset: RobotDataset, teacher: Teacher, out: str | Path, s
                              f"{Path(out) / 'batches'} to ask their steps online")
     store = AnnotationStore.open(out, run_header(dataset, teacher.identity, settings))
     if teacher.batch is not None:
-        from .batch import BatchRun
+        from refine_core.annotate.batch import BatchRun
 
         run: _Run = BatchRun(dataset, teacher, store, settings, shard, on_progress)
     else:

@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..reasoning import Reasoning, TaskPlanning
-from ..teacher import MalformedAnswer
+from refine_core.reasoning import Reasoning, TaskPlanning
+from refine_core.teacher import MalformedAnswer
 
 PROMPT_VERSION = "refine-4q-v1"
 

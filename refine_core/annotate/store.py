@@ -1,4 +1,4 @@
-"""The durable annotation store behind `refine annotate` (format: `refine_core.annotations`).
+"""The durable annotation store behind `refine annotate` (format: `refine_core.data.annotation_set`).
 
 Nothing answered is lost, whatever kills the process:
 1. every answered step is appended to this process's journal (`OUT/journal/<run>.jsonl`) and
@@ -24,38 +24,19 @@ import fcntl
 import json
 import os
 import time
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..annotations import FORMAT_VERSION, MANIFEST, episode_filename
-from ..errors import UsageError
+from refine_core.data.annotation_set import FORMAT_VERSION, MANIFEST, episode_filename
+from refine_core.errors import UsageError
+from refine_core.files import atomic_write
 
 JOURNAL_DIR = "journal"
 BATCH_DIR = "batches"  # submitted batch jobs not yet collected (see `batch`)
 LOCK_FILE = ".lock"
 HEADER_KEYS = ("dataset", "dataset_identity", "teacher", "strategy", "every")
 COUNT_KEYS = ("planned", "asked", "annotated", "failed", "retried", "cached", "input_tokens", "output_tokens")
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that a reader sees the old or the new file, never a mix."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # unique across hosts
-    with open(temp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _describe_header(header: dict[str, Any]) -> str:
@@ -223,7 +204,7 @@ class AnnotationStore:
         """Write one episode's file atomically (thread-safe); returns its name."""
         filename = episode_filename(episode_id)
         payload = {"episode_id": episode_id, "teacher": self.header["teacher"], "steps": steps, "failed": failed}
-        write_atomic(self.out / filename, json.dumps(payload, indent=1).encode())
+        atomic_write(self.out / filename, json.dumps(payload, indent=1).encode())
         return filename
 
     def mark_finished(self, episode_id: str, filename: str, counts: dict[str, Any]) -> None:
@@ -266,7 +247,7 @@ class AnnotationStore:
             self.manifest["counts"] = totals
             self.manifest["cost_usd"] = round(cost, 6)
             self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            write_atomic(path, json.dumps(self.manifest, indent=1).encode())
+            atomic_write(path, json.dumps(self.manifest, indent=1).encode())
         self._dirty.clear()
         self._last_flush = now
 

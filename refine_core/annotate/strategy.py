@@ -15,8 +15,8 @@ from typing import Literal
 
 import numpy as np
 
-from ..reasoning import Reasoning, TaskPlanning
-from .motion import describe_move, keyframes, motion_phases, step_directions
+from refine_core.reasoning import Reasoning, TaskPlanning
+from refine_core.annotate.motion import describe_move, keyframes, motion_phases, step_directions
 
 Strategy = Literal["every_step", "every_k", "keyframes"]
 STRATEGIES: tuple[str, ...] = ("every_step", "every_k", "keyframes")

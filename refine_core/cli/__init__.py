@@ -11,11 +11,11 @@ from typing import Annotated
 
 import typer
 
-from .. import __version__
-from ..errors import RefineError
-from . import annotate_cmds, config_cmds, data_cmds, eval_cmds, registry_cmds, run_cmds, train_cmds
-from . import attention_cmds, report_cmds, sweep_cmds
-from .output import print_error
+from refine_core import __version__
+from refine_core.errors import RefineError
+from refine_core.cli import annotate_cmds, config_cmds, data_cmds, eval_cmds, registry_cmds, run_cmds, train_cmds
+from refine_core.cli import attention_cmds, report_cmds, sweep_cmds
+from refine_core.cli.output import print_error
 
 _state = {"debug": False}
 
@@ -36,7 +36,7 @@ def _root(
 
 
 def build_app() -> typer.Typer:
-    from ..plugins import get_registry
+    from refine_core.registry import get_registry
 
     app = typer.Typer(
         name="refine", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,

@@ -14,10 +14,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import RefineError, UsageError
-from ..plugins import get_registry
-from .options import ConfigOpt, DatasetOpt, JsonOpt, SetOpt, TeacherOpt, load_config
-from .output import console, err_console
+from refine_core.errors import RefineError, UsageError
+from refine_core.registry import get_registry
+from refine_core.cli.options import ConfigOpt, DatasetOpt, JsonOpt, SetOpt, TeacherOpt, load_config
+from refine_core.cli.output import console, err_console
 
 
 def _progress_display(enabled: bool):
@@ -64,8 +64,8 @@ def annotate(
     as_json: JsonOpt = False,
 ) -> None:
     """Annotate a dataset's steps with a teacher's structured reasoning (ReFineVLA's data step)."""
-    from ..annotate import annotate_dataset, estimate_run, parse_shard
-    from ..annotations import MANIFEST
+    from refine_core.annotate import annotate_dataset, estimate_run, parse_shard
+    from refine_core.data.annotation_set import MANIFEST
 
     sets = list(set_ or [])
     for key, value in (("strategy", strategy), ("every", every), ("concurrency", concurrency)):

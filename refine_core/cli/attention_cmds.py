@@ -1,5 +1,5 @@
 """`refine attention`: where the policy looks, base model vs fine-tuned checkpoint, on the same
-held-out frames (ReFineVLA Algorithm 4; see `refine_core.attention` for the exact definition)."""
+held-out frames (ReFineVLA Algorithm 4; see `refine_core.evaluate.attention` for the exact definition)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ..errors import UsageError
-from .output import console
+from refine_core.errors import UsageError
+from refine_core.cli.output import console
 
 
 def attention(
@@ -22,7 +22,7 @@ def attention(
     fuse: Annotated[str, typer.Option("--fuse", help="How the top-k maps are fused: max | mean.")] = "max",
 ) -> None:
     """Attention heatmaps from action (or reasoning) tokens to the image, base vs fine-tuned, as one PNG."""
-    from ..attention import FUSIONS, TARGETS
+    from refine_core.evaluate.attention import FUSIONS, TARGETS
 
     if target not in TARGETS:
         raise UsageError(f"Unknown --target '{target}'. Available: {', '.join(TARGETS)}")
@@ -33,8 +33,8 @@ def attention(
     if out.suffix.lower() != ".png":
         raise UsageError(f"--out must name a .png file, got {out}")
 
-    from ..report.attention_compare import compare_attention
-    from ..report.plots import attention_figure
+    from refine_core.report.attention_compare import compare_attention
+    from refine_core.report.plots import attention_figure
 
     comparison = compare_attention(checkpoint, episodes=episodes, target=target, top_k=top_k, fusion=fuse)
     path = attention_figure(comparison, out)

@@ -6,12 +6,12 @@ from typing import Annotated
 
 import typer
 
-from ..config import COMPONENTS, dump_yaml
-from ..errors import UnknownComponent
-from ..plugins import get_registry
-from .options import (BackboneOpt, BenchmarkOpt, CodecOpt, ConfigOpt, DatasetOpt, JsonOpt, SetOpt,
+from refine_core.config import COMPONENTS, dump_yaml
+from refine_core.errors import UnknownComponent
+from refine_core.registry import get_registry
+from refine_core.cli.options import (BackboneOpt, BenchmarkOpt, CodecOpt, ConfigOpt, DatasetOpt, JsonOpt, SetOpt,
                       TeacherOpt, load_config)
-from .output import print_warning
+from refine_core.cli.output import print_warning
 
 config_app = typer.Typer(help="Inspect run configuration.", no_args_is_help=True)
 

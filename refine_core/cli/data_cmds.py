@@ -13,12 +13,12 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from ..dataset import RobotDataset
-from ..episode import Episode
-from ..errors import UsageError
-from ..plugins import get_registry
-from .options import ConfigOpt, DatasetOpt, JsonOpt, SetOpt, load_config
-from .output import console, display_table
+from refine_core.dataset import RobotDataset
+from refine_core.episode import Episode
+from refine_core.errors import UsageError
+from refine_core.registry import get_registry
+from refine_core.cli.options import ConfigOpt, DatasetOpt, JsonOpt, SetOpt, load_config
+from refine_core.cli.output import console, display_table
 
 data_app = typer.Typer(help="Inspect robot datasets: statistics and episode contact sheets.", no_args_is_help=True)
 

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import BenchmarkOpt, DatasetOpt, JsonOpt, SetOpt
-from .output import display_table
+from refine_core.cli.options import BenchmarkOpt, DatasetOpt, JsonOpt, SetOpt
+from refine_core.cli.output import display_table
 
 
 def eval_checkpoint(
@@ -22,14 +22,14 @@ def eval_checkpoint(
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate a checkpoint (default: the run's own dataset and benchmark, from the checkpoint)."""
-    from ..config import resolve_config, validate_components
-    from ..evaluate import checkpoint_config, evaluate_checkpoint
-    from ..plugins import get_registry
+    from refine_core.config import resolve_components, resolve_config
+    from refine_core.evaluate.checkpoint_eval import checkpoint_config, evaluate_checkpoint
+    from refine_core.registry import get_registry
 
     registry = get_registry()
     saved = checkpoint_config(checkpoint)
     config = resolve_config(None, set_, {"benchmark": benchmark, "dataset": dataset}, base=saved)
-    validate_components(config, registry, ("dataset", "benchmark"))
+    config = resolve_components(config, registry, ("dataset", "benchmark"))
     result = evaluate_checkpoint(checkpoint, out, config, annotations, registry)
     if as_json:
         typer.echo(json.dumps(result.summary, indent=2))

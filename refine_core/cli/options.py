@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..config import RunConfig, resolve_config
+from refine_core.config import RunConfig, resolve_config
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML or TOML run config.")]
 SetOpt = Annotated[

@@ -27,7 +27,8 @@ def display_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], as_jso
 
 
 def _cell(value: Any) -> str:
-    return ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    # one item per line keeps list columns narrow, leaving the width to the text columns
+    return "\n".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def print_error(message: str) -> None:

@@ -5,10 +5,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..plugins import check_kind, get_registry
-from ..specs import KINDS
-from .options import JsonOpt
-from .output import display_table
+from refine_core.registry import check_kind, get_registry
+from refine_core.specs import KINDS
+from refine_core.cli.options import JsonOpt
+from refine_core.cli.output import display_table
 
 
 def list_components(

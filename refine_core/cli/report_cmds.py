@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .output import console
+from refine_core.cli.output import console
 
 
 def report(
@@ -15,7 +15,7 @@ def report(
         "--attention-episodes", min=1, help="Held-out frames in the attention comparison.")] = 3,
 ) -> None:
     """Write OUT/report/report.md and a self-contained OUT/report/report.html."""
-    from ..report import build_report
+    from refine_core.report import build_report
 
     path = build_report(out, attention_episodes=attention_episodes)
     console.print(f"wrote {path.with_name('report.md')} and {path}", highlight=False)

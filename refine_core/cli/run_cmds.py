@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import BackboneOpt, BenchmarkOpt, CodecOpt, ConfigOpt, DatasetOpt, SetOpt, TeacherOpt
-from .output import console
+from refine_core.cli.options import BackboneOpt, BenchmarkOpt, CodecOpt, ConfigOpt, DatasetOpt, SetOpt, TeacherOpt
+from refine_core.cli.output import console
 
 
 def run(
@@ -29,8 +29,8 @@ def run(
     The defaults use the demo dataset, the scripted teacher and the tiny backbone. Re-running with
     the same --out skips finished stages and resumes an interrupted one.
     """
-    from ..config import resolve_config
-    from ..run import parse_stages, run_pipeline, saved_config
+    from refine_core.config import resolve_config
+    from refine_core.run.stages import parse_stages, run_pipeline, saved_config
 
     chosen = parse_stages(stages)
     out = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")

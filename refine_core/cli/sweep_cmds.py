@@ -1,5 +1,5 @@
 """`refine sweep`: one `refine run` per grid point, then the chosen metric against the swept
-value (plot + table). See `refine_core.sweep` for naming, resuming and the result files."""
+value (plot + table). See `refine_core.run.sweep` for naming, resuming and the result files."""
 from __future__ import annotations
 
 import contextlib
@@ -9,10 +9,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import RefineError
-from .options import (BackboneOpt, BenchmarkOpt, CodecOpt, ConfigOpt, DatasetOpt, JsonOpt, SetOpt, TeacherOpt,
+from refine_core.errors import RefineError
+from refine_core.cli.options import (BackboneOpt, BenchmarkOpt, CodecOpt, ConfigOpt, DatasetOpt, JsonOpt, SetOpt, TeacherOpt,
                       load_config)
-from .output import console, display_table, err_console
+from refine_core.cli.output import console, display_table, err_console
 
 
 def sweep(
@@ -34,8 +34,8 @@ def sweep(
     as_json: JsonOpt = False,
 ) -> None:
     """Run the same config at every grid point (resumable) and plot a metric against the swept value."""
-    from ..run import parse_stages
-    from ..sweep import DEFAULT_STAGES, parse_grid, plan_sweep, rows, run_sweep
+    from refine_core.run.stages import parse_stages
+    from refine_core.run.sweep import DEFAULT_STAGES, parse_grid, plan_sweep, rows, run_sweep
 
     chosen = parse_stages(stages) if stages else DEFAULT_STAGES
     axes = [parse_grid(item) for item in grid]

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import BackboneOpt, CodecOpt, ConfigOpt, DatasetOpt, SetOpt, load_config
+from refine_core.cli.options import BackboneOpt, CodecOpt, ConfigOpt, DatasetOpt, SetOpt, load_config
 
 
 def train(
@@ -26,9 +26,9 @@ def train(
         "--annotations", help="Reasoning annotations made by `refine annotate` for this dataset.")] = None,
 ) -> None:
     """Train a policy; metrics go to OUT/metrics.jsonl, checkpoints to OUT/checkpoints/step-*."""
-    from ..training import prepare_run
-    from ..training.checkpoint import check_out_dir
-    from ..training.trainer import Trainer
+    from refine_core.training import prepare_run
+    from refine_core.training.checkpoint import check_out_dir
+    from refine_core.training.trainer import Trainer
 
     cfg = load_config(config, set_, backbone=backbone, codec=codec, dataset=dataset)
     check_out_dir(out, resume)

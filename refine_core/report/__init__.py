@@ -2,6 +2,6 @@
 report.html (figures embedded), from whatever stages of the run exist."""
 from __future__ import annotations
 
-from .render import build_report
+from refine_core.report.render import build_report
 
 __all__ = ["build_report"]

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..attention import AttentionMap, Fusion, Target, sample_attention
-from ..errors import UsageError
+from refine_core.evaluate.attention import AttentionMap, Fusion, Target, sample_attention
+from refine_core.errors import UsageError
 
 BASE_LABEL = "base (untrained)"
 
@@ -45,7 +45,7 @@ class AttentionComparison:
 
 def resolve_checkpoint(directory: str | Path) -> Path:
     """The `step-*` directory meant by a step dir, a train dir, its checkpoints/, or a run dir OUT."""
-    from ..training.checkpoint import CHECKPOINTS, RUN_INFO, latest_checkpoint
+    from refine_core.training.checkpoint import CHECKPOINTS, RUN_INFO, latest_checkpoint
 
     directory = Path(directory)
     if (directory / RUN_INFO).is_file():
@@ -60,7 +60,7 @@ def resolve_checkpoint(directory: str | Path) -> Path:
 
 def _annotations(info: dict[str, Any], checkpoint: Path):
     """The annotation set the run trained with, if it is still on disk (else the run's annotations/)."""
-    from ..annotations import MANIFEST, AnnotationSet
+    from refine_core.data.annotation_set import MANIFEST, AnnotationSet
 
     candidates = []
     if info.get("annotations"):
@@ -76,7 +76,7 @@ def pick_samples(dataset: Any, config: Any, chunk_size: int, annotations: Any, e
                  target: Target) -> tuple[list[Any], bool]:
     """(one sample per episode, whether they are held out): the middle step of each episode
     (for a reasoning target, the middle one of the annotated steps)."""
-    from ..samples import SampleStream, episode_samples
+    from refine_core.data.samples import SampleStream, episode_samples
 
     def collect(split: str) -> list[Any]:
         stream = SampleStream(dataset, chunk_size=chunk_size, split=split, val_fraction=config.data.val_fraction,
@@ -105,9 +105,9 @@ def pick_samples(dataset: Any, config: Any, chunk_size: int, annotations: Any, e
 def compare_attention(checkpoint: str | Path, episodes: int = 3, target: Target = "action", top_k: int = 8,
                       fusion: Fusion = "max", registry: Any = None) -> AttentionComparison:
     """Attention maps of the base model and the fine-tuned checkpoint on the same frames."""
-    from ..plugins import get_registry
-    from ..training.checkpoint import RUN_INFO, load_checkpoint, read_json
-    from ..training.setup import attach_codec, build_backbone
+    from refine_core.registry import get_registry
+    from refine_core.training.checkpoint import RUN_INFO, load_checkpoint, read_json
+    from refine_core.training.setup import attach_codec, build_backbone
 
     if episodes < 1:
         raise UsageError(f"--episodes must be at least 1, got {episodes}")

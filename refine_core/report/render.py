@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .blocks import Code, Example, Figure, Section, Table, Text
-from .sections import (attention_section, config_section, data_section, evaluation_section, examples_section,
+from refine_core.report.blocks import Code, Example, Figure, Section, Table, Text
+from refine_core.report.sections import (attention_section, config_section, data_section, evaluation_section, examples_section,
                        load_config, training_section)
 
 REPORT_DIR = "report"
@@ -30,11 +30,11 @@ figure { margin: 1em 0; } figure img { max-width: 100%; } figcaption { color: #5
 
 def build_report(run_dir: str | Path, attention_episodes: int = 3, registry: Any = None) -> Path:
     """(Re)build OUT/report from the run's stages; returns the path of report.html."""
-    from ..plugins import get_registry
+    from refine_core.registry import get_registry
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        from ..errors import UsageError
+        from refine_core.errors import UsageError
 
         raise UsageError(f"Run directory {run_dir} does not exist; pass the --out of a `refine run`")
     registry = registry or get_registry()

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .blocks import Code, Example, Figure, Section, Table, Text, cell, missing_section
+from refine_core.report.blocks import Code, Example, Figure, Section, Table, Text, cell, missing_section
 
 ANNOTATION_COUNTS = ("planned", "annotated", "failed", "retried", "cached", "input_tokens", "output_tokens")
 EXAMPLES = 3
@@ -42,8 +42,8 @@ def _problem(exc: BaseException) -> str:
 
 def load_config(run_dir: Path) -> Any:
     """The run's RunConfig (config.yaml, else the newest checkpoint's), or None."""
-    from ..config import RunConfig
-    from ..training.checkpoint import RUN_INFO, latest_checkpoint
+    from refine_core.config import RunConfig
+    from refine_core.training.checkpoint import RUN_INFO, latest_checkpoint
 
     try:
         import yaml
@@ -67,7 +67,7 @@ def config_section(run_dir: Path, config: Any) -> Section:
     if path.is_file():
         section.blocks.append(Code(path.read_text().rstrip()))
     else:
-        from ..config import dump_yaml
+        from refine_core.config import dump_yaml
 
         section.blocks += [Text("config.yaml is missing; this is the config stored in the newest checkpoint."),
                            Code(dump_yaml(config).rstrip())]
@@ -109,9 +109,9 @@ def data_section(run_dir: Path, config: Any) -> Section:
 
 
 def training_section(run_dir: Path, report_dir: Path) -> Section:
-    from ..training.checkpoint import list_checkpoints
+    from refine_core.training.checkpoint import list_checkpoints
 
-    from .plots import training_curves
+    from refine_core.report.plots import training_curves
 
     records = _read_jsonl(run_dir / "train" / "metrics.jsonl")
     if not records:
@@ -161,10 +161,10 @@ def evaluation_section(run_dir: Path) -> Section:
 
 
 def attention_section(run_dir: Path, report_dir: Path, episodes: int, registry: Any) -> Section:
-    from ..training.checkpoint import latest_checkpoint
+    from refine_core.training.checkpoint import latest_checkpoint
 
-    from .attention_compare import compare_attention
-    from .plots import attention_figure
+    from refine_core.report.attention_compare import compare_attention
+    from refine_core.report.plots import attention_figure
 
     if latest_checkpoint(run_dir / "train") is None:
         return missing_section("Attention maps", "no trained checkpoint (train/checkpoints/step-*).")
@@ -203,7 +203,7 @@ def _frames(config: Any, keys: list[str], registry: Any) -> tuple[dict[str, Any]
 
 
 def examples_section(run_dir: Path, report_dir: Path, config: Any, registry: Any) -> Section:
-    from ..annotations import AnnotationSet
+    from refine_core.data.annotation_set import AnnotationSet
 
     annotations = None
     if (run_dir / "annotations" / "manifest.json").is_file():

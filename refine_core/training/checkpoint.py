@@ -30,9 +30,10 @@ from typing import Any
 
 import torch
 
-from ..config import RunConfig
-from ..errors import UsageError
-from ..stats import Statistics
+from refine_core.config import RunConfig, config_difference
+from refine_core.files import atomic_write
+from refine_core.errors import UsageError
+from refine_core.statistics import Statistics
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -42,7 +43,7 @@ WEIGHTS = "weights.safetensors"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d{7,})$")
 # Settings a resumed run may change: they do not alter what is computed.
-RESUMABLE_CHANGES = {"train.max_steps", "train.log_every", "train.save_every", "train.keep_checkpoints"}
+RESUMABLE_CHANGES = frozenset({"train.max_steps", "train.log_every", "train.save_every", "train.keep_checkpoints"})
 
 
 def step_dir_name(step: int) -> str:
@@ -72,35 +73,10 @@ def check_out_dir(out: str | Path, resume: bool) -> Path | None:
     return latest
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(data, dict):
-        return {prefix: data}
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
-    return flat
-
-
-def config_difference(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
-    """The first setting (dotted) that differs in a way resuming cannot honour, described.
-
-    The saved config is re-validated first, so a setting added to refine after the checkpoint was
-    written counts as its default rather than as a change."""
-    try:
-        saved, current = RunConfig.model_validate(saved).to_dict(), RunConfig.model_validate(current).to_dict()
-    except ValueError:  # not a config this version can read: compare as written
-        pass
-    old, new = _flatten(saved), _flatten(current)
-    for key in sorted(set(old) | set(new)):
-        if key not in RESUMABLE_CHANGES and old.get(key) != new.get(key):
-            return f"{key} (checkpoint {old.get(key)!r}, now {new.get(key)!r})"
-    return None
-
-
-def write_atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def resume_difference(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """The first setting a resumed run changed that resuming cannot honour (see RESUMABLE_CHANGES)."""
+    found = config_difference(saved, current, ignore=RESUMABLE_CHANGES)
+    return None if found is None else f"{found[0]} (checkpoint {found[1]!r}, now {found[2]!r})"
 
 
 def save_weights(path: Path, tensors: dict[str, torch.Tensor], kind: str) -> None:
@@ -117,7 +93,7 @@ def finish_checkpoint(tmp: Path, out: Path, step: int, keep: int) -> Path:
     if final.exists():  # the same step saved again (e.g. a resumed run's last step): replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
-    write_atomic_text(root / LATEST, final.name + "\n")
+    atomic_write(root / LATEST, final.name + "\n")
     checkpoints = list_checkpoints(out)
     for _, path in checkpoints[:-max(1, keep)]:
         shutil.rmtree(path, ignore_errors=True)
@@ -214,11 +190,11 @@ def load_checkpoint(directory: str | Path, registry: Any = None) -> tuple[Any, R
     `directory` is a `step-*` checkpoint, or a run's OUT / OUT/checkpoints (the newest is used).
     The backbone is in eval mode on the CPU; move it with `backbone.model.to(device)`.
     """
-    from .setup import apply_transfer, attach_codec, build_backbone
+    from refine_core.training.setup import apply_transfer, attach_codec, build_backbone
 
     directory, info = read_checkpoint_info(directory)
     if registry is None:
-        from ..plugins import get_registry
+        from refine_core.registry import get_registry
 
         registry = get_registry()
     config = RunConfig.model_validate(info["config"])

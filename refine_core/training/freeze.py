@@ -24,9 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from ..config import FreezeSettings
-from ..errors import UsageError
-from .lora import is_adapter_parameter
+from refine_core.config import FreezeSettings
+from refine_core.errors import UsageError
+from refine_core.training.lora import is_adapter_parameter
 
 RECIPE_TRAINABLE_BLOCKS = 2
 LORA_GROUP = "lora"

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from ..config import LoraSettings
-from ..errors import UsageError
+from refine_core.config import LoraSettings
+from refine_core.errors import UsageError
 
 
 def lora_module_names(backbone: Any, targets: str | list[str]) -> list[str]:

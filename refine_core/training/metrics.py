@@ -25,8 +25,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..codec import ActionCodec, ActionDecodeError
-from ..loss import IGNORE_INDEX
+from refine_core.action_codec import ActionCodec, ActionDecodeError
+from refine_core.loss import IGNORE_INDEX
 
 METRIC_KEYS = ("step", "loss", "action_loss", "reasoning_loss", "action_accuracy", "reasoning_accuracy",
                "action_l1", "lr", "grad_norm", "samples_per_s")

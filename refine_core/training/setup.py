@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from ..annotations import AnnotationSet
-from ..config import RunConfig, validate_components
-from ..dataset import RobotDataset
-from ..stats import Statistics
-from .freeze import apply_freeze, frozen_block_count
-from .lora import apply_lora
+from refine_core.data.annotation_set import AnnotationSet
+from refine_core.config import RunConfig, resolve_components
+from refine_core.dataset import RobotDataset
+from refine_core.statistics import Statistics
+from refine_core.training.freeze import apply_freeze, frozen_block_count
+from refine_core.training.lora import apply_lora
 
 TRAIN_COMPONENTS = ("backbone", "codec", "dataset")
 
@@ -44,6 +44,7 @@ def attach_codec(backbone: Any, config: RunConfig, registry: Any, action_stats: 
                  stats_key: str | None = None) -> bool:
     """Bind the configured codec; returns whether the embeddings grew (new codec tokens).
     `stats_key` (the dataset's name) becomes `backbone.statistics_key`."""
+    config = resolve_components(config, registry, ())  # a codec left unset: the backbone's
     codec = registry.build("codec", config.codec.name, config.codec.options)
     rows = backbone.model.get_input_embeddings().num_embeddings
     backbone.attach_codec(codec, action_stats)
@@ -64,11 +65,11 @@ def prepare_run(config: RunConfig, registry: Any = None, annotations_dir: str | 
                 dataset: RobotDataset | None = None) -> RunSetup:
     """Validate and build a training run; `dataset` replaces the configured one (tests, notebooks)."""
     if registry is None:
-        from ..plugins import get_registry
+        from refine_core.registry import get_registry
 
         registry = get_registry()
     kinds = TRAIN_COMPONENTS if dataset is None else ("backbone", "codec")
-    validate_components(config, registry, kinds)
+    config = resolve_components(config, registry, kinds)
     if dataset is None:
         dataset = registry.build("dataset", config.dataset.name, config.dataset.options)
     annotations = None

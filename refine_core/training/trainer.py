@@ -44,17 +44,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..collate import drop_reasoning
-from ..errors import RefineError, UsageError
-from ..loss import reasoning_aware_loss
-from ..samples import SampleStream
-from .checkpoint import (CHECKPOINTS, FORMAT_VERSION, RUN_INFO, TRAINER_STATE, WEIGHTS, check_out_dir,
-                         config_difference, finish_checkpoint, latest_checkpoint, load_rng, load_weights_into, read_json,
+from refine_core.data.collate import drop_reasoning
+from refine_core.errors import RefineError, UsageError
+from refine_core.loss import reasoning_aware_loss
+from refine_core.data.samples import SampleStream
+from refine_core.training.checkpoint import (CHECKPOINTS, FORMAT_VERSION, RUN_INFO, TRAINER_STATE, WEIGHTS, check_out_dir,
+                         resume_difference, finish_checkpoint, latest_checkpoint, load_rng, load_weights_into, read_json,
                          remove_partial, rng_state, save_weights, set_rng_state, step_dir_name)
-from .freeze import print_parameter_table
-from .metrics import (CollapseDetector, MetricsFile, action_l1, action_predictions, rows_collapsed,
+from refine_core.training.freeze import print_parameter_table
+from refine_core.training.metrics import (CollapseDetector, MetricsFile, action_l1, action_predictions, rows_collapsed,
                       token_counts)
-from .setup import RunSetup
+from refine_core.training.setup import RunSetup
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -175,7 +175,7 @@ class Trainer:
 
     def _restore(self, checkpoint: Path) -> None:
         info = read_json(checkpoint / RUN_INFO)
-        difference = config_difference(info.get("config", {}), self.config.to_dict())
+        difference = resume_difference(info.get("config", {}), self.config.to_dict())
         if difference:
             raise UsageError(f"--resume: the config differs from {checkpoint.name}'s at {difference}; resume "
                              f"with the run's config, or start a new run in another --out")

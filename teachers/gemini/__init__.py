@@ -30,6 +30,6 @@ def refine_teachers():
         name="gemini",
         summary="Gemini (google-genai): images + structured JSON output, online or Batch API (mode: batch); "
                 "key from GEMINI_API_KEY/GOOGLE_API_KEY",
-        factory="teachers.gemini.teacher:GeminiTeacher",
+        factory="refine_teachers.gemini.teacher:GeminiTeacher",
         options=GeminiOptions,
     )

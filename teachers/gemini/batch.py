@@ -10,9 +10,8 @@ order. A job's inlined requests must stay under 20 MB; the batch price is half t
 """
 from __future__ import annotations
 
-from refine_core.errors import UsageError
-from refine_core.teacher import (Annotation, AnnotationRequest, BatchStatus, BatchTeacher, MalformedAnswer,
-                                 PermanentTeacherError, TeacherError)
+from refine_core import UsageError
+from refine_core import (Annotation, AnnotationRequest, BatchStatus, BatchTeacher, MalformedAnswer, PermanentTeacherError, TeacherError)
 
 INLINE_LIMIT_BYTES = 20_000_000  # a job's inlined requests, as sent (base64 frames + prompt)
 

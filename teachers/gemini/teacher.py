@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 
-from refine_core.annotate.prompt import PROMPT_VERSION, TeacherAnswer, build_prompt, reasoning_from_answer
-from refine_core.errors import UsageError
-from refine_core.teacher import (Annotation, AnnotationRequest, MalformedAnswer, Price, Teacher, TeacherIdentity,
-                                 TokenUsage, TransientTeacherError)
-from teachers.common import encode_png, request_frames, status_error
+from refine_core import PROMPT_VERSION, TeacherAnswer, build_prompt, reasoning_from_answer
+from refine_core import UsageError
+from refine_core import (Annotation, AnnotationRequest, MalformedAnswer, Price, Teacher, TeacherIdentity, TokenUsage, TransientTeacherError)
+from refine_teachers.common import encode_png, request_frames, status_error
 
 # USD per million tokens (input, output), standard online tier, text/image input up to 200k tokens.
 PRICES: dict[str, tuple[float, float]] = {

@@ -20,6 +20,6 @@ def refine_teachers():
     yield TeacherSpec(
         name="hf",
         summary="Local transformers VLM (via a refine backbone) generating the tagged reasoning text",
-        factory="teachers.hf.teacher:HFTeacher",
+        factory="refine_teachers.hf.teacher:HFTeacher",
         options=HFTeacherOptions,
     )

@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from refine_core.annotate.prompt import PROMPT_VERSION, build_prompt
-from refine_core.errors import UsageError
-from refine_core.plugins import get_registry
-from refine_core.reasoning import Reasoning
-from refine_core.teacher import Annotation, AnnotationRequest, MalformedAnswer, Teacher, TeacherIdentity, TokenUsage
+from refine_core import PROMPT_VERSION, build_prompt
+from refine_core import UsageError
+from refine_core import get_registry
+from refine_core import Reasoning
+from refine_core import Annotation, AnnotationRequest, MalformedAnswer, Teacher, TeacherIdentity, TokenUsage
 
 
 class HFTeacher(Teacher):

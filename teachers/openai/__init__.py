@@ -28,6 +28,6 @@ def refine_teachers():
     yield TeacherSpec(
         name="openai",
         summary="Any OpenAI-compatible /v1/chat/completions server: images as data URIs, JSON-schema output",
-        factory="teachers.openai.teacher:OpenAITeacher",
+        factory="refine_teachers.openai.teacher:OpenAITeacher",
         options=OpenAIOptions,
     )

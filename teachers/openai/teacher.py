@@ -10,11 +10,10 @@ from __future__ import annotations
 import base64
 import os
 
-from refine_core.annotate.prompt import PROMPT_VERSION, answer_json_schema, build_prompt, reasoning_from_answer
-from refine_core.errors import UsageError
-from refine_core.teacher import (Annotation, AnnotationRequest, MalformedAnswer, Price, Teacher, TeacherIdentity,
-                                 TokenUsage, TransientTeacherError)
-from teachers.common import encode_png, request_frames, status_error
+from refine_core import PROMPT_VERSION, answer_json_schema, build_prompt, reasoning_from_answer
+from refine_core import UsageError
+from refine_core import (Annotation, AnnotationRequest, MalformedAnswer, Price, Teacher, TeacherIdentity, TokenUsage, TransientTeacherError)
+from refine_teachers.common import encode_png, request_frames, status_error
 
 # USD per million tokens (input, output) on OpenAI's API; other servers are priced 0 unless
 # annotate.price_* says otherwise.

@@ -17,6 +17,6 @@ def refine_teachers():
     yield TeacherSpec(
         name="scripted",
         summary="Offline, deterministic: reasoning from instruction, motion phases and step metadata (no model)",
-        factory="teachers.scripted.teacher:ScriptedTeacher",
+        factory="refine_teachers.scripted.teacher:ScriptedTeacher",
         options=ScriptedOptions,
     )

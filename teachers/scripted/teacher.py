@@ -21,10 +21,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from refine_core.annotate.motion import gripper_open, motion_phases
-from refine_core.annotate.strategy import current_sub_actions
-from refine_core.reasoning import Reasoning, TaskPlanning
-from refine_core.teacher import Annotation, AnnotationRequest, Teacher, TeacherIdentity
+from refine_core import gripper_open, motion_phases
+from refine_core import current_sub_actions
+from refine_core import Reasoning, TaskPlanning
+from refine_core import Annotation, AnnotationRequest, Teacher, TeacherIdentity
 
 RULES_VERSION = "scripted-v1"  # bump when the generated wording changes
 

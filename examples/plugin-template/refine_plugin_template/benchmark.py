@@ -1,8 +1,8 @@
 """A minimal `Benchmark`: teacher-forced action-token accuracy on held-out episodes."""
 from __future__ import annotations
 
-from refine_core.benchmark import Benchmark, BenchmarkResult, EvalContext
-from refine_core.samples import SampleStream, episode_samples
+from refine_core import Benchmark, BenchmarkResult, EvalContext
+from refine_core import SampleStream, episode_samples
 
 
 class AccuracyBenchmark(Benchmark):
@@ -14,7 +14,7 @@ class AccuracyBenchmark(Benchmark):
     def evaluate(self, context: EvalContext) -> BenchmarkResult:
         import torch
 
-        from refine_core.loss import reasoning_aware_loss
+        from refine_core import reasoning_aware_loss
 
         backbone = context.backbone
         stream = SampleStream(context.dataset, chunk_size=backbone.codec.chunk_size, split="val",

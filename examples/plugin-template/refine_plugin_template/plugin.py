@@ -8,7 +8,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from refine_core import ActionCodecSpec, BenchmarkSpec, DatasetSpec, TeacherSpec, hookimpl
-from refine_core.codec import CodecOptions
+from refine_core import CodecOptions
 
 
 class FixedTeacherOptions(BaseModel):

@@ -23,9 +23,9 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import UsageError
-from .reasoning import Reasoning
-from .reasoning_formats import DEFAULT_FORMAT, get_reasoning_format
+from refine_core.errors import UsageError
+from refine_core.reasoning import Reasoning
+from refine_core.data.reasoning_formats import DEFAULT_FORMAT, get_reasoning_format
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

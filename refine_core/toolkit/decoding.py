@@ -15,7 +15,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
 import torch
+
+from refine_core.backbone import AllowedIds
 
 CACHE_BUCKET = 256  # cache lengths are rounded up to this, so nearby prompt lengths share one graph
 
@@ -144,3 +147,34 @@ def static_decoder(owner: Any, language_model: Any, batch: int, needed_len: int,
     owner._static_decoder = None  # free the old cache and graph before allocating the new ones
     owner._static_decoder = StaticDecoder(language_model, batch, cache_length(needed_len), graph, **options)
     return owner._static_decoder
+
+
+def greedy_token(logits, allowed: AllowedIds | None = None, index: int = 0):
+    """argmax over the last dimension of `logits` [B, V], restricted to `allowed(index)` when given."""
+    ids = allowed(index) if allowed is not None else None
+    if ids is None:
+        return logits.argmax(-1)
+    keep = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=logits.device)
+    return keep[logits.index_select(-1, keep).argmax(-1)]
+
+
+def greedy_decode(first_logits, next_logits: Callable[[Any, int], Any], max_new_tokens: int,
+                  eos_token_id: int | None = None, allowed: AllowedIds | None = None):
+    """The KV-cached greedy loop backbones with their own models share: `first_logits` [B, V] come
+    from the prompt, `next_logits(tokens [B], step)` feeds the previous tokens through the cache.
+    Rows that emitted eos keep emitting it; stops when every row has. Returns (ids [B, n], logits
+    [B, n, V] in fp32)."""
+    scores = [first_logits.float()]
+    tokens = [greedy_token(scores[-1], allowed, 0)]
+    finished = torch.zeros_like(tokens[0], dtype=torch.bool)
+    for step in range(1, max_new_tokens):
+        if eos_token_id is not None:
+            finished |= tokens[-1] == eos_token_id
+            if bool(finished.all()):
+                break
+        scores.append(next_logits(tokens[-1], step).float())
+        token = greedy_token(scores[-1], allowed, step)
+        if eos_token_id is not None:
+            token = torch.where(finished, torch.full_like(token, eos_token_id), token)
+        tokens.append(token)
+    return torch.stack(tokens, dim=1), torch.stack(scores, dim=1)

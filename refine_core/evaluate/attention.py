@@ -33,8 +33,8 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from .collate import IGNORE
-from .errors import UsageError
+from refine_core.data.collate import IGNORE
+from refine_core.errors import UsageError
 
 Target = Literal["action", "reasoning"]
 Fusion = Literal["max", "mean"]

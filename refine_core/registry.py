@@ -19,29 +19,30 @@ from typing import Any, Iterable
 
 import pluggy
 
-from . import hookspecs
-from .errors import DuplicateComponent, UnknownComponent, UsageError
-from .specs import KINDS, ComponentSpec
+from refine_core import hookspecs
+from refine_core.errors import DuplicateComponent, UnknownComponent, UsageError
+from refine_core.specs import KINDS, ComponentSpec
 
 ENTRY_POINT_GROUP = "refine"
+DEFAULT_CODEC = "bins"
 ENV_FILTER = "REFINE_PLUGINS"
 
 # Modules of the built-in plugins, each a package whose __init__ holds its hook implementations.
 BUILTIN_PLUGINS: tuple[str, ...] = (
-    "plugins.action_codecs",
-    "plugins.rlds",
-    "plugins.bridge",
-    "plugins.fractal",
-    "plugins.demo",
-    "plugins.lerobot",
-    "plugins.hf_vlm",
-    "plugins.openvla",
-    "plugins.spatialvla",
-    "teachers.scripted",
-    "teachers.gemini",
-    "teachers.openai",
-    "teachers.hf",
-    "benchmarks.offline",
+    "refine_plugins.action_codecs",
+    "refine_plugins.rlds",
+    "refine_plugins.bridge",
+    "refine_plugins.fractal",
+    "refine_plugins.demo",
+    "refine_plugins.lerobot",
+    "refine_plugins.hf_vlm",
+    "refine_plugins.openvla",
+    "refine_plugins.spatialvla",
+    "refine_teachers.scripted",
+    "refine_teachers.gemini",
+    "refine_teachers.openai",
+    "refine_teachers.hf",
+    "refine_benchmarks.offline",
 )
 
 
@@ -174,9 +175,14 @@ class Registry:
 
     def validate_options(self, kind: str, name: str, options: dict[str, Any]):
         """The component's options model built from `options`; unknown or invalid keys → UsageError."""
-        from .config import validate_options
+        return self.get(kind, name).spec.validate_options(options)
 
-        return validate_options(kind, self.get(kind, name).spec, options)
+    def default_codec(self, backbone: str) -> str:
+        """The codec a backbone uses when none is named: its spec's `default_codec`, else bins
+        (also for a backbone that is not registered: that is reported where it is built)."""
+        table = self._components["backbone"]
+        spec = table[backbone].spec if backbone in table else None
+        return getattr(spec, "default_codec", None) or DEFAULT_CODEC
 
     def build(self, kind: str, name: str, options: dict[str, Any] | None = None) -> Any:
         """Validate `options` against the spec's model and call its factory."""

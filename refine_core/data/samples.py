@@ -12,10 +12,10 @@ from typing import Iterator, Literal
 
 import numpy as np
 
-from .annotations import AnnotationSet
-from .backbone import TrainingSample
-from .dataset import RobotDataset
-from .episode import Episode
+from refine_core.data.annotation_set import AnnotationSet
+from refine_core.backbone import TrainingSample
+from refine_core.dataset import RobotDataset
+from refine_core.episode import Episode
 
 MissingAnnotation = Literal["action_only", "skip"]
 

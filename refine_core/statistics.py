@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from refine_core.files import atomic_write
 
 _FIELDS = ("mean", "std", "min", "max", "q01", "q99")
 
@@ -142,12 +143,6 @@ class StatisticsAccumulator:
         )
 
 
-def user_stats_dir() -> Path:
-    """Where statistics go when the data folder is read-only: $REFINE_CACHE_DIR/stats or ~/.cache/refine/stats."""
-    base = os.environ.get("REFINE_CACHE_DIR")
-    return (Path(base).expanduser() if base else Path.home() / ".cache" / "refine") / "stats"
-
-
 def stats_file_name(key: str) -> str:
     return f"refine_statistics_{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
 
@@ -174,15 +169,10 @@ def cached_statistics(
     payload = json.dumps({"key": key, "statistics": stats.to_dict()}, indent=1)
     for directory in directories:
         path = Path(directory) / name
-        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(payload)
-            os.replace(tmp, path)  # readers never see a half-written file
+            atomic_write(path, payload, durable=False)  # recomputable: a cache
             return stats, path
         except OSError:  # read-only data folder: try the next place
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
+            pass
     return stats, None

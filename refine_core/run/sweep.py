@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from .errors import RefineError, UsageError
+from refine_core.errors import RefineError, UsageError
 
 SWEEP_FILE = "sweep.json"
 DEFAULT_STAGES = ("annotate", "train", "eval")
@@ -136,7 +136,7 @@ def read_metric(directory: Path, metric: str) -> tuple[float | None, float | Non
 
 def run_point(config: Any, directory: Path, stages: Sequence[str], log: Callable[[str], None]) -> None:
     """One grid point: a complete `refine run` in its own directory."""
-    from .run import run_pipeline
+    from refine_core.run.stages import run_pipeline
 
     run_pipeline(config, directory, tuple(stages), log=log)
 
@@ -189,7 +189,7 @@ def write_table(result: SweepResult, out: Path) -> Path:
 
 def plot_sweep(result: SweepResult, out: Path) -> Path:
     """The metric against the first axis; one line per combination of the other axes."""
-    from .report.plots import sweep_figure
+    from refine_core.report.plots import sweep_figure
 
     first, others = result.axes[0], result.axes[1:]
     series: dict[str, list[tuple[Any, float | None]]] = {}

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from .errors import UsageError
+from refine_core.errors import UsageError
 
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"

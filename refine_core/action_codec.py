@@ -36,9 +36,9 @@ from typing import Any, ClassVar, Protocol, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from .episode import ACTION_DIM, GRIPPER
-from .errors import RefineError, UsageError
-from .stats import Statistics
+from refine_core.episode import ACTION_DIM, GRIPPER
+from refine_core.errors import RefineError, UsageError
+from refine_core.statistics import Statistics
 
 _SHOWN_CHARS = 200  # how much of an offending text an error message quotes
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .annotations import AnnotationSet
-from .benchmark import BenchmarkResult, EvalContext, write_results
-from .config import RunConfig
+from refine_core.data.annotation_set import AnnotationSet
+from refine_core.benchmark import BenchmarkResult, EvalContext, write_results
+from refine_core.config import RunConfig
 
 
 def checkpoint_config(checkpoint: str | Path) -> RunConfig:
     """The RunConfig stored with a checkpoint (a step-* directory or a training OUT)."""
-    from .training.checkpoint import read_checkpoint_info
+    from refine_core.training.checkpoint import read_checkpoint_info
 
     return RunConfig.model_validate(read_checkpoint_info(checkpoint)[1]["config"])
 
@@ -23,10 +23,10 @@ def evaluate_checkpoint(checkpoint: str | Path, out: str | Path, config: RunConf
     `config` (default: the run's own, stored in the checkpoint) chooses the benchmark and may
     point the dataset elsewhere (e.g. another data_dir on this machine).
     """
-    from .training.checkpoint import load_checkpoint
+    from refine_core.training.checkpoint import load_checkpoint
 
     if registry is None:
-        from .plugins import get_registry
+        from refine_core.registry import get_registry
 
         registry = get_registry()
     backbone, saved = load_checkpoint(checkpoint, registry)

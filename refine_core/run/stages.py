@@ -13,7 +13,6 @@ finished work is never redone or overwritten.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +20,9 @@ from typing import Any, Callable
 
 import yaml
 
-from .config import RunConfig, dump_yaml, validate_components
-from .errors import UsageError
+from refine_core.config import RunConfig, config_difference, dump_yaml, resolve_components
+from refine_core.files import atomic_write
+from refine_core.errors import UsageError
 
 STAGES = ("annotate", "train", "eval", "report")
 CONFIG_FILE, STATE_FILE = "config.yaml", "run_state.json"
@@ -45,22 +45,6 @@ def parse_stages(text: str | None) -> tuple[str, ...]:
     return tuple(s for s in STAGES if s in chosen)  # always in pipeline order
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _first_difference(saved: Any, current: Any, prefix: str = "") -> str | None:
-    if isinstance(saved, dict) and isinstance(current, dict):
-        for key in sorted(set(saved) | set(current)):
-            found = _first_difference(saved.get(key), current.get(key), f"{prefix}{key}.")
-            if found:
-                return found
-        return None
-    return None if saved == current else f"{prefix.rstrip('.')}: {saved!r} → {current!r}"
-
-
 def saved_config(out: Path) -> RunConfig | None:
     path = out / CONFIG_FILE
     if not path.is_file():
@@ -72,15 +56,16 @@ def claim_run_dir(out: Path, config: RunConfig) -> None:
     """Create OUT with this config, or accept OUT holding the same config; refuse another run's."""
     saved = saved_config(out)
     if saved is not None:
-        difference = _first_difference(saved.to_dict(), config.to_dict())
+        difference = config_difference(saved.to_dict(), config.to_dict())
         if difference:
-            raise UsageError(f"{out} holds a different run ({difference}); choose a new --out, or run "
+            key, old, new = difference
+            raise UsageError(f"{out} holds a different run ({key}: {old!r} → {new!r}); choose a new --out, or run "
                              f"`refine run --out {out}` with no settings to continue it")
         return
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} is not empty and holds no refine run; choose a new --out")
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / CONFIG_FILE, dump_yaml(config))
+    atomic_write(out / CONFIG_FILE, dump_yaml(config))
 
 
 class RunState:
@@ -94,19 +79,19 @@ class RunState:
     def mark(self, stage: str, summary: str, complete: bool = True) -> None:
         status = "done" if complete else "partial"  # a partial stage runs again (and resumes) next time
         self.data["stages"][stage] = {"status": status, "summary": summary, "finished": time.time()}
-        _write_atomic(self.path, json.dumps(self.data, indent=2) + "\n")
+        atomic_write(self.path, json.dumps(self.data, indent=2) + "\n")
 
 
 def run_pipeline(config: RunConfig, out: str | Path, stages: tuple[str, ...] = STAGES,
                  log: Callable[[str], None] = print, registry: Any = None) -> RunOutcome:
     out = Path(out)
     if registry is None:
-        from .plugins import get_registry
+        from refine_core.registry import get_registry
 
         registry = get_registry()
     kinds = {"annotate": ("dataset", "teacher"), "train": ("backbone", "codec", "dataset"),
              "eval": ("dataset", "benchmark")}
-    validate_components(config, registry, tuple(dict.fromkeys(k for s in stages for k in kinds.get(s, ()))))
+    config = resolve_components(config, registry, tuple(dict.fromkeys(k for s in stages for k in kinds.get(s, ()))))
     claim_run_dir(out, config)
     state, outcome = RunState(out), RunOutcome()
     for stage in stages:
@@ -123,7 +108,7 @@ def run_pipeline(config: RunConfig, out: str | Path, stages: tuple[str, ...] = S
 
 
 def _annotate(config: RunConfig, out: Path, registry: Any, log) -> tuple[str, bool]:
-    from .annotate import annotate_dataset
+    from refine_core.annotate import annotate_dataset
 
     teacher = registry.build("teacher", config.teacher.name, config.teacher.options)
     dataset = registry.build("dataset", config.dataset.name, config.dataset.options)
@@ -139,9 +124,9 @@ def _annotate(config: RunConfig, out: Path, registry: Any, log) -> tuple[str, bo
 
 
 def _train(config: RunConfig, out: Path, registry: Any, log) -> tuple[str, bool]:
-    from .training import prepare_run
-    from .training.checkpoint import latest_checkpoint
-    from .training.trainer import Trainer
+    from refine_core.training import prepare_run
+    from refine_core.training.checkpoint import latest_checkpoint
+    from refine_core.training.trainer import Trainer
 
     annotations = out / "annotations"
     setup = prepare_run(config, registry, annotations_dir=annotations if (annotations / "manifest.json").is_file()
@@ -155,7 +140,7 @@ def _train(config: RunConfig, out: Path, registry: Any, log) -> tuple[str, bool]
 
 
 def _eval(config: RunConfig, out: Path, registry: Any, log) -> tuple[str, bool]:
-    from .evaluate import evaluate_checkpoint
+    from refine_core.evaluate.checkpoint_eval import evaluate_checkpoint
 
     annotations = out / "annotations"
     result = evaluate_checkpoint(out / "train", out / "eval", config,
@@ -170,7 +155,7 @@ def _eval(config: RunConfig, out: Path, registry: Any, log) -> tuple[str, bool]:
 
 
 def _report(config: RunConfig, out: Path, registry: Any, log) -> tuple[str, bool]:
-    from .report import build_report
+    from refine_core.report import build_report
 
     return f"written {build_report(out)}", True
 

@@ -30,8 +30,8 @@ import re
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
-from .errors import UsageError
-from .reasoning import Reasoning, TaskPlanning
+from refine_core.errors import UsageError
+from refine_core.reasoning import Reasoning, TaskPlanning
 
 DEFAULT_FORMAT = "refinevla"
 
