@@ -93,7 +93,7 @@ def test_gemini_price_and_usage_make_the_cost(tmp_path, server, monkeypatch):
 def test_openai_sends_a_json_schema_and_data_uri(server, monkeypatch):
     teacher = _build("openai", server, monkeypatch)
     request = next(CodedDataset(1, 1).episodes()).steps[0]
-    from refine_core.annotate.pipeline import step_request
+    from refine_core.annotate.selection import step_request
 
     messages = teacher.messages(step_request(request, None))
     assert messages[0]["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")

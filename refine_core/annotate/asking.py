@@ -6,6 +6,8 @@ Waiters are served in order. Tokens are reserved from the request's estimate and
 the real usage once the answer arrives.
 
 `RetryPolicy`: exponential backoff with jitter; a server's Retry-After is a lower bound.
+
+`ask`: one step's request under both, retried on transient errors and re-asked on malformed answers.
 """
 from __future__ import annotations
 
@@ -13,6 +15,12 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
+from typing import Callable
+
+from refine_core.errors import RefineError
+from refine_core.reasoning import Reasoning
+from refine_core.teacher import (AnnotationRequest, MalformedAnswer, PermanentTeacherError, Teacher, TokenUsage,
+                                 TransientTeacherError)
 
 
 class _Bucket:
@@ -82,3 +90,52 @@ class RetryPolicy:
         ceiling = min(self.max_delay, self.initial_delay * (2 ** retry))
         wait = ceiling / 2 + random.uniform(0, ceiling / 2)
         return max(wait, retry_after or 0.0)
+
+
+@dataclass
+class Outcome:
+    reasoning: Reasoning | None
+    usage: TokenUsage
+    attempts: int
+    reason: str | None = None
+
+
+async def ask(teacher: Teacher, request: AnnotationRequest, limiter: RateLimiter, policy: RetryPolicy,
+              on_retry: Callable[[], None] | None = None) -> Outcome:
+    """One step's answer, after retries and re-asks (each reported to `on_retry`); a failure comes
+    back with its reason."""
+    retries = reasks = attempts = 0
+    while True:
+        estimate = teacher.estimate_usage(request)
+        reserved = estimate.input_tokens + estimate.output_tokens
+        await limiter.acquire(reserved)
+        attempts += 1
+        try:
+            call = teacher.annotate(request)
+            annotation = await (asyncio.wait_for(call, policy.request_timeout) if policy.request_timeout else call)
+        except (TimeoutError, asyncio.TimeoutError):
+            error: Exception = TransientTeacherError(f"no answer within {policy.request_timeout:g} s")
+        except (TransientTeacherError, MalformedAnswer) as exc:
+            error = exc
+        except PermanentTeacherError as exc:
+            return Outcome(None, TokenUsage(), attempts, f"rejected: {exc}")
+        except RefineError:
+            raise  # e.g. a rejected API key: no point asking anything else
+        except Exception as exc:  # a teacher bug must not lose the run; it is recorded per step
+            return Outcome(None, TokenUsage(), attempts, f"{type(exc).__name__}: {exc}")
+        else:
+            usage = annotation.usage
+            limiter.settle(reserved, usage.input_tokens + usage.output_tokens)
+            return Outcome(annotation.reasoning, usage, attempts)
+        if isinstance(error, MalformedAnswer):
+            if reasks >= policy.max_reasks:
+                return Outcome(None, TokenUsage(), attempts, f"malformed answer {reasks + 1} times: {error}")
+            reasks += 1
+        else:
+            limiter.settle(reserved, 0)  # refused or lost requests do not use the token budget
+            if retries >= policy.max_retries:
+                return Outcome(None, TokenUsage(), attempts, f"gave up after {attempts} attempts: {error}")
+            await asyncio.sleep(policy.delay(retries, getattr(error, "retry_after", None)))
+            retries += 1
+        if on_retry is not None:
+            on_retry()

@@ -1,7 +1,7 @@
 """Batch mode: the planned requests go to the teacher's batch API as jobs, not one by one.
 
 Used when `Teacher.batch` is set (e.g. gemini `mode: batch`); the store, journal, content cache,
-records and counts are the online path's (`pipeline`), only the way answers arrive differs:
+records and counts are the online path's (`run`), only the way answers arrive differs:
 
 1. Every job file an earlier run left in `OUT/batches/` is read first: its steps are in flight
    and are never submitted again. The run collects (locks and polls) the jobs of its own shard,
@@ -36,7 +36,7 @@ from refine_core.errors import RefineError
 from refine_core.teacher import (Annotation, AnnotationRequest, BatchStatus, PermanentTeacherError, Price, TeacherError,
                        TransientTeacherError)
 from refine_core.annotate.cache import content_key
-from refine_core.annotate.pipeline import _EpisodeWork, _Run
+from refine_core.annotate.run import AnnotationRun, EpisodeWork
 from refine_core.annotate.store import BATCH_DIR
 from refine_core.files import fsync_dir
 
@@ -76,7 +76,7 @@ class _Job:
     entries: list[tuple[str, int, str]]  # (episode_id, step, content cache key) per request, in order
 
 
-class BatchRun(_Run):
+class BatchRun(AnnotationRun):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.api = self.teacher.batch
@@ -86,7 +86,7 @@ class BatchRun(_Run):
         self.directory = self.store.out / BATCH_DIR
         self.jobs: list[_Job] = []
         self.in_flight: set[tuple[str, int]] = set()
-        self.works: dict[str, _EpisodeWork] = {}  # episodes waiting for answers
+        self.works: dict[str, EpisodeWork] = {}  # episodes waiting for answers
         self.finished: set[str] = set()
         self.ended: list[tuple[_Job, BatchStatus]] = []
 
@@ -94,9 +94,9 @@ class BatchRun(_Run):
         self.directory.mkdir(exist_ok=True)
         try:
             self._adopt()
-            chunk: list[tuple[_EpisodeWork, int, AnnotationRequest]] = []
+            chunk: list[tuple[EpisodeWork, int, AnnotationRequest]] = []
 
-            async def dispatch(work: _EpisodeWork, t: int, request: AnnotationRequest) -> None:
+            async def dispatch(work: EpisodeWork, t: int, request: AnnotationRequest) -> None:
                 self.works.setdefault(work.episode_id, work)
                 chunk.append((work, t, request))
                 if len(chunk) >= self.api.max_requests:
@@ -147,7 +147,7 @@ class BatchRun(_Run):
             self.jobs.append(_Job(path, handle, name, entries))
             self.stats.jobs += 1
 
-    def _in_flight(self, work: _EpisodeWork, step: int) -> bool:
+    def _in_flight(self, work: EpisodeWork, step: int) -> bool:
         if (work.episode_id, step) not in self.in_flight:
             return False
         self.works.setdefault(work.episode_id, work)
@@ -175,7 +175,7 @@ class BatchRun(_Run):
                 attempt += 1
                 self.stats.retried += 1
 
-    async def _submit(self, chunk: list[tuple[_EpisodeWork, int, AnnotationRequest]]) -> None:
+    async def _submit(self, chunk: list[tuple[EpisodeWork, int, AnnotationRequest]]) -> None:
         label = f"refine-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
         keys = [content_key(self.teacher.identity, request) if self.cache is not None else ""
                 for _, _, request in chunk]
@@ -220,23 +220,23 @@ class BatchRun(_Run):
                     or t in self.store.recovered.get(episode_id, {}) or self.store.is_complete(episode_id):
                 continue  # settled before (a job collected again after a kill)
             if isinstance(result, Annotation):
-                record = self._record(episode_id, t, result.reasoning, result.usage, 1, cached=False)
-                await self.store.journal.append({**record, "batch": job.name})  # durable before it counts
+                answer = self._answer(episode_id, t, result.reasoning, result.usage, 1, cached=False, batch=job.name)
+                await self.store.journal.append(answer)  # durable before it counts
                 if self.cache is not None and key:
-                    self.cache.put(key, {"reasoning": record["reasoning"]})
+                    self.cache.put(key, {"reasoning": answer.reasoning.model_dump()})
                 self.stats.answered += 1
                 self.stats.input_tokens += result.usage.input_tokens
                 self.stats.output_tokens += result.usage.output_tokens
                 self.stats.cost += self.price.cost(result.usage)
                 if work is not None:
-                    await self._settle(work, t, record, None)
+                    await self._settle(work, t, answer, None)
             elif work is not None:  # a step of an episode this run plans: recorded, submitted again next run
                 reason = f"batch job {job.name}: {result}"
                 self.stats.failed += 1
                 self.stats.failures.append({"episode_id": episode_id, "step": t, "reason": reason})
                 await self._settle(work, t, None, {"step": t, "reason": reason, "attempts": 1})
 
-    async def _finish(self, work: _EpisodeWork) -> None:
+    async def _finish(self, work: EpisodeWork) -> None:
         await super()._finish(work)
         self.works.pop(work.episode_id, None)  # its records can go
         self.finished.add(work.episode_id)

@@ -9,7 +9,7 @@ from refine_core.config import AnnotateSettings
 from refine_core.dataset import RobotDataset
 from refine_core.teacher import Price, Teacher
 from refine_core.annotate.cache import ContentCache, content_key
-from refine_core.annotate.pipeline import effective_price, run_header, select_episodes, step_request
+from refine_core.annotate.selection import effective_price, run_header, select_episodes, step_request
 from refine_core.annotate.store import AnnotationStore
 from refine_core.annotate.strategy import asked_steps
 

@@ -25,11 +25,14 @@ import json
 import os
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from refine_core.data.annotation_set import FORMAT_VERSION, MANIFEST, episode_filename
 from refine_core.errors import UsageError
+from refine_core.reasoning import Reasoning
+from refine_core.teacher import TokenUsage
 from refine_core.files import atomic_write
 
 JOURNAL_DIR = "journal"
@@ -37,6 +40,43 @@ BATCH_DIR = "batches"  # submitted batch jobs not yet collected (see `batch`)
 LOCK_FILE = ".lock"
 HEADER_KEYS = ("dataset", "dataset_identity", "teacher", "strategy", "every")
 COUNT_KEYS = ("planned", "asked", "annotated", "failed", "retried", "cached", "input_tokens", "output_tokens")
+
+
+@dataclass
+class AnsweredStep:
+    """One asked step's answer, as the journal and the episode files keep it."""
+
+    episode_id: str
+    step: int
+    teacher: str  # the teacher identity's key
+    reasoning: Reasoning
+    usage: TokenUsage
+    attempts: int = 1
+    cached: bool = False
+    cost: float | None = None  # USD; None in files written before costs were recorded
+    batch: str | None = None  # the batch job that answered it
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"episode_id": self.episode_id, "step": self.step, "teacher": self.teacher,
+                               "reasoning": self.reasoning.model_dump(),
+                               "usage": {"input": self.usage.input_tokens, "output": self.usage.output_tokens},
+                               "attempts": self.attempts, "cached": self.cached}
+        if self.cost is not None:
+            out["cost"] = self.cost
+        if self.batch is not None:
+            out["batch"] = self.batch
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], episode_id: str | None = None) -> "AnsweredStep":
+        """From a journal line or an episode file's step entry (ValueError/KeyError/TypeError if malformed)."""
+        usage = data.get("usage") or {}
+        return cls(episode_id=str(episode_id if episode_id is not None else data["episode_id"]),
+                   step=int(data["step"]), teacher=str(data["teacher"]),
+                   reasoning=Reasoning.model_validate(data["reasoning"]),
+                   usage=TokenUsage(int(usage.get("input", 0)), int(usage.get("output", 0))),
+                   attempts=int(data.get("attempts", 1)), cached=bool(data.get("cached", False)),
+                   cost=data.get("cost"), batch=data.get("batch"))
 
 
 def _describe_header(header: dict[str, Any]) -> str:
@@ -91,10 +131,10 @@ class Journal:
         self._writer: asyncio.Task | None = None
         self.episodes: set[str] = set()
 
-    async def append(self, record: dict[str, Any]) -> None:
+    async def append(self, answer: AnsweredStep) -> None:
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(((json.dumps(record, separators=(",", ":")) + "\n").encode(), future))
-        self.episodes.add(record["episode_id"])
+        self._pending.append(((json.dumps(answer.to_json(), separators=(",", ":")) + "\n").encode(), future))
+        self.episodes.add(answer.episode_id)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._drain())
         await future
@@ -137,7 +177,7 @@ class AnnotationStore:
         self._last_flush = 0.0
         self.journal_dir = out / JOURNAL_DIR
         self.old_journals: list[tuple[Path, Any]] = []  # (path, handle holding its lock)
-        self.recovered: dict[str, dict[int, dict[str, Any]]] = {}
+        self.recovered: dict[str, dict[int, AnsweredStep]] = {}
         self.journal: Journal | None = None
 
     @classmethod
@@ -175,8 +215,13 @@ class AnnotationStore:
     def _recover(self, path: Path) -> None:
         try:
             for record in read_journal(path):
-                if record.get("teacher") == self.header["teacher"]:
-                    self.recovered.setdefault(record["episode_id"], {})[int(record["step"])] = record
+                if record.get("teacher") != self.header["teacher"]:
+                    continue
+                try:
+                    answer = AnsweredStep.from_json(record)
+                except (KeyError, TypeError, ValueError):
+                    continue  # not a line this version wrote: its step is asked again
+                self.recovered.setdefault(answer.episode_id, {})[answer.step] = answer
         except FileNotFoundError:
             pass  # its run finished and deleted it meanwhile: its episodes are in the manifest
 
@@ -185,15 +230,15 @@ class AnnotationStore:
         counts = self.manifest.get("episode_counts", {}).get(episode_id)
         return bool(counts) and counts.get("failed", 1) == 0 and episode_id in self.manifest.get("episodes", {})
 
-    def answered(self, episode_id: str) -> dict[int, dict[str, Any]]:
+    def answered(self, episode_id: str) -> dict[int, AnsweredStep]:
         """Asked steps already answered: from the episode file (if one was written) and journals."""
-        found: dict[int, dict[str, Any]] = {}
+        found: dict[int, AnsweredStep] = {}
         path = self.out / episode_filename(episode_id)
         if path.is_file():
             try:
                 for record in json.loads(path.read_bytes()).get("steps", []):
                     if record.get("source", record["step"]) == record["step"]:
-                        found[int(record["step"])] = {"episode_id": episode_id, **record}
+                        found[int(record["step"])] = AnsweredStep.from_json(record, episode_id)
             except (ValueError, KeyError, TypeError):
                 found = {}  # unreadable: its steps are asked again (the file is rewritten)
         found.update(self.recovered.get(episode_id, {}))

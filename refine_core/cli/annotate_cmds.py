@@ -21,7 +21,7 @@ from refine_core.cli.output import console, err_console
 
 
 def _progress_display(enabled: bool):
-    """A rich progress bar (steps, rate, ETA, failures, cost) fed by the pipeline's RunStats."""
+    """A rich progress bar (steps, rate, ETA, failures, cost) fed by the annotation run's AnnotationProgress."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
