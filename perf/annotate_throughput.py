@@ -53,8 +53,10 @@ class ManyEpisodes(RobotDataset):
         actions = pick_place_actions(STEPS_PER_EPISODE)
         for e in range(-(-self.total // STEPS_PER_EPISODE)):
             count = min(STEPS_PER_EPISODE, self.total - e * STEPS_PER_EPISODE)
-            yield Episode(f"ep{e}", [Step(images={"front": coded_frame(e % 12, t, size=64)}, instruction=INSTRUCTION,
-                                          action=actions[t], primary_camera="front", episode_id=f"ep{e}", step_index=t)
+            yield Episode(f"ep{e}", [Step(images={"front": coded_frame(e % 12, t, size=64)},
+                                          instruction=INSTRUCTION,
+                                          action=actions[t], primary_camera="front", episode_id=f"ep{e}",
+                                          step_index=t)
                                      for t in range(count)])
 
     def statistics(self) -> DatasetStatistics:
@@ -67,7 +69,8 @@ class RawHttpTeacher(Teacher):
     def __init__(self, base_url: str):
         import httpx2
 
-        self._client = httpx2.AsyncClient(base_url=base_url, timeout=30, limits=httpx2.Limits(max_connections=None))
+        self._client = httpx2.AsyncClient(base_url=base_url, timeout=30,
+                                          limits=httpx2.Limits(max_connections=None))
 
     @property
     def identity(self) -> TeacherIdentity:
@@ -75,7 +78,8 @@ class RawHttpTeacher(Teacher):
 
     async def annotate(self, request) -> Annotation:
         image = base64.b64encode(encode_png(request.images[request.primary_camera])).decode()
-        body = {"contents": [{"role": "user", "parts": [{"inlineData": {"mimeType": "image/png", "data": image}},
+        body = {"contents": [{"role": "user", "parts": [{"inlineData": {"mimeType": "image/png",
+                                                                        "data": image}},
                                                         {"text": build_prompt(request.instruction)}]}],
                 "generationConfig": {"responseMimeType": "application/json"}}
         response = await self._client.post("/v1beta/models/gemini-2.0-flash:generateContent", json=body,
@@ -87,7 +91,8 @@ class RawHttpTeacher(Teacher):
                           TokenUsage(usage.get("promptTokenCount", 0), usage.get("candidatesTokenCount", 0)))
 
 
-def measure(client: str, concurrency: int, steps: int, rpm: float | None, workdir: Path) -> tuple[float, int, int]:
+def measure(client: str, concurrency: int, steps: int, rpm: float | None,
+            workdir: Path) -> tuple[float, int, int]:
     # A fresh client per run: each run has its own event loop.
     teacher = (get_registry().build("teacher", "gemini", {}) if client == "gemini"
                else RawHttpTeacher(os.environ["GOOGLE_GEMINI_BASE_URL"]))
@@ -122,18 +127,21 @@ def main() -> None:
             for client in ("raw-http", "gemini"):
                 measure(client, 4, 8, None, Path(workdir))  # warm-up: imports, first connections
             print(f"latency {args.latency * 1000:.0f} ms; ideal = min(concurrency / latency, rate limit)")
-            print("| client | concurrency | rate limit (req/min) | steps | elapsed s | steps/s | ideal steps/s | ratio |")
+            print("| client | concurrency | rate limit (req/min) | steps | elapsed s | steps/s | ideal "
+                  "steps/s | ratio |")
             print("|---|---:|---:|---:|---:|---:|---:|---:|")
             for client in ("raw-http", "gemini"):
                 for concurrency, rpm in rows:
-                    ideal = concurrency / args.latency if rpm is None else min(concurrency / args.latency, rpm / 60)
+                    ideal = concurrency / args.latency if rpm is None else min(concurrency / args.latency,
+                                                                               rpm / 60)
                     # Rate-limited rows run longer: the limiter's one-second burst would flatter a short run.
                     steps = max(30, round(ideal * args.seconds * (1 if rpm is None else 4)))
                     elapsed, answered, failed = measure(client, concurrency, steps, rpm, Path(workdir))
                     if failed or answered != steps:
                         raise SystemExit(f"{failed} of {steps} requests failed at concurrency {concurrency}")
                     rate = answered / elapsed
-                    print(f"| {client} | {concurrency} | {'-' if rpm is None else f'{rpm:g}'} | {steps} | {elapsed:.2f} | "
+                    print(f"| {client} | {concurrency} | {'-' if rpm is None else f'{rpm:g}'} | {steps} | "
+                          f"{elapsed:.2f} | "
                           f"{rate:.1f} | {ideal:.1f} | {rate / ideal:.2f} |", flush=True)
     finally:
         server.kill()

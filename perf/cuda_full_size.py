@@ -93,7 +93,8 @@ def train_recipe(name: str, checkpoint: Path, work: Path, batch: int, steps: int
     config = toy_config("backbone.name=openvla", f"backbone.path={checkpoint}", f"train.batch_size={batch}",
                         f"train.max_steps={total + 1}", f"train.log_every={total + 1}",
                         f"train.save_every={total + 1}", "train.lr=1e-5", *RECIPES[name])
-    trainer = Trainer(prepare_run(config, dataset=dataset, annotations_dir=annotations), work / name.replace(" ", "_"),
+    trainer = Trainer(prepare_run(config, dataset=dataset, annotations_dir=annotations),
+                      work / name.replace(" ", "_"),
                       console=Console(quiet=True))
     trainer.begin()
     model = trainer.backbone.model
@@ -162,8 +163,9 @@ def inference(checkpoint: Path, reasoning_tokens: int) -> dict:
     same = (result["graph_ids"] == result["dynamic_ids"])[0].long().cumprod(0).sum().item()
     steps = max(same, 1)
     a, b = result["graph_scores"][0, :steps], result["dynamic_scores"][0, :steps]
-    result.update(same_prefix=same, logit_diff=float((a - b).abs().max() / b.std()), reasoning_tokens=reasoning_tokens)
-    del backbone, model
+    result.update(same_prefix=same, logit_diff=float((a - b).abs().max() / b.std()),
+                  reasoning_tokens=reasoning_tokens)
+    backbone = model = None  # rebinding (not del) keeps the closures above valid; frees the GPU
     free_gpu()
     return result
 
@@ -211,7 +213,8 @@ def spatialvla(batch: int, steps: int, warmup: int, reasoning_tokens: int) -> di
     action_mask = torch.zeros_like(ids, dtype=torch.bool)
     action_mask[:, -12:] = True
     pixels = torch.rand(batch, 3, 224, 224, device="cuda")
-    intrinsic = torch.tensor([[[200.0, 0, 112], [0, 200.0, 112], [0, 0, 1]]], device="cuda").expand(batch, 3, 3)
+    intrinsic = torch.tensor([[[200.0, 0, 112], [0, 200.0, 112], [0, 0, 1]]],
+                             device="cuda").expand(batch, 3, 3)
     model.train()
     model.vision_zoe_model.eval()  # frozen in every recipe, as the backbone keeps it
     torch.cuda.reset_peak_memory_stats()
@@ -250,7 +253,7 @@ def spatialvla(batch: int, steps: int, warmup: int, reasoning_tokens: int) -> di
         for decoder in ("graph", "dynamic"):
             result[f"{decoder}_chunk"] = timed(12, 5, decoder)
             result[f"{decoder}_reasoning"] = timed(reasoning_tokens, 2, decoder)
-    del model, shell, trainable
+    model = shell = trainable = None  # rebinding (not del) keeps the closures above valid
     free_gpu()
     return result
 
@@ -271,7 +274,8 @@ def main() -> None:
 
     if not torch.cuda.is_available():
         sys.exit("P7 needs a CUDA GPU")
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, transformers {transformers.__version__}")
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, transformers "
+          f"{transformers.__version__}")
     if args.only != "openvla":
         r = spatialvla(8, args.steps, args.warmup, args.reasoning_tokens)
         print(f"SpatialVLA-4B (random, bf16, eager attention): LoRA r16, batch 8 of 349 tokens, "
@@ -280,7 +284,8 @@ def main() -> None:
         n = args.reasoning_tokens
         for decoder in ("graph", "dynamic"):
             print(f"  generation, {decoder:7s}: 12 action tokens {r[f'{decoder}_chunk'] * 1e3:7.1f} ms "
-                  f"({1 / r[f'{decoder}_chunk']:4.1f} chunks/s), {n} tokens {r[f'{decoder}_reasoning']:5.2f} s "
+                  f"({1 / r[f'{decoder}_chunk']:4.1f} chunks/s), {n} tokens {r[f'{decoder}_reasoning']:5.2f} "
+                  "s "
                   f"({n / r[f'{decoder}_reasoning']:.0f} tokens/s)")
         print(f"  ratio dynamic/graph: {r['dynamic_chunk'] / r['graph_chunk']:.2f} per chunk, "
               f"{r['dynamic_reasoning'] / r['graph_reasoning']:.2f} per {n} tokens")
@@ -297,14 +302,18 @@ def main() -> None:
           f"{'step':>8s} {'samples/s':>9s}")
     for name in RECIPES:
         r = train_recipe(name, checkpoint, work, args.batch, args.steps, args.warmup)
-        print(f"  {r['recipe']:10s} {r['trainable']:>14,d} {r['static'] / GiB:>7.1f} G {r['peak'] / GiB:>7.1f} G "
+        print(f"  {r['recipe']:10s} {r['trainable']:>14,d} {r['static'] / GiB:>7.1f} G "
+              f"{r['peak'] / GiB:>7.1f} G "
               f"{r['peak'] / r['static']:>11.2f} {r['step']:>7.3f}s {r['samples_per_s']:>9.1f}")
     r = inference(checkpoint, args.reasoning_tokens)
-    print(f"inference, batch 1, prompt {r['prompt_tokens']} tokens + 256 patches (times include the prefill):")
+    print(
+        f"inference, batch 1, prompt {r['prompt_tokens']} tokens + 256 patches (times include the prefill):"
+    )
     for decoder, label in (("graph", "CUDA graph, static cache"), ("dynamic", "dynamic cache"),
                            ("recomputed", "recomputed, no cache")):
         print(f"  7 action tokens, {label:25s} {r[f'{decoder}_7'] * 1e3:7.1f} ms  "
-              f"({1 / r[f'{decoder}_7']:5.1f} actions/s, {r[f'{decoder}_7'] / r['graph_7']:.2f}x the graph's time)")
+              f"({1 / r[f'{decoder}_7']:5.1f} actions/s, {r[f'{decoder}_7'] / r['graph_7']:.2f}x the graph's "
+              "time)")
     n = r["reasoning_tokens"]
     for decoder in ("graph", "dynamic"):
         print(f"  {n} reasoning tokens, {decoder:8s} {r[f'{decoder}_reasoning']:6.2f} s "

@@ -79,7 +79,8 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=48)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (tests and the trainer on CPU use 1)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (tests and the trainer on CPU use 1)")
     args = parser.parse_args()
 
     import torch
@@ -104,9 +105,12 @@ def main() -> None:
     train = train_rate(reader, backbone, args.batch)
     best_raw, best_ours = max(raw), max(ours)
     print(f"date {datetime.date.today()}  machine {platform.machine()} {os.cpu_count()} cpus  "
-          f"torch threads {args.threads}  episodes {args.episodes} ({steps} recorded steps, {samples} samples)  batch {args.batch}")
-    print(f"raw tfds (decode all cameras)      : {best_raw:8.1f} samples/s   rounds {[round(r, 1) for r in raw]}")
-    print(f"refine reader→stream→collate       : {best_ours:8.1f} samples/s   rounds {[round(r, 1) for r in ours]}")
+          f"torch threads {args.threads}  episodes {args.episodes} ({steps} recorded steps, {samples} "
+          f"samples)  batch {args.batch}")
+    print(f"raw tfds (decode all cameras)      : {best_raw:8.1f} samples/s   rounds "
+          f"{[round(r, 1) for r in raw]}")
+    print(f"refine reader→stream→collate       : {best_ours:8.1f} samples/s   rounds "
+          f"{[round(r, 1) for r in ours]}")
     print(f"tiny train step (fwd+bwd+AdamW)    : {train:8.1f} samples/s")
     # the same files take raw `steps / best_raw` seconds and refine `samples / best_ours` seconds
     # (refine yields fewer samples than recorded steps: Bridge's first and last steps are dropped)

@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def paligemma2_3b_224():
     """A PaliGemma-2 3B 224 model on the meta device, wrapped as an hf_vlm backbone (no tokenizer)."""
     import torch
-    from transformers import Gemma2Config, PaliGemmaConfig, PaliGemmaForConditionalGeneration, SiglipVisionConfig
+    from transformers import (Gemma2Config, PaliGemmaConfig, PaliGemmaForConditionalGeneration,
+        SiglipVisionConfig)
 
     from refine_plugins.hf_vlm.backbone import HFVLMBackbone
 
@@ -39,7 +40,8 @@ def paligemma2_3b_224():
                                 num_attention_heads=16, image_size=224, patch_size=14, projection_dim=2304)
     text = Gemma2Config(vocab_size=257_216, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
                         num_attention_heads=8, num_key_value_heads=4, head_dim=256)
-    config = PaliGemmaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_id=257_152,
+    config = PaliGemmaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
+                             image_token_id=257_152,
                              projection_dim=2304, hidden_size=2304)
     with torch.device("meta"):
         model = PaliGemmaForConditionalGeneration(config)
@@ -63,19 +65,25 @@ def spatialvla_4b_config():
                       image_size=384, patch_size=16, use_relative_position_bias=True, use_mean_pooling=True,
                       layer_scale_init_value=0.1, out_indices=[6, 12, 18, 24], reshape_hidden_states=False)
     zoe = ZoeDepthConfig(backbone_config=beit, backbone_hidden_size=1024, bottleneck_features=256,
-                         bin_embedding_dim=128, fusion_hidden_size=256, neck_hidden_sizes=[256, 512, 1024, 1024],
-                         num_relative_features=32, num_patch_transformer_layers=4, patch_transformer_hidden_size=128,
+                         bin_embedding_dim=128, fusion_hidden_size=256,
+                         neck_hidden_sizes=[256, 512, 1024, 1024],
+                         num_relative_features=32, num_patch_transformer_layers=4,
+                         patch_transformer_hidden_size=128,
                          patch_transformer_intermediate_size=1024, patch_transformer_num_attention_heads=4,
-                         bin_configurations=[{"n_bins": 64, "min_depth": 0.001, "max_depth": 10.0, "name": "nyu"},
-                                             {"n_bins": 64, "min_depth": 0.001, "max_depth": 80.0, "name": "kitti"}])
+                         bin_configurations=[{"n_bins": 64, "min_depth": 0.001, "max_depth": 10.0,
+                                              "name": "nyu"},
+                                             {"n_bins": 64, "min_depth": 0.001, "max_depth": 80.0,
+                                              "name": "kitti"}])
     return SpatialVLAConfig.from_dict({
         "model_type": "spatialvla", "_vocab_size": 265_347, "action_token_begin_idx": 257_153,
-        "image_token_index": 257_152, "spatial_token_num": 8194, "use_spatial_token": True, "use_vision_zoe": True,
+        "image_token_index": 257_152, "spatial_token_num": 8194, "use_spatial_token": True,
+        "use_vision_zoe": True,
         "ego3d_patch_reso": 2, "n_freqs": 8, "hidden_size": 2048, "projection_dim": 2304,
         "text_config": {"hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
                         "num_key_value_heads": 4, "tie_word_embeddings": False, "vocab_size": 265_347},
         "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_attention_heads": 16,
-                          "num_hidden_layers": 27, "patch_size": 14, "projection_dim": 2304, "vision_use_head": False},
+                          "num_hidden_layers": 27, "patch_size": 14, "projection_dim": 2304,
+                          "vision_use_head": False},
         "vision_zoe_config": zoe.to_dict()})
 
 
@@ -115,7 +123,8 @@ def spatialvla_tiny_step_seconds(steps: int = 6) -> float:
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
-    backbone = spatialvla_tiny().attach_codec(SpatialCodec(), Statistics.from_array(rng.normal(0, 0.02, (400, 7))))
+    backbone = spatialvla_tiny().attach_codec(SpatialCodec(),
+                                              Statistics.from_array(rng.normal(0, 0.02, (400, 7))))
     sample = TrainingSample(images={"main": rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)},
                             primary_camera="main", instruction="put the red block on the plate",
                             actions=rng.normal(0, 0.02, (4, 7)),
@@ -178,11 +187,13 @@ def main() -> None:
     rows = (measure("hf_vlm tiny", tiny) + measure("PaliGemma-2 3B 224", paligemma2_3b_224)
             + measure("SpatialVLA tiny", spatialvla_tiny) + measure("SpatialVLA 4B 224", spatialvla_4b))
     print(f"torch {torch.__version__}, transformers {transformers.__version__}")
-    print(f"{'preset':20s} {'recipe':38s} {'trainable':>14s} {'of base':>14s} {'share':>7s} {'AdamW state':>12s}")
+    print(f"{'preset':20s} {'recipe':38s} {'trainable':>14s} {'of base':>14s} {'share':>7s} "
+          f"{'AdamW state':>12s}")
     for row in rows:
         print(f"{row['preset']:20s} {row['recipe']:38s} {row['trainable']:>14,d} {row['total']:>14,d} "
               f"{row['trainable'] / row['total']:>7.2%} {human(row['adam_bytes'], 'B'):>12s}")
-    print(f"SpatialVLA tiny: forward+backward {spatialvla_tiny_step_seconds():.3f} s per step (batch 1, 1 thread)")
+    print(f"SpatialVLA tiny: forward+backward {spatialvla_tiny_step_seconds():.3f} s per step (batch 1, 1 "
+          "thread)")
 
 
 if __name__ == "__main__":

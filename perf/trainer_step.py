@@ -62,7 +62,8 @@ def main() -> None:
     model = bare.backbone.model
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.train.lr, weight_decay=config.train.weight_decay)
-    stream = iter(SampleStream(dataset, chunk_size=1, val_fraction=0, shuffle_buffer=config.data.shuffle_buffer,
+    stream = iter(SampleStream(dataset, chunk_size=1, val_fraction=0,
+                               shuffle_buffer=config.data.shuffle_buffer,
                                seed=config.train.seed, annotations=bare.annotations))
     model.train()
 

@@ -53,14 +53,16 @@ for _module, _names in {
     "refine_core.files": "atomic_write cache_dir",
     "refine_core.dataset": "RobotDataset",
     "refine_core.teacher": "Annotation AnnotationRequest BatchStatus BatchTeacher MalformedAnswer "
-                           "PermanentTeacherError Price Teacher TeacherError TeacherIdentity TokenUsage "
-                           "TransientTeacherError",
+    "PermanentTeacherError Price Teacher TeacherError TeacherIdentity TokenUsage "
+    "TransientTeacherError",
     "refine_core.annotate.prompt": "PROMPT_VERSION TeacherAnswer answer_json_schema build_prompt "
-                                   "reasoning_from_answer",
+    "reasoning_from_answer",
     "refine_core.annotate.motion": "gripper_open motion_phases",
     "refine_core.annotate.strategy": "current_sub_actions",
-    "refine_core.action_codec": "ActionCodec ActionDecodeError CodecOptions TokenizerLike default_action_mask",
-    "refine_core.backbone": "AllowedIds Backbone BackboneOptions Decoder Prediction TrainingSample model_dtype",
+    "refine_core.action_codec": "ActionCodec ActionDecodeError CodecOptions TokenizerLike "
+                                "default_action_mask",
+    "refine_core.backbone": "AllowedIds Backbone BackboneOptions Decoder Prediction TrainingSample "
+    "model_dtype",
     "refine_core.toolkit.decoding": "choose_decoder greedy_decode static_decoder",
     "refine_core.toolkit.weights": "read_state_dict read_tokenizer resolve_checkpoint_dir write_state_dict",
     "refine_core.toolkit.images": "to_pixel_values",

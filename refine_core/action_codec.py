@@ -74,7 +74,8 @@ class CodecOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    chunk_size: int = Field(1, ge=1, description="Action steps per prediction (encode/decode [chunk_size, 7]).")
+    chunk_size: int = Field(1, ge=1,
+                            description="Action steps per prediction (encode/decode [chunk_size, 7]).")
     binarize_gripper: bool = Field(
         True, description="Treat the gripper as a binary command: snap to 1 (open) / 0 (closed) at 0.5.",
     )
@@ -136,7 +137,8 @@ class ActionCodec(ABC):
         missing = [t for t in self.new_tokens() if t not in vocab]
         if missing:
             raise UsageError(
-                f"{self.name}: the tokenizer lacks {len(missing)} of the codec's tokens (first {missing[0]!r}); "
+                f"{self.name}: the tokenizer lacks {len(missing)} of the codec's tokens (first "
+                f"{missing[0]!r}); "
                 f"add codec.new_tokens() to the tokenizer and resize the embeddings before bind"
             )
         self._tokenizer, self._stats = None, None
@@ -179,7 +181,8 @@ class ActionCodec(ABC):
 
     @abstractmethod
     def decode(self, ids: Sequence[int]) -> np.ndarray:
-        """float32 [chunk_size, 7] actions, un-normalised, gripper 1 = open; ActionDecodeError if malformed."""
+        """float32 [chunk_size, 7] actions, un-normalised, gripper 1 = open; ActionDecodeError if
+        malformed."""
 
     @property
     def action_token_ids(self) -> np.ndarray | None:
@@ -222,7 +225,8 @@ class ActionCodec(ABC):
             chunk = chunk[None]
         if chunk.shape != (self.chunk_size, self.action_dim):
             raise ValueError(
-                f"{self.name}: expected actions of shape ({self.chunk_size}, {self.action_dim}), got {chunk.shape}"
+                f"{self.name}: expected actions of shape ({self.chunk_size}, {self.action_dim}), got "
+                f"{chunk.shape}"
             )
         if not np.isfinite(chunk).all():
             raise ValueError(f"{self.name}: actions contain NaN or infinite values")

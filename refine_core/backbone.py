@@ -41,17 +41,22 @@ class BackboneOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: str | None = Field(None, description="Local checkpoint directory or Hugging Face Hub id (org/name); "
+    path: str | None = Field(None,
+                             description="Local checkpoint directory or Hugging Face Hub id (org/name); "
                                                "takes precedence over `preset`.")
     preset: Literal["tiny"] | None = Field("tiny", description="Build a randomly initialised model from a "
                                                                "config (no download) when `path` is unset.")
-    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 on CUDA, else fp32.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto",
+                                                          description="auto: bf16 on CUDA, else fp32.")
     attn_implementation: Literal["auto", "sdpa", "eager"] = Field(
         "auto", description="auto: the backbone's default; eager is needed for attention maps.")
     seed: int = Field(0, description="Seed of the preset's random initialisation.")
-    decoder: Decoder = Field("auto", description="Generation's KV cache: auto is graph on CUDA (a static cache, "
-                                                 "each token's step replayed as a CUDA graph: 2-4x faster on GPUs, "
-                                                 "perf P7), dynamic (transformers' cache) elsewhere; static runs "
+    decoder: Decoder = Field("auto",
+                             description="Generation's KV cache: auto is graph on CUDA (a static cache, "
+                                                 "each token's step replayed as a CUDA graph: 2-4x faster on "
+                                                 "GPUs, "
+                                                 "perf P7), dynamic (transformers' cache) elsewhere; static "
+                                                 "runs "
                                                  "the static cache eagerly.")
 
 
@@ -80,7 +85,9 @@ class Prediction:
     generated_ids: list[int] = field(default_factory=list)
     action_ids: list[int] = field(default_factory=list)
     error: str | None = None  # the ActionDecodeError message, if any
-    forced: bool = False  # the action span was generated under constraints after the reasoning failed to give one
+    forced: bool = (
+        False  # the action span was generated under constraints after the reasoning failed to give one
+    )
 
 
 class Backbone(ABC):
@@ -110,10 +117,12 @@ class Backbone(ABC):
                 torch.manual_seed(options.seed)
                 self.build_preset(options.preset)
         else:
-            raise UsageError(f"{self.name} needs a model: set backbone.path=DIR_OR_HUB_ID or backbone.preset=tiny")
+            raise UsageError(f"{self.name} needs a model: set backbone.path=DIR_OR_HUB_ID or "
+                             "backbone.preset=tiny")
         rows = self.model.get_input_embeddings().num_embeddings
         if len(self.tokenizer) > rows:
-            raise UsageError(f"the tokenizer has {len(self.tokenizer)} ids but the model only {rows} embeddings")
+            raise UsageError(f"the tokenizer has {len(self.tokenizer)} ids but the model only {rows} "
+                             "embeddings")
 
     def attention(self, auto: str = "sdpa") -> str:
         """The `attn_implementation` option, "auto" standing for `auto`."""
@@ -171,7 +180,8 @@ class Backbone(ABC):
                with_reasoning: bool = True) -> EncodedSample:
         action_ids = self.codec.encode(sample.actions if self.codec.chunk_size > 1 else sample.actions[0])
         reasoning = self.reasoning_ids(sample.reasoning) if (with_reasoning and sample.reasoning) else None
-        return assemble(self.prompt_ids(sample.instruction), action_ids, self.codec.action_span_mask(action_ids),
+        return assemble(self.prompt_ids(sample.instruction), action_ids,
+                        self.codec.action_span_mask(action_ids),
                         self.eos_id, reasoning, order)
 
     def collate(self, samples: Sequence[TrainingSample], order: ReasoningOrder = "reason_then_act",
@@ -244,7 +254,8 @@ class Backbone(ABC):
                             prefix_ids: list[int], allowed: AllowedIds | None) -> list[int]:
         """The model's greedy new ids after prompt + `prefix_ids` (up to `max_new_tokens`; may run past
         eos, which `generate_ids` cuts). A backbone implements this or overrides `generate_ids`."""
-        raise NotImplementedError(f"{type(self).__name__} implements neither greedy_continuation nor generate_ids")
+        raise NotImplementedError(f"{type(self).__name__} implements neither greedy_continuation nor "
+                                  "generate_ids")
 
     def split_generated(self, ids: Sequence[int]) -> tuple[list[int], list[int]]:
         """(reasoning ids, action ids) of a reason-then-act continuation."""
@@ -271,12 +282,14 @@ class Backbone(ABC):
             reasoning_ids, action_ids = self.split_generated(ids)
             if constraint is not None and not self._decodes(action_ids):
                 prefix = list(ids[: len(reasoning_ids)])
-                action_ids = self.generate_ids(image, instruction, span, prefix_ids=prefix, allowed=constraint)
+                action_ids = self.generate_ids(image, instruction, span, prefix_ids=prefix,
+                                               allowed=constraint)
                 ids, forced = prefix + action_ids, True
         else:  # the action span comes first: stop as soon as it is complete
             ids = self.generate_ids(image, instruction, span or max_new_tokens, allowed=constraint)
             reasoning_ids, action_ids = [], list(ids[:span] if span else ids)
-        text = self.tokenizer.decode(reasoning_ids, skip_special_tokens=True).strip() if reasoning_ids else None
+        text = self.tokenizer.decode(reasoning_ids,
+                                     skip_special_tokens=True).strip() if reasoning_ids else None
         try:
             actions = self.codec.decode(action_ids)
             error = None

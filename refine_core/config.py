@@ -51,7 +51,9 @@ class TrainSettings(Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     reasoning_order: Literal["reason_then_act", "act_then_reason"] = "reason_then_act"
     reasoning_dropout: float = Field(0.0, ge=0, le=1)
-    reasoning_format: str = DEFAULT_FORMAT  # training text of the reasoning: refinevla | ecot (reasoning_formats.py)
+    reasoning_format: str = (
+        DEFAULT_FORMAT  # training text of the reasoning: refinevla | ecot (reasoning_formats.py)
+    )
     keep_checkpoints: int = Field(2, ge=1)  # newest N step-* directories kept in OUT/checkpoints
     collapse_window: int = Field(3, ge=1)  # logged steps of input-independent actions before a warning
 
@@ -84,7 +86,8 @@ class FreezeSettings(Section):
 
 class LoraSettings(Section):
     r: int | None = Field(None, ge=1)  # unset: no LoRA
-    # unset: the backbone's `lora_recipe()` (VLM2VLA's α 32, dropout 0.05; OpenVLA's α 16, dropout 0, gaussian)
+    # unset: the backbone's `lora_recipe()` (VLM2VLA's α 32, dropout 0.05; OpenVLA's α 16, dropout 0,
+    # gaussian)
     alpha: float | None = Field(None, gt=0)
     dropout: float | None = Field(None, ge=0, lt=1)
     init: Literal["default", "gaussian"] | None = None  # peft's init of the A matrices
@@ -158,7 +161,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UsageError(f"Config file {path} must hold a mapping at the top level, got {type(data).__name__}.")
+        raise UsageError(f"Config file {path} must hold a mapping at the top level, got "
+                         f"{type(data).__name__}.")
     return data
 
 
@@ -234,7 +238,9 @@ def resolve_components(config: RunConfig, registry, kinds: tuple[str, ...] = COM
     after checking that the components of `kinds` exist and their options are valid, before any
     work starts. The one place a codec left unset is chosen."""
     if config.codec is None:
-        config = config.model_copy(update={"codec": Component(name=registry.default_codec(config.backbone.name))})
+        config = config.model_copy(
+            update={"codec": Component(name=registry.default_codec(config.backbone.name))}
+        )
     for kind in kinds:
         component = getattr(config, kind)
         registry.validate_options(kind, component.name, component.options)
@@ -247,7 +253,10 @@ def config_difference(saved: dict[str, Any], current: dict[str, Any],
     two configs, outside `ignore`. Both are re-validated first, so a setting added to refine after
     `saved` was written counts as its default rather than as a change."""
     try:
-        saved, current = RunConfig.model_validate(saved).to_dict(), RunConfig.model_validate(current).to_dict()
+        saved, current = (
+            RunConfig.model_validate(saved).to_dict(),
+            RunConfig.model_validate(current).to_dict(),
+        )
     except ValueError:  # not a config this version can read: compare as written
         pass
     old, new = _flatten(saved), _flatten(current)

@@ -53,13 +53,13 @@ OPTIONAL_MODULES: dict[str, str] = {
 }
 
 
-def missing_extra(exc: BaseException) -> MissingExtra | None:
+def missing_extra(exc: BaseException, needed_for: str = "") -> MissingExtra | None:
     """The MissingExtra an ImportError stands for, when it is an optional dependency's."""
     name = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
     top = (name or "").split(".")[0]
     if top not in OPTIONAL_MODULES:
         return None
-    return MissingExtra(top, OPTIONAL_MODULES[top])
+    return MissingExtra(top, OPTIONAL_MODULES[top], needed_for)
 
 
 def explain_validation(exc, model, prefix: str = "") -> str:
@@ -77,7 +77,8 @@ def explain_validation(exc, model, prefix: str = "") -> str:
         for part in loc[:-1]:
             field = parent.model_fields.get(part) if isinstance(parent, type) else None
             parent = field.annotation if field is not None else None
-        allowed = sorted(parent.model_fields) if isinstance(parent, type) and issubclass(parent, BaseModel) else []
+        allowed = sorted(parent.model_fields) if isinstance(parent, type) and issubclass(parent,
+                                                                                         BaseModel) else []
         hint = difflib.get_close_matches(loc[-1], allowed, n=1)
         did = f" Did you mean '{hint[0]}'?" if hint else ""
         return f"Unknown config key '{dotted}'.{did} Allowed: {', '.join(allowed) or '(none)'}"

@@ -6,8 +6,8 @@
     <logical_steps><1> … <2> … <sub_action> …
 
 and `Reasoning.parse(text)` reads it back: parse(render(r)) == r for every valid r. Field text is
-normalised on construction (whitespace collapsed, a leading ":" dropped) so that identity holds; the tags themselves
-cannot appear inside a field. Parsing is tolerant of spacing, case and step numbering
+normalised on construction (whitespace collapsed, a leading ":" dropped) so that identity holds;
+the tags themselves cannot appear inside a field. Parsing is tolerant of spacing, case and step numbering
 ("<1>", "1.", "1)", "-"), strict about missing sections. Other training texts of the same
 reasoning (Embodied-CoT's tags) are in `reasoning_formats.py`.
 """

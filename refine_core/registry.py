@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import pluggy
 
 from refine_core import hookspecs
-from refine_core.errors import DuplicateComponent, UnknownComponent, UsageError
+from refine_core.errors import DuplicateComponent, UnknownComponent, UsageError, missing_extra
 from refine_core.specs import KINDS, ComponentSpec
 
 ENTRY_POINT_GROUP = "refine"
@@ -140,7 +140,8 @@ class Registry:
                     specs = list(impl.function() or ())
                     bad = [s for s in specs if not isinstance(s, spec_cls)]
                     if bad:
-                        raise TypeError(f"{hook_name} yielded {type(bad[0]).__name__}, expected {spec_cls.__name__}")
+                        raise TypeError(f"{hook_name} yielded {type(bad[0]).__name__}, expected "
+                                        f"{spec_cls.__name__}")
                 except Exception as exc:
                     info.error = f"{hook_name} raised {_describe(exc)}"
                     self._forget(impl.plugin_name)
@@ -185,9 +186,16 @@ class Registry:
         return getattr(spec, "default_codec", None) or DEFAULT_CODEC
 
     def build(self, kind: str, name: str, options: dict[str, Any] | None = None) -> Any:
-        """Validate `options` against the spec's model and call its factory."""
+        """Validate `options` against the spec's model and call its factory. A missing optional
+        dependency is a MissingExtra naming the extra that installs it."""
         validated = self.validate_options(kind, name, options or {})
-        return self.get(kind, name).spec.load_factory()(validated)
+        try:
+            return self.get(kind, name).spec.load_factory()(validated)
+        except ImportError as exc:
+            extra = missing_extra(exc, needed_for=f"{kind} '{name}'")
+            if extra is None:
+                raise
+            raise extra from exc
 
     def add_commands(self, app: Any) -> None:
         for impl in self.pm.hook.refine_commands.get_hookimpls():
@@ -201,7 +209,10 @@ class Registry:
 
 
 def check_kind(kind: str) -> str:
-    singular = kind[:-1] if kind.endswith("s") and kind[:-1] in KINDS else kind
+    """A kind's name from what a user typed: singular or plural; "action_codec" is "codec" spelt out
+    (the kind's short name is the config key and CLI flag; code says ActionCodec)."""
+    singular = kind[:-1] if kind.endswith("s") else kind
+    singular = "codec" if singular == "action_codec" else singular
     if singular not in KINDS:
         raise UsageError(f"Unknown kind '{kind}'. Available: {', '.join(KINDS)}")
     return singular

@@ -129,7 +129,8 @@ class StatisticsAccumulator:
         self._instructions.update(i for i in instructions if i)
         self.num_episodes += 1
 
-    def finish(self, action_mask: np.ndarray | None = None, extra: dict[str, Any] | None = None) -> DatasetStatistics:
+    def finish(self, action_mask: np.ndarray | None = None,
+               extra: dict[str, Any] | None = None) -> DatasetStatistics:
         if not self._actions:
             raise ValueError("no steps to compute statistics from")
         actions = np.concatenate(self._actions)

@@ -58,7 +58,9 @@ class Price:
     output_per_million: float = 0.0
 
     def cost(self, usage: TokenUsage) -> float:
-        return (usage.input_tokens * self.input_per_million + usage.output_tokens * self.output_per_million) / 1e6
+        return (
+            usage.input_tokens * self.input_per_million + usage.output_tokens * self.output_per_million
+        ) / 1e6
 
 
 class TeacherError(Exception):

@@ -8,8 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from refine_core import UsageError
-from refine_core import AnnotationRequest, PermanentTeacherError, TransientTeacherError
+from refine_core import AnnotationRequest, PermanentTeacherError, TransientTeacherError, UsageError
 
 
 def request_frames(request: AnnotationRequest, cameras: str) -> list[np.ndarray]:
@@ -27,7 +26,8 @@ def encode_png(image: np.ndarray, max_side: int | None = None) -> bytes:
     picture = Image.fromarray(np.ascontiguousarray(image))
     if max_side and max(picture.size) > max_side:
         scale = max_side / max(picture.size)
-        picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))),
+        picture = picture.resize((max(1, round(picture.width * scale)), max(1,
+                                                                            round(picture.height * scale))),
                                  Image.Resampling.BICUBIC)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
@@ -50,7 +50,8 @@ def status_error(vendor: str, status: int | None, message: str, headers: Any = N
     """The pipeline's error kind for an HTTP error status of an API teacher."""
     text = f"{vendor} HTTP {status}: {' '.join(str(message).split())[:300]}"
     if status in (401, 403):
-        return UsageError(f"{vendor} rejected the credentials (HTTP {status}); check the API key in the environment")
+        return UsageError(f"{vendor} rejected the credentials (HTTP {status}); check the API key in the "
+                          "environment")
     if status is None or status in (408, 409, 429) or status >= 500:
         return TransientTeacherError(text, retry_after=retry_after_seconds(headers))
     return PermanentTeacherError(text)

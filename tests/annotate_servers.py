@@ -92,7 +92,8 @@ class CodedDataset(RobotDataset):
                                         {"name": "blue plate", "position": [0.4, 0.2, 0.01]}],
                             "gripper_position": [0.3 + 0.01 * t, 0.0, 0.2], "target": "red block",
                             "destination": "blue plate"}
-                steps.append(Step(images={"front": coded_frame(e, t)}, instruction=INSTRUCTION, action=actions[t],
+                steps.append(Step(images={"front": coded_frame(e, t)}, instruction=INSTRUCTION,
+                                  action=actions[t],
                                   primary_camera="front", episode_id=f"ep{e}", step_index=t, metadata=meta))
             yield Episode(episode_id=f"ep{e}", steps=steps)
 
@@ -120,7 +121,9 @@ def _png_frame(data: str) -> np.ndarray:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    request_queue_size = 1024  # listen backlog (read when listening starts); the default 5 throttles concurrency
+    request_queue_size = (
+        1024  # listen backlog (read when listening starts); the default 5 throttles concurrency
+    )
 
 
 class FakeTeacherServer:
@@ -144,7 +147,9 @@ class FakeTeacherServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
+            disable_nagle_algorithm = (
+                True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
+            )
 
             def log_message(self, *args):
                 pass
@@ -192,9 +197,11 @@ class FakeTeacherServer:
         text = json.dumps(answer_for(step))
         if fault == "malformed":
             text = text[: len(text) // 2]
-        return {"candidates": [] if fault == "empty" else [{"content": {"role": "model", "parts": [{"text": text}]},
+        return {"candidates": [] if fault == "empty" else [{"content": {"role": "model",
+                                                                        "parts": [{"text": text}]},
                                                             "finishReason": "STOP", "index": 0}],
-                "usageMetadata": {"promptTokenCount": 300, "candidatesTokenCount": 120, "totalTokenCount": 420}}
+                "usageMetadata": {"promptTokenCount": 300, "candidatesTokenCount": 120,
+                                  "totalTokenCount": 420}}
 
     def create_batch(self, handler: BaseHTTPRequestHandler, body: dict) -> None:
         batch = body["batch"]
@@ -263,9 +270,11 @@ class FakeTeacherServer:
             time.sleep(self.latency)
         if fault == "429":
             return self._send(handler, 429, {"error": {"code": 429, "message": "Resource exhausted", "status":
-                                                       "RESOURCE_EXHAUSTED"}}, {"Retry-After": f"{self.retry_after:g}"})
+                                                       "RESOURCE_EXHAUSTED"}},
+                              {"Retry-After": f"{self.retry_after:g}"})
         if fault == "503":
-            return self._send(handler, 503, {"error": {"code": 503, "message": "overloaded", "status": "UNAVAILABLE"}})
+            return self._send(handler, 503, {"error": {"code": 503, "message": "overloaded",
+                                                       "status": "UNAVAILABLE"}})
         if fault == "timeout":
             time.sleep(self.slow_seconds)
         if fault == "badbody":
@@ -275,7 +284,8 @@ class FakeTeacherServer:
             if fault == "malformed":
                 text = text[: len(text) // 2]
             empty = fault == "empty"
-            payload = {"id": "cmpl-1", "object": "chat.completion", "created": 0, "model": body.get("model", "m"),
+            payload = {"id": "cmpl-1", "object": "chat.completion", "created": 0,
+                       "model": body.get("model", "m"),
                        "choices": [] if empty else [{"index": 0, "finish_reason": "stop",
                                                      "message": {"role": "assistant", "content": text}}],
                        "usage": {"prompt_tokens": 300, "completion_tokens": 120, "total_tokens": 420}}
@@ -288,7 +298,8 @@ class FakeTeacherServer:
 
     @staticmethod
     def _send(handler, status: int, payload: dict, headers: dict | None = None) -> None:
-        FakeTeacherServer._send_raw(handler, status, json.dumps(payload).encode(), "application/json", headers)
+        FakeTeacherServer._send_raw(handler, status, json.dumps(payload).encode(), "application/json",
+                                    headers)
 
     @staticmethod
     def _send_raw(handler, status: int, data: bytes, content_type: str, headers: dict | None = None) -> None:

@@ -65,7 +65,8 @@ def bridge_inputs() -> list[dict]:
             "file_path": f"/data/bridge/raw/scene{k}/traj{k}", "episode_id": 7 + k,
         })
     # no instruction anywhere: OpenVLA's skip_unlabeled drops it
-    episodes.append({"actions": bridge_actions([0, 1, 1, 1], 9), "states": bridge_states(4, 9), "instruction": ""})
+    episodes.append({"actions": bridge_actions([0, 1, 1, 1], 9), "states": bridge_states(4, 9),
+                     "instruction": ""})
     return episodes
 
 

@@ -47,11 +47,31 @@ def _files_text(root: Path) -> str:
 
 
 def _cli(out: Path, *extra: str, episodes: int = 3, steps: int = 6) -> list[str]:
-    return [sys.executable, "-c", "from annotate_servers import coded_refine_main; coded_refine_main()",
-            "annotate", "--dataset", "coded", "--set", f"dataset.episodes={episodes}",
-            "--set", f"dataset.steps={steps}",
-            "--teacher", "gemini", "--set", "teacher.mode=batch", "--set", "teacher.poll_interval=0.05",
-            "--set", "annotate.cache=false", "--set", "annotate.backoff_initial=0.01", "--out", str(out), *extra]
+    return [
+        sys.executable,
+        "-c",
+        "from annotate_servers import coded_refine_main; coded_refine_main()",
+        "annotate",
+        "--dataset",
+        "coded",
+        "--set",
+        f"dataset.episodes={episodes}",
+        "--set",
+        f"dataset.steps={steps}",
+        "--teacher",
+        "gemini",
+        "--set",
+        "teacher.mode=batch",
+        "--set",
+        "teacher.poll_interval=0.05",
+        "--set",
+        "annotate.cache=false",
+        "--set",
+        "annotate.backoff_initial=0.01",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def _env(server_url: str) -> dict:
@@ -73,7 +93,9 @@ def test_every_step_goes_through_batch_jobs_at_half_price(tmp_path, monkeypatch,
         stats = annotate_dataset(CodedDataset(3, 5), teacher, tmp_path / "out", settings)
         assert server.creates == 4 and stats.jobs == 4  # 15 steps in chunks of at most 4
         assert all(len(job["steps"]) <= 4 for job in server.jobs.values())
-        assert all(job["gets"] == server.pending_polls + server.running_polls + 1 for job in server.jobs.values())
+        assert all(
+            job["gets"] == server.pending_polls + server.running_polls + 1 for job in server.jobs.values()
+        )
         assert dict(server.requests) == {(e, t): 1 for e in range(3) for t in range(5)}
         assert stats.answered == 15 and stats.failed == 0
         assert stats.cost == pytest.approx(15 * ONLINE_PRICE / 2)
@@ -124,7 +146,8 @@ def test_expired_job_stops_with_one_line_and_keeps_other_answers(tmp_path, monke
         with pytest.raises(RefineError) as info:
             annotate_dataset(CodedDataset(2, 4), teacher, tmp_path, _settings())
         message = str(info.value)
-        assert "\n" not in message and message.startswith("2 batch jobs ended without answers (first: batch job ")
+        assert "\n" not in message and message.startswith("2 batch jobs ended without answers (first: batch "
+                                                          "job ")
         assert "ended expired" in message and "its 8 steps were not annotated" in message
         assert not list((tmp_path / BATCH_DIR).iterdir())  # the next run submits them anew
         server.job_outcome = None
@@ -144,10 +167,17 @@ def test_a_job_collected_twice_counts_once_and_online_mode_refuses_uncollected_j
         monkeypatch.setattr(Path, "unlink", real_unlink)
         assert len(list((tmp_path / BATCH_DIR).glob("*.json"))) == 1
         before = json.loads((tmp_path / MANIFEST).read_text())
-        with pytest.raises(UsageError, match="1 batch jobs submitted by a batch-mode run and not yet collected"):
-            annotate_dataset(CodedDataset(2, 3), get_registry().build("teacher", "gemini", {}), tmp_path, _settings())
+        with pytest.raises(UsageError,
+                           match="1 batch jobs submitted by a batch-mode run and not yet collected"):
+            annotate_dataset(CodedDataset(2, 3), get_registry().build("teacher", "gemini", {}), tmp_path,
+                             _settings())
         again = annotate_dataset(CodedDataset(2, 3), teacher, tmp_path, _settings())
-        assert server.creates == 1 and again.answered == 0 and again.cost == 0 and again.episodes_done_before == 2
+        assert (
+            server.creates == 1
+            and again.answered == 0
+            and again.cost == 0
+            and again.episodes_done_before == 2
+        )
         assert not list((tmp_path / BATCH_DIR).glob("*.json"))
     after = json.loads((tmp_path / MANIFEST).read_text())
     assert after["counts"] == before["counts"] and after["cost_usd"] == before["cost_usd"]
@@ -168,7 +198,8 @@ def test_kill_9_while_polling_then_rerun_polls_the_same_jobs(tmp_path):
     with FakeTeacherServer() as server:
         server.hold_jobs = True  # every job stays RUNNING until released
         args = _cli(out, "--set", "teacher.batch_size=8")  # 18 steps: 3 jobs
-        proc = subprocess.Popen(args, env=_env(server.url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(args, env=_env(server.url), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None and not (
                 server.creates == 3 and all(job["gets"] >= 3 for job in server.jobs.values())):
@@ -196,7 +227,16 @@ def test_kill_9_while_polling_then_rerun_polls_the_same_jobs(tmp_path):
     assert manifest["counts"]["annotated"] == manifest["counts"]["planned"] == 18
     assert manifest["cost_usd"] == pytest.approx(18 * ONLINE_PRICE / 2)
     assert not list((out / BATCH_DIR).iterdir()) and not list((out / JOURNAL_DIR).iterdir())
-    assert KEY not in _files_text(out) + first_out + first_err + dry.stdout + dry.stderr + result.stdout + result.stderr
+    assert (
+        KEY
+        not in _files_text(out)
+        + first_out
+        + first_err
+        + dry.stdout
+        + dry.stderr
+        + result.stdout
+        + result.stderr
+    )
 
 
 def test_failed_job_is_one_line_exit_1_and_dry_run_shows_the_batch_price(tmp_path):
@@ -223,7 +263,10 @@ def _check_union(out: Path, episodes: int, steps: int) -> dict:
     assert set(manifest["episodes"]) == {f"ep{e}" for e in range(episodes)}
     assert len(AnnotationSet.load(out)) == episodes * steps
     counts = manifest["counts"]
-    assert counts["annotated"] == counts["planned"] == counts["asked"] == episodes * steps and counts["failed"] == 0
+    assert (
+        counts["annotated"] == counts["planned"] == counts["asked"] == episodes * steps
+        and counts["failed"] == 0
+    )
     per_episode = manifest["episode_counts"].values()
     assert sum(c["annotated"] for c in per_episode) == counts["annotated"]
     assert manifest["cost_usd"] == pytest.approx(sum(c["cost_usd"] for c in per_episode))
@@ -234,17 +277,22 @@ def _check_union(out: Path, episodes: int, steps: int) -> dict:
 def test_two_shards_at_once_into_one_out(tmp_path, monkeypatch):
     """Online and batch: both shards run concurrently (threads; each takes the OUT's locks like a process)."""
     teachers = [CountingTeacher(delay=0.01), CountingTeacher(delay=0.01)]
-    threads = [threading.Thread(target=annotate_dataset, args=(CodedDataset(8, 4), teachers[i], tmp_path / "online",
-                                                               _settings(concurrency=2), (i, 2))) for i in range(2)]
+    threads = [threading.Thread(target=annotate_dataset, args=(CodedDataset(8, 4), teachers[i],
+                                                               tmp_path / "online",
+                                                               _settings(concurrency=2),
+                                                               (i, 2))) for i in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sum(sum(t.calls.values()) for t in teachers) == 32 and not set(teachers[0].calls) & set(teachers[1].calls)
+    assert sum(sum(t.calls.values()) for t in teachers) == 32 and not set(teachers[0].calls) & set(
+        teachers[1].calls
+    )
     _check_union(tmp_path / "online", 8, 4)
 
     with FakeTeacherServer() as server:
-        teachers = [_batch_teacher(server, monkeypatch, batch_size=5) for _ in range(2)]  # a client per "process"
+        teachers = [_batch_teacher(server, monkeypatch,
+                                   batch_size=5) for _ in range(2)]  # a client per "process"
         results: list = []
         threads = [threading.Thread(target=lambda i=i: results.append(annotate_dataset(
             CodedDataset(8, 4), teachers[i], tmp_path / "batch", _settings(), (i, 2)))) for i in range(2)]
@@ -306,7 +354,8 @@ def test_a_journal_held_by_a_live_shard_is_still_read(tmp_path):
     journal = tmp_path / JOURNAL_DIR / "999-1.jsonl"
     reasoning = {"situation_analysis": "s", "spatial_reasoning": "r",
                  "task_planning": {"logical_steps": ["a"], "sub_action": "go"}}
-    records = [{"episode_id": mine[0], "step": t, "teacher": "counting/m1/p1", "usage": {"input": 100, "output": 50},
+    records = [{"episode_id": mine[0], "step": t, "teacher": "counting/m1/p1", "usage": {"input": 100,
+                                                                                         "output": 50},
                 "attempts": 1, "cached": False, "reasoning": {"observation": f"journaled {t}", **reasoning}}
                for t in range(3)]
     journal.write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -57,13 +57,18 @@ def _env(tmp_path, base_url):
 
 def _refine_lines(stderr: str) -> list[str]:
     """stderr without TensorFlow's own start-up logging (absl/C++ lines refine does not control)."""
-    noise = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} |To enable the following instructions)")
+    noise = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} |To enable the following "
+                       r"instructions)")
     return [line for line in stderr.strip().splitlines() if line and not noise.match(line)]
 
 
 def _saved_codes(out) -> set[tuple[int, int]]:
     """Frame codes of every answer saved in OUT (journals and episode files)."""
-    text = "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl"))
+    text = "".join(
+        p.read_text(errors="replace")
+        for p in out.rglob("*")
+        if p.is_file() and p.suffix in (".json", ".jsonl")
+    )
     return {(int(e), int(t)) for e, t in CODE.findall(text)}
 
 
@@ -75,7 +80,8 @@ def test_kill_9_mid_run_then_resume_asks_nothing_saved_again(tmp_path, bridge_di
     out = tmp_path / "out"
     with FakeTeacherServer(latency=0.3) as server:
         env = {**os.environ, "COLUMNS": "200", **_env(tmp_path, server.url)}
-        args = _args(bridge_dir, out, "--teacher", "gemini", "--concurrency", "2", "--set", "annotate.cache=false")
+        args = _args(bridge_dir, out, "--teacher", "gemini", "--concurrency", "2", "--set",
+                     "annotate.cache=false")
         proc = subprocess.Popen([sys.executable, "-c", "from refine_core.cli import main; main()", *args],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
@@ -111,13 +117,17 @@ def test_dry_run_scripted_run_foreign_out_and_unreachable_server(tmp_path, bridg
         closed.httpd.server_close()  # nothing listens there: connections are refused
         runs = {
             "dry": (_args(bridge_dir, tmp_path / "dry", "--teacher", "gemini", "--dry-run"), server.url),
-            "scripted": (_args(bridge_dir, tmp_path / "scripted", "--teacher", "scripted", "--strategy", "keyframes"),
+            "scripted": (_args(bridge_dir, tmp_path / "scripted", "--teacher", "scripted", "--strategy",
+                               "keyframes"),
                          server.url),
-            "down": (_args(bridge_dir, tmp_path / "down", "--teacher", "gemini", "--set", "annotate.max_retries=1",
+            "down": (_args(bridge_dir, tmp_path / "down", "--teacher", "gemini", "--set",
+                           "annotate.max_retries=1",
                            "--set", "annotate.cache=false"), closed_url),
         }
         with ThreadPoolExecutor(len(runs)) as pool:
-            futures = {name: pool.submit(run_refine, *args, env=_env(tmp_path, url)) for name, (args, url) in runs.items()}
+            futures = {name: pool.submit(run_refine, *args, env=_env(tmp_path,
+                                                                     url)) for name, (args,
+                                                                                      url) in runs.items()}
             results = {name: future.result() for name, future in futures.items()}
         assert sum(server.requests.values()) == 0  # the dry run asked nothing
 
@@ -142,9 +152,12 @@ def test_dry_run_scripted_run_foreign_out_and_unreachable_server(tmp_path, bridg
     assert KEY not in down.stdout + down.stderr
 
     # The scripted OUT belongs to the full dataset: another dataset (identity) is refused.
-    foreign = run_refine(*_args(bridge_dir, tmp_path / "scripted", "--teacher", "scripted", "--strategy", "keyframes",
+    foreign = run_refine(*_args(bridge_dir, tmp_path / "scripted", "--teacher", "scripted", "--strategy",
+                                "keyframes",
                                 "--set", "dataset.max_episodes=1"), env=_env(tmp_path, server.url))
     assert foreign.returncode == 2
     assert len(_refine_lines(foreign.stderr)) == 1 and "Traceback" not in foreign.stderr
-    assert "holds annotations of dataset 'bridge'" in foreign.stderr and "choose another --out" in foreign.stderr
+    assert (
+        "holds annotations of dataset 'bridge'" in foreign.stderr and "choose another --out" in foreign.stderr
+    )
     assert len(AnnotationSet.load(tmp_path / "scripted")) == steps

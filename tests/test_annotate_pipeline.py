@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from annotate_servers import INSTRUCTION, CodedDataset, decode_frame, pick_place_actions
-from refine_core.annotate import (RateLimiter, RetryPolicy, annotate_dataset, asked_steps, estimate_run, parse_shard,
-                                  select_episodes)
+from refine_core.annotate import (RateLimiter, RetryPolicy, annotate_dataset, asked_steps, estimate_run,
+    parse_shard, select_episodes)
 from refine_core.annotate.motion import keyframes, motion_phases
 from refine_core.annotate.prompt import reasoning_from_answer
 from refine_core.annotate.store import JOURNAL_DIR, read_journal
@@ -19,8 +19,8 @@ from refine_core.data.annotation_set import MANIFEST, AnnotationSet, episode_fil
 from refine_core.config import AnnotateSettings
 from refine_core.errors import RefineError, UsageError
 from refine_core.reasoning import Reasoning, TaskPlanning
-from refine_core.teacher import (Annotation, AnnotationRequest, MalformedAnswer, Teacher, TeacherIdentity, TokenUsage,
-                                 TransientTeacherError)
+from refine_core.teacher import (Annotation, AnnotationRequest, MalformedAnswer, Teacher, TeacherIdentity,
+    TokenUsage, TransientTeacherError)
 from refine_teachers.scripted.teacher import ScriptedTeacher, objects_from_instruction
 
 
@@ -102,7 +102,10 @@ def test_sparse_strategies_fill_every_step_from_its_source(tmp_path, strategy, e
         if r["step"] == source:
             assert parsed.task_planning.sub_action == "go"
         else:  # carried over with the step's own phase and move
-            assert parsed.task_planning.sub_action.split(":")[0] == motion_phases(pick_place_actions(16))[r["step"]]
+            assert (
+                parsed.task_planning.sub_action.split(":")[0]
+                == motion_phases(pick_place_actions(16))[r["step"]]
+            )
     manifest = json.loads((tmp_path / MANIFEST).read_text())
     assert manifest["counts"]["asked"] == len(asked) and manifest["counts"]["annotated"] == 16
 
@@ -128,7 +131,8 @@ def test_resume_never_asks_a_journaled_step_again(tmp_path):
     annotate_dataset(CodedDataset(2, 5), first, tmp_path / "full", _settings())
     journal = tmp_path / "out" / JOURNAL_DIR
     journal.mkdir(parents=True)
-    records = [{"episode_id": "ep0", "step": t, "teacher": "counting/m1/p1", "usage": {"input": 100, "output": 50},
+    records = [{"episode_id": "ep0", "step": t, "teacher": "counting/m1/p1", "usage": {"input": 100,
+                                                                                       "output": 50},
                 "attempts": 1, "cached": False, "reasoning": _reasoning(f"episode 0 step {t}").model_dump()}
                for t in (0, 1, 3)]
     lines = "".join(json.dumps(r) + "\n" for r in records)
@@ -234,7 +238,8 @@ def test_a_fatal_teacher_error_stops_the_run_and_keeps_answers(tmp_path):
 
 def test_request_timeout_is_transient(tmp_path):
     teacher = CountingTeacher(delay=0.5)
-    stats = annotate_dataset(CodedDataset(1, 1), teacher, tmp_path, _settings(request_timeout=0.05, max_retries=1))
+    stats = annotate_dataset(CodedDataset(1, 1), teacher, tmp_path, _settings(request_timeout=0.05,
+                                                                              max_retries=1))
     assert stats.failures[0]["reason"] == "gave up after 2 attempts: no answer within 0.05 s"
 
 
@@ -269,8 +274,12 @@ def test_dry_run_counts_calls_tokens_and_cost_and_writes_nothing(tmp_path):
     estimate = estimate_run(CodedDataset(3, 4), teacher, tmp_path / "out", settings)
     assert teacher.calls == {} and not (tmp_path / "out").exists()
     assert (estimate.episodes, estimate.steps, estimate.calls) == (3, 12, 12)
-    usage = teacher.estimate_usage(AnnotationRequest(instruction=INSTRUCTION, images={}, primary_camera="front"))
-    assert estimate.input_tokens == 12 * usage.input_tokens and estimate.output_tokens == 12 * usage.output_tokens
+    usage = teacher.estimate_usage(AnnotationRequest(instruction=INSTRUCTION, images={},
+                                                     primary_camera="front"))
+    assert (
+        estimate.input_tokens == 12 * usage.input_tokens
+        and estimate.output_tokens == 12 * usage.output_tokens
+    )
     assert estimate.cost_usd == pytest.approx((estimate.input_tokens * 2 + estimate.output_tokens * 10) / 1e6)
     # After a partial run, the estimate counts only what is missing.
     annotate_dataset(CodedDataset(1, 4), teacher, tmp_path / "out2", settings)
@@ -284,7 +293,8 @@ def test_answers_that_are_not_reasoning_are_malformed():
             "sub_action": "go"}
     assert reasoning_from_answer(json.dumps(good)).task_planning.sub_action == "go"
     for bad in ('{"observation": "o",', json.dumps({**good, "logical_steps": []}),
-                json.dumps({**good, "observation": ""}), json.dumps({k: v for k, v in good.items() if k != "sub_action"})):
+                json.dumps({**good, "observation": ""}),
+                json.dumps({k: v for k, v in good.items() if k != "sub_action"})):
         with pytest.raises(MalformedAnswer):
             reasoning_from_answer(bad)
 
@@ -296,7 +306,8 @@ def test_scripted_teacher_reads_metadata_instruction_and_motion(tmp_path):
     step3 = Reasoning.parse(texts.text("ep0", 3))
     assert "the red block and the blue plate" in step3.observation
     assert "descend phase" in step3.situation_analysis
-    assert step3.spatial_reasoning.startswith("The red block is 0.07 m in front of and 0.18 m below the gripper.")
+    assert step3.spatial_reasoning.startswith("The red block is 0.07 m in front of and 0.18 m below the "
+                                              "gripper.")
     assert step3.task_planning.sub_action == "descend: move down"
     step10 = Reasoning.parse(texts.text("ep0", 10))
     assert "holding the red block" in step10.observation

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from refine_core.evaluate.attention import (focus, fuse, fused_map, image_attention, image_positions, normalise, patch_grid,
-                                   sample_attention, target_query_positions, top_k_heads, upsample)
+from refine_core.evaluate.attention import (focus, fuse, fused_map, image_attention, image_positions,
+    normalise, patch_grid, sample_attention, target_query_positions, top_k_heads, upsample)
 from refine_core.errors import UsageError
 
 EOS = 1
@@ -114,7 +114,8 @@ def _sample(reasoning: str | None = "<Observation>: the red block is left of the
 
     rng = np.random.default_rng(1)
     frame = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
-    return TrainingSample(images={"cam": frame}, primary_camera="cam", instruction="put the red block in the bowl",
+    return TrainingSample(images={"cam": frame}, primary_camera="cam",
+                          instruction="put the red block in the bowl",
                           actions=rng.uniform(-0.05, 0.05, (1, 7)), reasoning=reasoning, key="ep0/3")
 
 
@@ -146,7 +147,8 @@ def test_attention_map_of_the_tiny_model(tiny, tmp_path):
     with pytest.raises(UsageError, match="no reasoning text"):
         sample_attention(tiny, _sample(reasoning=None), "reasoning")
     comparison = AttentionComparison(rows=[AttentionRow(key=sample.key, instruction=sample.instruction,
-                                                        maps={"action tokens": action, "reasoning tokens": reasoning})],
+                                                        maps={"action tokens": action,
+                                                              "reasoning tokens": reasoning})],
                                      target="action", top_k=4, fusion="max", checkpoint=tmp_path)
     png = attention_figure(comparison, tmp_path / "attention.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

@@ -82,7 +82,8 @@ def test_installed_plugin_components_are_listed(site):
     rows = json.loads(result.stdout)
     assert all(set(row) == {"kind", "name", "summary", "plugin"} for row in rows)
     mine = {(r["kind"], r["name"]): r["plugin"] for r in rows}
-    for kind, name in (("teacher", "template-fixed"), ("dataset", "template-line"), ("codec", "template-sign"),
+    for kind, name in (("teacher", "template-fixed"), ("dataset", "template-line"), ("codec",
+                                                                                     "template-sign"),
                        ("benchmark", "template-accuracy")):
         assert mine[(kind, name)] == "template"
 
@@ -100,7 +101,8 @@ def test_installed_plugin_components_work_through_the_registry(site):
         episode = next(dataset.episodes())
         teacher = registry.build("teacher", "template-fixed", {"sub_action": "slide right"})
         step = episode.steps[0]
-        answer = asyncio.run(teacher.annotate(AnnotationRequest(step.instruction, step.images, step.primary_camera)))
+        request = AnnotationRequest(step.instruction, step.images, step.primary_camera)
+        answer = asyncio.run(teacher.annotate(request))
         backbone = registry.build("backbone", "hf_vlm", {"preset": "tiny"})
         codec = registry.build("codec", "template-sign", {"deadband": 0.1})
         backbone.attach_codec(codec, dataset.statistics().action)
@@ -136,7 +138,10 @@ def test_broken_plugin_is_shown_and_does_not_break_list(site):
     assert result.returncode == 0
     plugins = {p["name"]: p for p in json.loads(result.stdout)}
     assert set(plugins["refine_broken"]) == {"name", "source", "version", "hooks", "error"}
-    assert plugins["refine_broken"]["error"] == "failed to load: ImportError: needs a library that is not installed"
+    assert (
+        plugins["refine_broken"]["error"]
+        == "failed to load: ImportError: needs a library that is not installed"
+    )
     assert plugins["refine_broken"]["source"] == "refine-broken-plugin"
     assert plugins["template"]["error"] is None
     assert "refine_teachers" in plugins["template"]["hooks"]
@@ -183,7 +188,8 @@ def test_unknown_component_exits_2(site):
 
 
 def test_option_typo_exits_2_naming_the_field(site):
-    result = cli(site, "config", "show", *ALL_FAKE, "--teacher", "template-fixed", "--set", "teacher.sub_actoin=go")
+    result = cli(site, "config", "show", *ALL_FAKE, "--teacher", "template-fixed", "--set",
+                 "teacher.sub_actoin=go")
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "error: Unknown option 'teacher.sub_actoin' for teacher 'template-fixed'. "

@@ -38,7 +38,8 @@ def word_tokenizer(action_tokens=()):
     words = ["<pad>", "<eos>", "<bos>", "<unk>", "pick", "up", "the", "cup"]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
+                                   bos_token="<bos>",
                                    unk_token="<unk>")
     fast.add_tokens(list(action_tokens))
     return fast
@@ -172,7 +173,8 @@ def test_ids_follow_upstream_layout(tokenizer, identity_stats):
                    begin + (8 * 32 + 31) * 8 + 2, begin + 4096 + (10 * 16 + 5) * 16 + 8, begin + 8192]
     decoded = codec.decode(ids)
     theta, phi, r = math.pi / 32, -math.pi + 16.5 * 2 * math.pi / 32, 2.5 * math.sqrt(3) / 8
-    expected_xyz = [r * math.sin(theta) * math.cos(phi), r * math.sin(theta) * math.sin(phi), r * math.cos(theta)]
+    expected_xyz = [r * math.sin(theta) * math.cos(phi), r * math.sin(theta) * math.sin(phi),
+                    r * math.cos(theta)]
     np.testing.assert_allclose(decoded[0, :3], expected_xyz, atol=1e-6)
     np.testing.assert_allclose(decoded[0, 3:], [-15 / 16, 1 / 16, 15 / 16, 1.0], atol=1e-6)
     assert decoded[1, 6] == 0.0 and decoded.dtype == np.float32 and decoded.shape == (2, 7)
@@ -208,7 +210,8 @@ def test_gaussian_edges_are_equal_probability_quantiles():
             assert (values[0], values[-1]) == pytest.approx(ranges[name])
             mass = np.diff([dist.cdf(v) for v in values])
             np.testing.assert_allclose(mass, mass.mean(), rtol=1e-9)  # every bin equally likely
-    roll = gaussian_bin_policy({**FRACTAL_GAUSSIAN, "roll": {"mu": 0.0, "sigma": 1.0}})["rotation"]["roll_bins"]
+    roll = gaussian_bin_policy({**FRACTAL_GAUSSIAN, "roll": {"mu": 0.0,
+                                                             "sigma": 1.0}})["rotation"]["roll_bins"]
     # Φ⁻¹ at Φ(-1) + k/16·(Φ(1) - Φ(-1)), written with erf: symmetric, the middle edge at 0
     k4 = math.erf(-1 / math.sqrt(2)) * (1 - 4 / 8)  # erf of the k = 4 edge / √2
     assert roll[8] == pytest.approx(0, abs=1e-12) and roll[4] == pytest.approx(-roll[12])
@@ -241,7 +244,8 @@ def test_fit_gaussian_known_answer(identity_stats):
 
 def test_gaussian_from_statistics_matches_a_fit_on_gaussian_samples():
     rng = np.random.default_rng(0)
-    mean, std = np.array([0.01, -0.02, 0.0, 0.05, 0.0, -0.1, 0.5]), np.array([0.01, 0.02, 0.01, 0.05, 0.08, 0.1, 0.5])
+    mean, std = np.array([0.01, -0.02, 0.0, 0.05, 0.0, -0.1, 0.5]), np.array([0.01, 0.02, 0.01, 0.05, 0.08,
+                                                                              0.1, 0.5])
     actions = rng.normal(mean, std, size=(20000, 7))
     stats = Statistics.from_array(actions)
     estimated, fitted = gaussian_from_statistics(stats), fit_gaussian(actions, stats)
@@ -265,7 +269,8 @@ def test_decode_of_encode_stays_in_the_bin(codecs, actions, kind):
     translation, rot = cells(codec, ids)
     theta_i, phi_i, r_i = translation.T
     # the original's spherical coordinates lie inside the cell its id names
-    for name, index, value in zip(("theta", "phi", "r"), (theta_i, phi_i, r_i), to_spherical(original[:, :3])):
+    for name, index, value in zip(("theta", "phi", "r"), (theta_i, phi_i, r_i),
+                                  to_spherical(original[:, :3])):
         e = edges(codec, name)
         assert np.all((e[index] <= value + 1e-12) & (value <= e[index + 1] + 1e-12)), name
     # translation error ≤ |Δr| + r·(|Δθ| + |Δφ|) at half the cell's widths (clipping only shrinks it)
@@ -315,7 +320,8 @@ def test_malformed_ids_raise_decode_error(codecs):
     cases = [
         (good[:9], "expected 12 action ids"),
         (good + [BOS], "expected 12 action ids"),  # only eos / pad end a span
-        (good[:3] + [rotation_id] + good[4:], f"id {rotation_id} at position 3 is not a translation action id"),
+        (good[:3] + [rotation_id] + good[4:],
+         f"id {rotation_id} at position 3 is not a translation action id"),
         (good[:5] + [good[0]] + good[6:], "position 5 is not a gripper action id"),
         (good[:4] + [EOS] + good[5:], f"id {EOS} at position 4 is not a rotation action id"),
         ([-5] + good[1:], "position 0"),
@@ -345,7 +351,8 @@ def test_action_tokens_may_be_special_tokens(stats):
 
 
 @settings(max_examples=60, deadline=None)
-@given(ids=st.lists(st.one_of(st.integers(-3, 12), st.integers(8190, 8210), st.integers(0, 8210)), max_size=14))
+@given(ids=st.lists(st.one_of(st.integers(-3, 12), st.integers(8190, 8210), st.integers(0, 8210)),
+                    max_size=14))
 def test_any_ids_decode_or_raise_decode_error(codecs, ids):
     codec = codecs["gaussian"]
     try:
@@ -395,7 +402,8 @@ def test_checkpoint_processor_config_decodes_with_its_own_bins(tokenizer, tmp_pa
     offset = (3 * 32 + 20) * 8 + 5  # θ bin 3, φ bin 20, r bin 5
     actions = codec.decode([begin + offset, begin + 4096 + 7 * 256 + 8 * 16 + 9, begin + 8193] * 2)
     centre = {n: (policy[g][f"{n}_bins"][i] + policy[g][f"{n}_bins"][i + 1]) / 2
-              for g, n, i in [("translation", "theta", 3), ("translation", "phi", 20), ("translation", "r", 5),
+              for g, n, i in [("translation", "theta", 3), ("translation", "phi", 20), ("translation", "r",
+                                                                                        5),
                               ("rotation", "roll", 7), ("rotation", "pitch", 8), ("rotation", "yaw", 9)]}
     xyz = np.clip([centre["r"] * math.sin(centre["theta"]) * math.cos(centre["phi"]),
                    centre["r"] * math.sin(centre["theta"]) * math.sin(centre["phi"]),

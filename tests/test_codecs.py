@@ -41,7 +41,8 @@ def word_tokenizer(size: int, tail_special: bool = False, digits: bool = True):
     model = models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>")
     tok = Tokenizer(model)
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(), pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(),
+        pre_tokenizers.Digits(individual_digits=True),
     ])
     extra = ["<image>"] + (["<eot>"] if tail_special else [])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
@@ -134,7 +135,9 @@ def test_contract_basics(words, stats):
         codec.bind(words, Statistics.from_array(np.zeros((4, 6))))
     codec.bind(words, stats)
     assert codec.is_bound and codec.action_dim == 7 and codec.new_tokens() == []
-    assert stats.mask is None and codec.stats.mask.tolist() == default_action_mask().tolist() == [True] * 6 + [False]
+    assert stats.mask is None and codec.stats.mask.tolist() == default_action_mask().tolist() == [
+        True
+    ] * 6 + [False]
     explicit = Statistics(**{**stats.__dict__, "mask": [True] * 7})
     assert codec.bind(words, explicit).stats.mask.all()  # an explicit mask is kept
     assert issubclass(ActionDecodeError, RefineError)
@@ -244,7 +247,8 @@ def test_text_form_is_vlm2vla_style(words, stats):
 @given(actions=chunk_strategy(steps=3), decimals=st.integers(1, 5), normalize=st.booleans(),
        use_bpe=st.booleans())
 def test_text_round_trip_exact_to_printed_precision(words, bpe, stats, actions, decimals, normalize, use_bpe):
-    codec = build("text", bpe if use_bpe else words, stats, chunk_size=3, decimals=decimals, normalize=normalize)
+    codec = build("text", bpe if use_bpe else words, stats, chunk_size=3, decimals=decimals,
+                  normalize=normalize)
     ids = codec.encode(actions)
     decoded = codec.decode(ids)
     written = codec.normalize(actions) if normalize else actions
@@ -311,7 +315,8 @@ def test_least_likely_picks_last_non_special_ids(words, stats):
     assert codec.symbol_ids["0"] == 585 and codec.symbol_ids["]"] == 599
     tail = word_tokenizer(300, tail_special=True)
     assert build("least-likely", tail, stats).action_token_ids.tolist() == list(range(284, 299))
-    explicit = build("least-likely", words, stats, token_ids=list(range(100, 115)), normalize=False, decimals=1)
+    explicit = build("least-likely", words, stats, token_ids=list(range(100, 115)), normalize=False,
+                     decimals=1)
     assert explicit.symbol_ids["9"] == 109 and explicit.symbol_ids["["] == 113
     assert explicit.encode_text(np.array([0.5, -0.25, 0, 0, 0, 0, 1])) == "[[0.5,-0.2,0.0,0.0,0.0,0.0,1.0]]"
 
@@ -323,9 +328,14 @@ def test_least_likely_vocabulary_checks(stats):
     from transformers import PreTrainedTokenizerFast
 
     tiny = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(models.WordLevel({w: i for i, w in enumerate(SPECIALS + list("0123456789"))},
-                                                    unk_token="<unk>")),
-        eos_token="</s>", pad_token="<pad>", unk_token="<unk>", bos_token="<s>")
+        tokenizer_object=Tokenizer(
+            models.WordLevel({w: i for i, w in enumerate(SPECIALS + list("0123456789"))}, unk_token="<unk>")
+        ),
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+    )
     with pytest.raises(UsageError, match="vocabulary of 14 ids has 10 non-special ids"):
         build("least-likely", tiny, stats)
     with pytest.raises(UsageError, match=r"\[2\]"):
@@ -333,7 +343,8 @@ def test_least_likely_vocabulary_checks(stats):
 
 
 @settings(max_examples=50, deadline=None)
-@given(actions=chunk_strategy(steps=2, gripper=st.floats(0, 1)), dims=st.sampled_from([[0, 1, 2, 6], list(range(7))]))
+@given(actions=chunk_strategy(steps=2, gripper=st.floats(0, 1)), dims=st.sampled_from([[0, 1, 2, 6],
+                                                                                       list(range(7))]))
 def test_least_likely_round_trip_exact(words, stats, actions, dims):
     codec = build("least-likely", words, stats, chunk_size=2, dims=dims)
     text_codec = build("text", words, stats, chunk_size=2, dims=dims)
@@ -349,7 +360,8 @@ def test_least_likely_round_trip_exact(words, stats, actions, dims):
 def test_least_likely_rejects_foreign_ids(words, stats):
     codec = build("least-likely", words, stats)
     ids = codec.encode(np.zeros(7))
-    with pytest.raises(ActionDecodeError, match=r"id 17 at position 3 is not one of the 15 action symbol ids"):
+    with pytest.raises(ActionDecodeError,
+                       match=r"id 17 at position 3 is not one of the 15 action symbol ids"):
         codec.decode(ids[:3] + [17] + ids[3:])
     with pytest.raises(ActionDecodeError, match="text ended"):
         codec.decode(ids[:-1])
@@ -357,7 +369,8 @@ def test_least_likely_rejects_foreign_ids(words, stats):
 
 # -- no input crashes a decoder --------------------------------------------------------------
 @settings(max_examples=50, deadline=None)
-@given(ids=st.lists(st.integers(-5, 700), max_size=30), name=st.sampled_from(["bins", "text", "least-likely"]))
+@given(ids=st.lists(st.integers(-5, 700), max_size=30), name=st.sampled_from(["bins", "text",
+                                                                              "least-likely"]))
 def test_any_ids_decode_or_raise_decode_error(words, stats, ids, name):
     codec = build(name, words, stats)
     try:

@@ -46,7 +46,8 @@ def test_file_then_set_precedence(tmp_path, suffix, text):
 
 def test_set_values_are_yaml_scalars(tmp_path):
     cfg = resolve_config(None, ["freeze.vision=false", "freeze.first_n_layers=-2", "lora.r=16",
-                                "lora.targets=[q_proj, v_proj]", "backbone.path=/models/x", "backbone.dtype=null"])
+                                "lora.targets=[q_proj, v_proj]", "backbone.path=/models/x",
+                                "backbone.dtype=null"])
     assert cfg.freeze.vision is False and cfg.freeze.first_n_layers == -2
     assert cfg.lora.r == 16 and cfg.lora.targets == ["q_proj", "v_proj"]
     assert cfg.backbone.options == {"preset": "tiny", "path": "/models/x", "dtype": None}

@@ -8,8 +8,10 @@ from hypothesis import strategies as st
 
 from refine_core import Reasoning, Statistics, Step, TaskPlanning
 
-words = st.text(alphabet=st.characters(whitelist_categories=("L", "N", "Zs"), whitelist_characters=".,;:'()-"),
-                min_size=1, max_size=40).filter(lambda s: s.strip().lstrip(":").strip())  # empty fields are invalid
+words = st.text(alphabet=st.characters(whitelist_categories=("L", "N", "Zs"),
+                                       whitelist_characters=".,;:'()-"),
+                min_size=1,
+                max_size=40).filter(lambda s: s.strip().lstrip(":").strip())  # empty fields are invalid
 
 
 @settings(max_examples=60, deadline=None)
@@ -23,7 +25,8 @@ def test_parse_of_render_is_identity(obs, sit, spa, steps, sub):
 def test_render_is_the_tagged_format():
     text = Reasoning(observation="A red block.", situation_analysis="Gripper open.",
                      spatial_reasoning="Block left of plate.",
-                     task_planning=TaskPlanning(logical_steps=["Reach.", "Grasp."], sub_action="move left")).render()
+                     task_planning=TaskPlanning(logical_steps=["Reach.", "Grasp."],
+                                                sub_action="move left")).render()
     assert text == ("<Observation>: A red block.\n<Situation Analysis>: Gripper open.\n"
                     "<Spatial Reasoning>: Block left of plate.\n"
                     "<Task Planning>: <logical_steps> <1> Reach. <2> Grasp. <sub_action> move left")
@@ -35,7 +38,8 @@ def test_render_is_the_tagged_format():
     "<logical_steps><1>reach the cup<2>   grasp it <SUB_ACTION> move down",
 ])
 def test_parse_tolerates_teacher_spacing_and_numbering(plan):
-    text = f"<observation>:  a cup\n\n<Situation_Analysis> open <spatial reasoning>: cup ahead <Task Planning>: {plan}"
+    text = (f"<observation>:  a cup\n\n<Situation_Analysis> open <spatial reasoning>: cup ahead "
+            f"<Task Planning>: {plan}")
     parsed = Reasoning.parse(text)
     assert parsed.observation == "a cup" and parsed.situation_analysis == "open"
     assert parsed.task_planning.logical_steps == ["reach the cup", "grasp it"]
@@ -46,7 +50,8 @@ def test_parse_is_strict_about_missing_sections():
     with pytest.raises(ValueError, match="missing section.*Spatial Reasoning"):
         Reasoning.parse("<Observation>: a <Situation Analysis>: b <Task Planning>: 1. x <sub_action> y")
     with pytest.raises(ValueError, match="sub_action"):
-        Reasoning.parse("<Observation>: a <Situation Analysis>: b <Spatial Reasoning>: c <Task Planning>: 1. x")
+        Reasoning.parse("<Observation>: a <Situation Analysis>: b <Spatial Reasoning>: c <Task Planning>: 1. "
+                        "x")
 
 
 def test_a_leading_colon_is_not_content():

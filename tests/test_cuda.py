@@ -58,11 +58,13 @@ def test_sdpa_and_eager_attention_agree_on_the_gpu():
 
     registry = Registry(entry_points=False)
     for name in ("openvla",):
-        models = [registry.build("backbone", name, {"preset": "tiny", "dtype": "float32", "attn_implementation": attn})
+        models = [registry.build("backbone", name, {"preset": "tiny", "dtype": "float32",
+                                                    "attn_implementation": attn})
                   for attn in ("eager", "sdpa")]
         ids = models[0].prompt_ids("put the red block in the bowl")
         frame = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-        batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+        batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids),
+                                                                                dtype=torch.long),
                  **models[0].image_inputs([frame])}
         logits = []
         for backbone in models:
@@ -78,7 +80,8 @@ def test_cuda_graph_decoding_equals_the_dynamic_cache_and_follows_weight_updates
     the dynamic cache's ids and logits, also after the weights were updated in place (training)."""
     from refine_core.registry import Registry
 
-    backbone = Registry(entry_points=False).build("backbone", "openvla", {"preset": "tiny", "dtype": "float32"})
+    backbone = Registry(entry_points=False).build("backbone", "openvla", {"preset": "tiny",
+                                                                          "dtype": "float32"})
     model = backbone.model.to("cuda").eval()
     frame = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     ids = torch.tensor([backbone.prompt_ids("put the red block in the bowl")], device="cuda")
@@ -105,14 +108,16 @@ def test_cuda_graph_decoding_equals_the_dynamic_cache_and_follows_weight_updates
 def test_spatialvla_cuda_graph_decoding_equals_the_dynamic_cache():
     from refine_core.registry import Registry
 
-    backbone = Registry(entry_points=False).build("backbone", "spatialvla", {"preset": "tiny", "dtype": "float32"})
+    backbone = Registry(entry_points=False).build("backbone", "spatialvla", {"preset": "tiny",
+                                                                             "dtype": "float32"})
     model = backbone.model.to("cuda").eval()
     prompt = backbone.prompt_ids("put the red block in the bowl")
     ids = torch.tensor([prompt + [100, 101, 102]], device="cuda")  # a causal suffix, as reasoning is
     types = torch.tensor([[0] * len(prompt) + [1] * 3], device="cuda")
     inputs = backbone.image_inputs([np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)])
     pixels, intrinsic = inputs["pixel_values"].cuda(), inputs["intrinsic"].cuda()
-    graph, dynamic = [model.generate(ids, pixels, intrinsic, 24, token_type_ids=types, decoder=d, return_scores=True)
+    graph, dynamic = [model.generate(ids, pixels, intrinsic, 24, token_type_ids=types, decoder=d,
+                                     return_scores=True)
                       for d in ("graph", "dynamic")]
     assert model._static_decoder.graph is not None
     assert torch.equal(graph[0], dynamic[0])
@@ -126,9 +131,11 @@ def test_hf_vlm_cuda_graph_decoding_equals_transformers_generate():
     frame = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     results = {}
     for decoder in ("graph", "dynamic"):
-        backbone = registry.build("backbone", "hf_vlm", {"preset": "tiny", "dtype": "float32", "decoder": decoder})
+        backbone = registry.build("backbone", "hf_vlm", {"preset": "tiny", "dtype": "float32",
+                                                         "decoder": decoder})
         backbone.model.to("cuda")
-        results[decoder] = [backbone.generate_ids(frame, "put the red block in the bowl", 24, prefix_ids=prefix)
+        results[decoder] = [backbone.generate_ids(frame, "put the red block in the bowl", 24,
+                                                  prefix_ids=prefix)
                             for prefix in ([], [100, 101, 102])]
         if decoder == "graph":
             assert backbone.model._static_decoder.graph is not None

@@ -137,11 +137,13 @@ def test_cache_is_reused_and_interrupted_writes_leave_nothing(tmp_path, monkeypa
     monkeypatch.undo()
     built = demo_data.ensure_generated(other)
     assert not dead.exists() and (built / demo_data.METADATA_FILE).is_file()
-    assert len(list(get_registry().build("dataset", "demo", {"episodes": 3, "cache_dir": str(tmp_path)}).episodes())) == 3
+    assert len(list(get_registry().build("dataset", "demo", {"episodes": 3,
+                                                             "cache_dir": str(tmp_path)}).episodes())) == 3
 
 
 def test_refine_data_stats_and_show(demo, cache, tmp_path):
-    sets = ["--dataset", "demo", "--set", f"dataset.episodes={EPISODES}", "--set", f"dataset.cache_dir={cache}"]
+    sets = ["--dataset", "demo", "--set", f"dataset.episodes={EPISODES}", "--set",
+            f"dataset.cache_dir={cache}"]
     png = tmp_path / "sheet.png"
     with ThreadPoolExecutor(2) as pool:  # each run pays the TensorFlow import
         stats = pool.submit(run_refine, "data", "stats", *sets, "--json")
@@ -149,7 +151,11 @@ def test_refine_data_stats_and_show(demo, cache, tmp_path):
         stats, show = stats.result(), show.result()
     assert stats.returncode == 0, stats.stderr
     payload = json.loads(stats.stdout)
-    assert payload["dataset"] == "demo" and payload["num_episodes"] == EPISODES and payload["cameras"] == ["image_0"]
+    assert (
+        payload["dataset"] == "demo"
+        and payload["num_episodes"] == EPISODES
+        and payload["cameras"] == ["image_0"]
+    )
     assert payload["num_steps"] == sum(len(e) for e in demo[1])
     assert payload["action"]["q01"][:3] == [-CELL] * 3 and payload["action"]["q99"][:3] == [CELL] * 3
     assert show.returncode == 0, show.stderr

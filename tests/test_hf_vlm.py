@@ -47,8 +47,10 @@ def sample(seed=0, reasoning=REASONING, chunk=1):
     rng = np.random.default_rng(seed)
     actions = rng.uniform(-0.04, 0.04, size=(chunk, 7))
     actions[:, 6] = 1.0
-    return TrainingSample(images={"cam": rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)}, primary_camera="cam",
-                          instruction="Put the red block on the blue plate", actions=actions, reasoning=reasoning)
+    return TrainingSample(images={"cam": rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)},
+                          primary_camera="cam",
+                          instruction="Put the red block on the blue plate", actions=actions,
+                          reasoning=reasoning)
 
 
 def test_tiny_preset_is_a_paligemma_with_named_parts(backbone):
@@ -141,7 +143,10 @@ def test_overfit_one_sample_then_generate_reasoning_and_action(registry, stats):
             break
     prediction = backbone.predict(s.image, s.instruction, reasoning=True, max_new_tokens=64)
     assert prediction.error is None, prediction
-    assert prediction.reasoning == "<Observation>: red block. <Task Planning>: <logical_steps> <1> reach <sub_action> move left"
+    assert (
+        prediction.reasoning
+        == "<Observation>: red block. <Task Planning>: <logical_steps> <1> reach <sub_action> move left"
+    )
     half_bin = (stats.q99 - stats.q01)[:6] / 256
     assert np.all(np.abs(prediction.actions[0, :6] - s.actions[0, :6]) <= half_bin + 1e-6)
     assert prediction.actions[0, 6] == 1.0
@@ -159,7 +164,8 @@ def test_static_cache_decoding_equals_transformers_generate_and_full_recomputati
     """The static cache (the CUDA-graph decoder's, eager on the CPU) gives transformers' generate ids,
     and each step's token is the argmax of a full forward pass over prompt + generated tokens."""
     frame = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    dynamic, static = [registry.build("backbone", "hf_vlm", {"preset": "tiny", "decoder": d}) for d in ("dynamic", "static")]
+    dynamic, static = [registry.build("backbone", "hf_vlm", {"preset": "tiny",
+                                                             "decoder": d}) for d in ("dynamic", "static")]
     new = static.generate_ids(frame, "put the cup on the plate", 10, prefix_ids=prefix)
     assert new == dynamic.generate_ids(frame, "put the cup on the plate", 10, prefix_ids=prefix)
     prompt = static.prompt_ids("put the cup on the plate")

@@ -37,8 +37,10 @@ def folders(tmp_path_factory):
     episodes = source_episodes()
     return {
         "episodes": episodes,
-        "images": write_lerobot_dataset(root / "images", episodes, cameras=("front", "wrist"), image_size=SIZE),
-        "video": write_lerobot_dataset(root / "video", episodes, video=True, cameras=("front", "wrist"), image_size=SIZE),
+        "images": write_lerobot_dataset(root / "images", episodes, cameras=("front", "wrist"),
+                                        image_size=SIZE),
+        "video": write_lerobot_dataset(root / "video", episodes, video=True, cameras=("front", "wrist"),
+                                       image_size=SIZE),
     }
 
 
@@ -79,7 +81,8 @@ def test_round_trip(folders, variant):
 
 def test_gripper_convention_and_layout_options(tmp_path):
     # a LIBERO-like 4-D action [dx, dy, dz, g] with -1 = open, +1 = closed
-    actions = np.array([[0.1, 0.2, 0.3, -1.0], [0.0, -0.1, 0.0, 1.0], [0.2, 0.0, -0.3, 0.0], [0, 0, 0, 0.6]], np.float32)
+    actions = np.array([[0.1, 0.2, 0.3, -1.0], [0.0, -0.1, 0.0, 1.0], [0.2, 0.0, -0.3, 0.0], [0, 0, 0, 0.6]],
+                       np.float32)
     root = write_lerobot_dataset(tmp_path / "libero", [{"actions": actions, "task": "open the drawer"}],
                                  cameras=("agentview", "wrist"))
     ds = lerobot(root, movement_dims=[0, 1, 2], gripper_dim=3, gripper_range=[-1, 1], gripper_open_at="low",
@@ -90,7 +93,8 @@ def test_gripper_convention_and_layout_options(tmp_path):
     assert np.all(got[:, 3:6] == 0)
     np.testing.assert_allclose(got[:, 6], [1.0, 0.0, 0.5, 0.2], atol=1e-6)
     assert ds.cameras == ("wrist", "agentview") and episode.steps[0].primary_camera == "wrist"
-    binary = lerobot(root, movement_dims=[0, 1, 2], gripper_dim=3, gripper_range=[-1, 1], gripper_open_at="low",
+    binary = lerobot(root, movement_dims=[0, 1, 2], gripper_dim=3, gripper_range=[-1, 1],
+                     gripper_open_at="low",
                      binarize_gripper=True)
     assert next(binary.episodes()).actions()[:, 6].tolist() == [1.0, 0.0, 0.0, 0.0]
 
@@ -161,10 +165,15 @@ def test_missing_data_file_and_column(folders, tmp_path):
 
 
 def test_cli_stats_and_bad_root(folders, tmp_path):
-    ok = run_refine("data", "stats", "--dataset", "lerobot", "--set", f"dataset.root={folders['images']}", "--json")
+    ok = run_refine("data", "stats", "--dataset", "lerobot", "--set", f"dataset.root={folders['images']}",
+                    "--json")
     assert ok.returncode == 0, ok.stderr
     payload = json.loads(ok.stdout)
-    assert payload["num_episodes"] == 3 and payload["num_steps"] == sum(LENGTHS) and payload["cameras"] == ["front", "wrist"]
+    assert (
+        payload["num_episodes"] == 3
+        and payload["num_steps"] == sum(LENGTHS)
+        and payload["cameras"] == ["front", "wrist"]
+    )
     sheet = tmp_path / "sheet.png"
     shown = run_refine("data", "show", "--dataset", "lerobot", "--set", f"dataset.root={folders['video']}",
                        "--episode", "1", "--out", str(sheet))

@@ -35,7 +35,9 @@ class TwoEpisodes(RobotDataset):
             yield Episode(episode_id=f"ep{e}", steps=steps)
 
     def statistics(self):
-        return DatasetStatistics(action=Statistics.from_array(np.concatenate([e.actions() for e in self.episodes()])))
+        return DatasetStatistics(
+            action=Statistics.from_array(np.concatenate([e.actions() for e in self.episodes()]))
+        )
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +60,15 @@ def test_untrained_model_scores_near_chance(setup, tmp_path):
     lines = (tmp_path / "eval" / "results.jsonl").read_text().splitlines()
     assert [json.loads(line)["episode_id"] for line in lines] == ["ep0", "ep1"]
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
-    assert set(summary["with_reasoning"]) == {"predictions", "decode_failure_rate", "forced_rate", "l1_per_dim",
+    assert set(summary["with_reasoning"]) == {"predictions", "decode_failure_rate", "forced_rate",
+                                              "l1_per_dim",
                                               "l1_mean", "gripper_accuracy"}
     # constrained decoding: even an untrained model's actions decode; its reasoning never reaches them
     for mode in ("with_reasoning", "without_reasoning"):
         assert summary[mode]["decode_failure_rate"] == 0.0
-    assert summary["with_reasoning"]["forced_rate"] == 1.0 and summary["without_reasoning"]["forced_rate"] == 0.0
+    assert (
+        summary["with_reasoning"]["forced_rate"] == 1.0 and summary["without_reasoning"]["forced_rate"] == 0.0
+    )
 
 
 def test_model_that_learned_the_episodes_scores_perfectly(setup, tmp_path):
@@ -86,7 +91,8 @@ def test_model_that_learned_the_episodes_scores_perfectly(setup, tmp_path):
     # free-running predictions are exactly the codec's rendering of the truth: L1 = round-trip error
     chosen = samples  # 2 evenly spaced steps of 2: every step
     codec = backbone.codec
-    expected = np.mean([np.abs(codec.decode(codec.encode(s.actions[0]))[0] - s.actions[0]) for s in chosen], axis=0)
+    expected = np.mean([np.abs(codec.decode(codec.encode(s.actions[0]))[0] - s.actions[0]) for s in chosen],
+                       axis=0)
     assert np.allclose(free["l1_per_dim"], expected, atol=1e-6)
 
 
@@ -97,7 +103,9 @@ def test_unconstrained_decoding_reports_an_untrained_model_failing(setup, tmp_pa
     benchmark = registry.build("benchmark", "offline", {"free_running_steps": 2, "max_new_tokens": 12,
                                                         "constrain_actions": False})
     summary = benchmark.evaluate(EvalContext(backbone, dataset, tmp_path, val_fraction=0.999)).summary
-    assert summary["with_reasoning"]["decode_failure_rate"] > 0 and summary["with_reasoning"]["forced_rate"] == 0
+    assert (
+        summary["with_reasoning"]["decode_failure_rate"] > 0 and summary["with_reasoning"]["forced_rate"] == 0
+    )
 
 
 def test_no_held_out_episode_is_a_clear_error(setup, tmp_path):

@@ -40,8 +40,10 @@ def test_config_reads_every_upstream_field_and_writes_it_back():
     assert config.to_dict() == raw
     llama = config.llama_config()
     # pinned transformers-4.40.1 LlamaConfig defaults the minimal text_config relies on
-    assert (llama.rms_norm_eps, llama.max_position_embeddings, llama.tie_word_embeddings) == (1e-6, 2048, False)
-    assert (llama.hidden_size, llama.num_hidden_layers, llama.vocab_size, llama.pad_token_id) == (64, 2, 32064, 32000)
+    assert (llama.rms_norm_eps, llama.max_position_embeddings,
+            llama.tie_word_embeddings) == (1e-6, 2048, False)
+    assert (llama.hidden_size, llama.num_hidden_layers, llama.vocab_size,
+            llama.pad_token_id) == (64, 2, 32064, 32000)
 
 
 def test_full_config_on_meta_matches_the_official_census():
@@ -73,7 +75,8 @@ def test_intermediates_match_upstream(upstream, reference):
     with torch.no_grad():
         patches = upstream.vision_backbone(reference["pixel_values"])
         projected = upstream.projector(patches)
-        out = upstream(reference["input_ids"], reference["pixel_values"], attention_mask=reference["attention_mask"],
+        out = upstream(reference["input_ids"], reference["pixel_values"],
+                       attention_mask=reference["attention_mask"],
                        output_hidden_states=True)
     torch.testing.assert_close(patches, reference["patch_features"], atol=ATOL, rtol=0)
     torch.testing.assert_close(projected, reference["projector_features"], atol=ATOL, rtol=0)
@@ -84,7 +87,8 @@ def test_intermediates_match_upstream(upstream, reference):
 def test_logits_match_upstream(upstream, reference, attn):
     from refine_plugins.openvla.model import OpenVLAForActionPrediction
 
-    model = upstream if attn == "eager" else OpenVLAForActionPrediction.from_pretrained(FIXTURE, attn_implementation=attn)
+    model = upstream if attn == "eager" else OpenVLAForActionPrediction.from_pretrained(FIXTURE,
+                                                                                        attn_implementation=attn)
     with torch.no_grad():
         logits = model(reference["input_ids"], reference["pixel_values"],
                        attention_mask=reference["attention_mask"]).logits
@@ -148,7 +152,9 @@ def test_save_writes_upstream_names_and_reloads_identically(upstream, reference,
             safe_open(str(FIXTURE / "model.safetensors"), "pt") as g:
         assert set(f.keys()) == set(g.keys())
         assert all(torch.equal(f.get_tensor(k), g.get_tensor(k)) for k in g.keys())
-    assert json.loads((tmp_path / "config.json").read_text()) == json.loads((FIXTURE / "config.json").read_text())
+    assert json.loads((tmp_path / "config.json").read_text()) == json.loads(
+        (FIXTURE / "config.json").read_text()
+    )
 
     upstream.save_pretrained(tmp_path / "sharded", max_shard_bytes=2_000_000)
     index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
@@ -225,8 +231,10 @@ def sample(seed=0, reasoning=REASONING):
     rng = np.random.default_rng(seed)
     actions = rng.uniform(-0.04, 0.04, size=(1, 7))
     actions[:, 6] = 1.0
-    return TrainingSample(images={"cam": rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)}, primary_camera="cam",
-                          instruction="Put the red block on the blue plate", actions=actions, reasoning=reasoning)
+    return TrainingSample(images={"cam": rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)},
+                          primary_camera="cam",
+                          instruction="Put the red block on the blue plate", actions=actions,
+                          reasoning=reasoning)
 
 
 def test_backbone_prompt_ids_and_action_vocabulary(backbone):
@@ -235,7 +243,8 @@ def test_backbone_prompt_ids_and_action_vocabulary(backbone):
     ids = backbone.prompt_ids("Put the red block on the blue plate")
     assert ids[0] == 1 and ids[-1] == SPACE_ID == 29871
     text = backbone.tokenizer.decode(ids, skip_special_tokens=True)
-    assert text.startswith("In: What action should the robot take to put the red block on the blue plate?\nOut:")
+    assert text.startswith("In: What action should the robot take to put the red block on the blue "
+                           "plate?\nOut:")
     assert backbone.codec.action_token_ids.tolist() == list(range(31744, 32000))
     assert (backbone.pad_id, backbone.eos_id, len(backbone.tokenizer)) == (32000, 2, 32001)
 
@@ -248,10 +257,12 @@ def test_backbone_batch_and_named_parts(backbone):
     dino, siglip = batch["pixel_values"][0, :3], batch["pixel_values"][0, 3:]
     mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
     # the same resized frame under the two normalisations
-    torch.testing.assert_close(dino * std[:, None, None] + mean[:, None, None], siglip * 0.5 + 0.5, atol=1e-5, rtol=0)
+    torch.testing.assert_close(dino * std[:, None, None] + mean[:, None, None], siglip * 0.5 + 0.5, atol=1e-5,
+                               rtol=0)
     assert batch["action_mask"].sum(1).tolist() == [8, 8]  # 7 bins + eos
     assert int((batch["labels"][1] != IGNORE).sum()) == 8
-    assert [n for n, _ in backbone.blocks()] == ["language_model.model.layers.0", "language_model.model.layers.1"]
+    assert [n for n, _ in backbone.blocks()] == ["language_model.model.layers.0",
+                                                 "language_model.model.layers.1"]
     assert [n for n, _ in backbone.vision_modules()] == ["vision_backbone.featurizer",
                                                          "vision_backbone.fused_featurizer"]
     assert backbone.image_token_positions(batch["input_ids"][0]).tolist() == list(range(1, 257))
@@ -261,7 +272,8 @@ def test_backbone_logits_align_with_input_ids_and_match_the_full_model(backbone)
     batch = backbone.collate([sample(0), sample(1, reasoning=None)])
     with torch.no_grad():
         logits = backbone.forward(batch)
-        full = backbone.model(batch["input_ids"], batch["pixel_values"], attention_mask=batch["attention_mask"]).logits
+        full = backbone.model(batch["input_ids"], batch["pixel_values"],
+                              attention_mask=batch["attention_mask"]).logits
     assert logits.shape[:2] == batch["input_ids"].shape
     torch.testing.assert_close(logits, torch.cat([full[:, :1], full[:, 257:]], dim=1), atol=1e-5, rtol=0)
 
@@ -350,7 +362,8 @@ def test_lora_follows_openvlas_recipe(registry, stats):
     backbone = make_backbone(registry, stats)
     names = lora_module_names(backbone, "all-linear")
     # peft's all-linear, as OpenVLA's finetune.py: both towers, the projector and Llama; not lm_head
-    assert {"vision_backbone.featurizer.blocks.0.attn.qkv", "vision_backbone.fused_featurizer.blocks.2.mlp.fc2",
+    assert {"vision_backbone.featurizer.blocks.0.attn.qkv",
+            "vision_backbone.fused_featurizer.blocks.2.mlp.fc2",
             "projector.fc3", "language_model.model.layers.1.mlp.down_proj"} <= set(names)
     assert "language_model.lm_head" not in names
     settings = resolve_lora(backbone, LoraSettings(r=32))

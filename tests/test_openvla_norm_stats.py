@@ -14,7 +14,8 @@ FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "openvla
 # a second dataset in the full upstream layout (RLDS loader statistics + the normalisation mask)
 MY_ROBOT = {
     "action": {"mean": [0.0] * 7, "std": [0.01] * 7, "max": [0.1] * 6 + [1.0], "min": [-0.1] * 6 + [0.0],
-               "q01": [-0.05, -0.04, -0.03, -0.2, -0.2, -0.2, 0.0], "q99": [0.05, 0.04, 0.03, 0.2, 0.2, 0.2, 1.0],
+               "q01": [-0.05, -0.04, -0.03, -0.2, -0.2, -0.2, 0.0], "q99": [0.05, 0.04, 0.03, 0.2, 0.2, 0.2,
+                                                                            1.0],
                "mask": [True] * 6 + [False]},
     "proprio": {k: [0.0] * 7 for k in ("mean", "std", "max", "min", "q01", "q99")},
     "num_transitions": 1234, "num_trajectories": 56,
@@ -61,7 +62,8 @@ def upstream_decode(ids, action_stats, vocab_size=32064 - 64):
     centres = (np.linspace(-1, 1, 256)[:-1] + np.linspace(-1, 1, 256)[1:]) / 2
     normalized = centres[np.clip(vocab_size - np.asarray(ids) - 1, 0, 254)]
     q01, q99 = np.asarray(action_stats["q01"]), np.asarray(action_stats["q99"])
-    return np.where(action_stats.get("mask", [True] * 7), 0.5 * (normalized + 1) * (q99 - q01) + q01, normalized)
+    return np.where(action_stats.get("mask", [True] * 7), 0.5 * (normalized + 1) * (q99 - q01) + q01,
+                    normalized)
 
 
 def snapped(actions):
@@ -123,7 +125,8 @@ def test_unknown_or_ambiguous_unnorm_key_is_one_line_listing_the_keys(registry, 
     assert str(unknown.value) == ("unnorm_key 'bridge' is not in the OpenVLA norm_stats; "
                                   "available: bridge_orig, my_robot")
     ambiguous = registry.build("backbone", "openvla", {"path": str(checkpoint)})
-    with pytest.raises(UsageError, match=r"several datasets; set backbone.unnorm_key .* bridge_orig, my_robot$"):
+    with pytest.raises(UsageError,
+                       match=r"several datasets; set backbone.unnorm_key .* bridge_orig, my_robot$"):
         ambiguous.action_statistics()
     with pytest.raises(UsageError, match="carries no action statistics"):
         registry.build("backbone", "openvla", {"preset": "tiny"}).action_statistics()
@@ -144,7 +147,9 @@ def test_save_writes_the_training_statistics_under_the_dataset_name(backbone, re
         backbone.codec, backbone.statistics_key = None, None
     saved = json.loads((tmp_path / "config.json").read_text())["norm_stats"]
     original = json.loads((FIXTURE / "config.json").read_text())["norm_stats"]
-    assert saved["bridge_orig"] == original["bridge_orig"] and saved["my_robot"] == MY_ROBOT  # carried unchanged
+    assert (
+        saved["bridge_orig"] == original["bridge_orig"] and saved["my_robot"] == MY_ROBOT
+    )  # carried unchanged
     action = saved["new_task"]["action"]
     assert sorted(action) == ["mask", "max", "mean", "min", "q01", "q99", "std"]
     assert action["mask"] == [True] * 6 + [False] and saved["new_task"]["num_transitions"] == 300
@@ -170,7 +175,8 @@ def test_training_setup_names_the_statistics_and_applies_the_reasoning_format(re
 
         def episodes(self, split="train"):
             steps = [Step(images={"cam": np.zeros((8, 8, 3), np.uint8)}, instruction="lift the cup",
-                          action=[0.01 * t, 0, 0, 0, 0, 0, 1], primary_camera="cam", episode_id="e", step_index=t)
+                          action=[0.01 * t, 0, 0, 0, 0, 0, 1], primary_camera="cam", episode_id="e",
+                          step_index=t)
                      for t in range(4)]
             yield Episode(episode_id="e", steps=steps)
 

@@ -51,7 +51,10 @@ def llama2_files() -> dict:
     # ids the restriction left out get pieces no prompt contains, so every id keeps its place
     # (tokenizers would otherwise renumber the added <PAD> from 32000 down to the vocabulary's size)
     vocab.update({f"<absent_{i}>": i for i in set(range(32000)) - set(vocab.values())})
-    decoder = {str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in DATA["tokenizer.json"]["added_tokens"]}
+    decoder = {
+        str(t["id"]): {k: v for k, v in t.items() if k != "id"}
+        for t in DATA["tokenizer.json"]["added_tokens"]
+    }
     config = {"add_bos_token": True, "add_eos_token": False, "added_tokens_decoder": decoder,
               "clean_up_tokenization_spaces": False, "legacy": False, "model_max_length": 2048,
               "padding_side": "right", "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizer", **SPECIAL}
@@ -103,9 +106,11 @@ def test_a_training_sequence_equals_upstream_training_ids(registry, weights_only
     checkpoint = with_files(weights_only, tmp_path / "openvla", llama2_files())
     backbone = registry.build("backbone", "openvla", {"path": str(checkpoint)})
     rng = np.random.default_rng(0)
-    backbone.attach_codec(registry.build("codec", "bins", {}), Statistics.from_array(rng.uniform(-1, 1, (64, 7))))
+    backbone.attach_codec(registry.build("codec", "bins", {}),
+                          Statistics.from_array(rng.uniform(-1, 1, (64, 7))))
     actions = backbone.codec.decode(reference["action_ids"])
-    sample = TrainingSample(images={"cam": rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)}, primary_camera="cam",
+    sample = TrainingSample(images={"cam": rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)},
+                            primary_camera="cam",
                             instruction=reference["instruction"], actions=actions, reasoning=None)
     batch = backbone.collate([sample])
     assert batch["input_ids"][0].tolist() == reference["input_ids"]

@@ -73,7 +73,8 @@ def registry_of(*modules: str) -> Registry:
 
 def test_every_hook_has_a_test():
     """Datasette's rule: each hookspec is exercised by a test named after it."""
-    hooks = [name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("refine_")]
+    hooks = [name for name, _ in inspect.getmembers(hookspecs,
+                                                    inspect.isfunction) if name.startswith("refine_")]
     assert len(hooks) == 6
     source = Path(__file__).read_text()
     for hook in hooks:
@@ -210,7 +211,9 @@ def test_unknown_option_names_field_and_allowed_keys(module_dir):
     registry = registry_of(module_dir("fake_all", ALL_KINDS_PLUGIN))
     with pytest.raises(UsageError) as err:
         registry.build("dataset", "dd", {"sise": 4})
-    assert str(err.value) == "Unknown option 'dataset.sise' for dataset 'dd'. Did you mean 'size'? Allowed: size"
+    assert (
+        str(err.value) == "Unknown option 'dataset.sise' for dataset 'dd'. Did you mean 'size'? Allowed: size"
+    )
     with pytest.raises(UsageError, match=r"Invalid config value for 'dataset.size'"):
         registry.build("dataset", "dd", {"size": "big"})
 
@@ -222,3 +225,12 @@ def test_spec_records_check_their_fields():
         TeacherSpec(name="t", summary="s", factory=dict, options=dict)
     with pytest.raises(TypeError, match="factory must be callable"):
         TeacherSpec(name="t", summary="s", factory="no_colon")
+
+
+def test_kind_names_accept_plural_and_the_spelt_out_codec():
+    from refine_core.registry import check_kind
+
+    assert [check_kind(k) for k in ("codec", "codecs", "action_codec", "action_codecs", "datasets")] == [
+        "codec", "codec", "codec", "codec", "dataset"]
+    with pytest.raises(UsageError, match="Unknown kind 'codex'. Available: backbone, codec, teacher"):
+        check_kind("codex")

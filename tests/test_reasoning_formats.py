@@ -21,7 +21,8 @@ REASONING = Reasoning(
     observation="A red block and a blue plate on the table; the gripper is open.",
     situation_analysis="Nothing is held yet; the block must be picked up first.",
     spatial_reasoning="The block is left of and below the gripper.",
-    task_planning=TaskPlanning(logical_steps=["Move above the red block.", "Grasp it.", "Place it on the plate."],
+    task_planning=TaskPlanning(logical_steps=["Move above the red block.", "Grasp it.",
+                                              "Place it on the plate."],
                                sub_action="move left and down"),
 )
 ECOT_TEXT = ("TASK: Put the red block on the plate "
@@ -50,7 +51,8 @@ def test_ecot_parse_of_render_is_identity_and_tolerates_real_ecot_text():
             "GRIPPER POSITION: [97, 45, 89, 52] ACTION: <a><b>")
     parsed = ecot.parse(text)
     assert parsed.task_planning.logical_steps == ["Reach for the arch.", "Grasp the arch."]
-    assert (parsed.observation, parsed.task_planning.sub_action) == ("wooden blocks [150, 4, 188, 100]", "move down")
+    assert (parsed.observation, parsed.task_planning.sub_action) == ("wooden blocks [150, 4, 188, 100]",
+                                                                     "move down")
     assert ecot.parse(text.replace("MOVE: move down ", "")).task_planning.sub_action == "Reach for the arch."
     with pytest.raises(ValueError, match="missing tag.*MOVE REASONING:"):
         ecot.parse("PLAN: 1. a VISIBLE OBJECTS: b SUBTASK REASONING: c MOVE: d")
@@ -58,7 +60,8 @@ def test_ecot_parse_of_render_is_identity_and_tolerates_real_ecot_text():
         ecot.render(REASONING.model_copy(update={"observation": "see MOVE: left"}))
 
 
-words = st.text(alphabet=st.characters(whitelist_categories=("L", "N", "Zs"), whitelist_characters=".,;:'()-"),
+words = st.text(alphabet=st.characters(whitelist_categories=("L", "N", "Zs"),
+                                       whitelist_characters=".,;:'()-"),
                 min_size=1, max_size=40).filter(lambda s: s.strip().lstrip(":").strip())
 _TAG = re.compile(r"(?<!\S)(" + "|".join(re.escape(t) for t in ECOT_TAGS + ("ACTION:",)) + ")")
 
@@ -71,7 +74,8 @@ def test_ecot_round_trip_property(obs, sit, spa, steps, sub):
     fields = [obs, sit, spa, sub, *steps]
     assume(not any(_TAG.search(f) for f in fields))
     # the documented exception: a step holding a later step's number mark ("… 3. …")
-    assume(not any(re.search(r"\s\d+\s*[.)]\s", " " + s + " ") for s in reasoning.task_planning.logical_steps))
+    assume(not any(re.search(r"\s\d+\s*[.)]\s",
+                             " " + s + " ") for s in reasoning.task_planning.logical_steps))
     ecot = get_reasoning_format("ecot")
     assert ecot.parse(ecot.render(reasoning, "do it")) == reasoning
 
@@ -99,7 +103,8 @@ def _write_annotations(directory, texts):
     steps = [{"step": t, "text": text, "teacher": "x"} for t, text in texts.items()]
     (directory / episode_filename("ep0")).write_text(json.dumps({"episode_id": "ep0", "steps": steps}))
     (directory / "manifest.json").write_text(json.dumps(
-        {"format": 1, "dataset": "d", "dataset_identity": "d-1", "episodes": {"ep0": episode_filename("ep0")}}))
+        {"format": 1, "dataset": "d", "dataset_identity": "d-1",
+         "episodes": {"ep0": episode_filename("ep0")}}))
 
 
 def test_training_samples_carry_ecot_text(tmp_path):

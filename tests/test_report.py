@@ -104,7 +104,8 @@ def test_examples_put_model_reasoning_beside_teacher_text_and_frame(run_dir, tmp
     shutil.copytree(run_dir / "annotations", partial / "annotations")
     (partial / "eval").mkdir()
     record = {"episode_id": "train-000002", "instruction": "put the green block on the plate",
-              "with_reasoning": {"example": {"step": "train-000002/1", "reasoning": "the green block is ahead"}}}
+              "with_reasoning": {"example": {"step": "train-000002/1",
+                                             "reasoning": "the green block is ahead"}}}
     (partial / "eval" / "results.jsonl").write_text(json.dumps(record) + "\n")
     build_report(partial)
     markdown = (partial / "report" / "report.md").read_text()

@@ -117,7 +117,8 @@ def test_fractal_episodes_convert_relative_closedness(rlds):
         np.testing.assert_allclose(actions[:, 3:6], raw["rotation_delta"], atol=1e-6)
         assert actions[:, 6].tolist() == FRACTAL_GRIPPERS[k][1]
         np.testing.assert_allclose(episode.steps[0].state, np.concatenate([raw["base_pose_tool_reached"][0],
-                                                                           raw["gripper_closed"][0]]), atol=1e-6)
+                                                                           raw["gripper_closed"][0]]),
+                                   atol=1e-6)
         assert episode.steps[0].image.shape == (256, 320, 3) and episode.steps[0].image.dtype == np.uint8
         assert episode.instruction == f"pick coke can {k}"
 
@@ -248,9 +249,13 @@ def test_cli_data_stats_json(cli, rlds):
     result = cli[0]["stats"]
     assert result.returncode == 0, result.stderr
     # TensorFlow's native start-up lines (absl I0000/E0000, "could not find cuda drivers") stay hidden
-    assert "I0000" not in result.stderr and "E0000" not in result.stderr and "InitializeLog" not in result.stderr
+    assert (
+        "I0000" not in result.stderr and "E0000" not in result.stderr and "InitializeLog" not in result.stderr
+    )
     payload = json.loads(result.stdout)
-    assert payload["dataset"] == "bridge" and payload["num_episodes"] == 2 and payload["num_instructions"] == 2
+    assert (
+        payload["dataset"] == "bridge" and payload["num_episodes"] == 2 and payload["num_instructions"] == 2
+    )
     assert set(payload["action"]) >= {"mean", "std", "min", "max", "q01", "q99", "mask", "count"}
     assert len(payload["action"]["q99"]) == 7 and len(payload["state"]["mean"]) == 7
     assert payload["action"]["mask"] == [True] * 6 + [False]
@@ -283,7 +288,8 @@ def test_cli_missing_data_dir():
 
 def test_cli_directory_without_builder_files(tmp_path):
     (tmp_path / "bridge_dataset" / "1.0.0").mkdir(parents=True)
-    assert_usage_error(run_refine("data", "stats", "--dataset", "bridge", "--set", f"dataset.data_dir={tmp_path}"),
+    assert_usage_error(run_refine("data", "stats", "--dataset", "bridge", "--set",
+                                  f"dataset.data_dir={tmp_path}"),
                        "No RLDS builder files in", "dataset_info.json")
 
 
@@ -293,6 +299,7 @@ def test_cli_features_not_matching_the_plugin(rlds):
 
 
 def test_cli_image_of_wrong_rank(rlds):
-    result = run_refine("data", "show", "--dataset", "rlds", "--set", f"dataset.data_dir={rlds.wrong_rank_root}",
+    result = run_refine("data", "show", "--dataset", "rlds", "--set",
+                        f"dataset.data_dir={rlds.wrong_rank_root}",
                         "--out", "x.png")  # a parent holding one builder folder needs no builder name
     assert_usage_error(result, "Image 'observation/image'", "[16, 16]", "H x W x 3")

@@ -28,16 +28,31 @@ def bridge_dir(tmp_path_factory) -> Path:
         states = np.cumsum(rng.normal(0, 0.02, size=(8, 7)), 0).astype(np.float32)
         actions = rng.normal(0, 0.05, size=(8, 7)).astype(np.float32)
         actions[:, 6] = np.arange(8) < 4
-        episodes.append({"actions": actions, "states": states, "instruction": "put the red block on the blue plate"})
+        episodes.append({"actions": actions, "states": states,
+                         "instruction": "put the red block on the blue plate"})
     root = tmp_path_factory.mktemp("rlds")
     write_bridge_dataset(root, episodes, image_size=(64, 64))
     return root
 
 
 def small_run(bridge_dir: Path, *extra: str) -> list[str]:
-    return ["--dataset", "bridge", "--set", f"dataset.data_dir={bridge_dir}", "--set", "data.val_fraction=0.3",
-            "--set", "train.batch_size=2", "--set", "train.log_every=1", "--set", "benchmark.free_running_steps=1",
-            "--set", "benchmark.max_new_tokens=8", *extra]
+    return [
+        "--dataset",
+        "bridge",
+        "--set",
+        f"dataset.data_dir={bridge_dir}",
+        "--set",
+        "data.val_fraction=0.3",
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "train.log_every=1",
+        "--set",
+        "benchmark.free_running_steps=1",
+        "--set",
+        "benchmark.max_new_tokens=8",
+        *extra,
+    ]
 
 
 def test_miniature_run_then_nothing_to_do(bridge_dir, tmp_path):
@@ -71,7 +86,8 @@ def test_miniature_run_then_nothing_to_do(bridge_dir, tmp_path):
     assert again_summary["action_token_accuracy"] == pytest.approx(summary["action_token_accuracy"])
     assert again_summary["with_reasoning"]["predictions"] == 0
     assert (tmp_path / "eval2" / "results.jsonl").is_file()
-    unknown = run_refine("eval", "--checkpoint", str(out / "train"), "--out", str(tmp_path / "x"), "--benchmark", "nope")
+    unknown = run_refine("eval", "--checkpoint", str(out / "train"), "--out", str(tmp_path / "x"),
+                         "--benchmark", "nope")
     assert unknown.returncode == 2 and "Unknown benchmark 'nope'. Available:" in unknown.stderr
     missing = run_refine("eval", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "x"))
     assert missing.returncode == 2 and "No refine checkpoint in" in missing.stderr
@@ -79,7 +95,8 @@ def test_miniature_run_then_nothing_to_do(bridge_dir, tmp_path):
 
 def test_a_different_run_in_the_same_directory_is_refused(bridge_dir, tmp_path):
     out = tmp_path / "run"
-    assert run_refine("run", "--out", str(out), "--stages", "annotate", *small_run(bridge_dir)).returncode == 0
+    assert run_refine("run", "--out", str(out), "--stages", "annotate",
+                      *small_run(bridge_dir)).returncode == 0
     changed = run_refine("run", "--out", str(out), "--stages", "annotate", "--set", "loss.lambda_r=1.0")
     assert changed.returncode == 2
     assert changed.stderr.strip().splitlines()[-1] == (
@@ -87,7 +104,8 @@ def test_a_different_run_in_the_same_directory_is_refused(bridge_dir, tmp_path):
         f"`refine run --out {out}` with no settings to continue it")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    stray = run_refine("run", "--out", str(tmp_path / "other"), "--stages", "annotate", *small_run(bridge_dir))
+    stray = run_refine("run", "--out", str(tmp_path / "other"), "--stages", "annotate",
+                       *small_run(bridge_dir))
     assert stray.returncode == 2 and "holds no refine run" in stray.stderr
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
 

@@ -29,7 +29,8 @@ class CountingDataset(RobotDataset):
     def episodes(self, split="train"):
         for e in range(self.n_episodes):
             steps = [Step(images={"cam": np.full((4, 4, 3), e, np.uint8)}, instruction=f"task {e}",
-                          action=[e, t, 0, 0, 0, 0, 1], primary_camera="cam", episode_id=f"ep{e}", step_index=t)
+                          action=[e, t, 0, 0, 0, 0, 1], primary_camera="cam", episode_id=f"ep{e}",
+                          step_index=t)
                      for t in range(self.n_steps)]
             yield Episode(episode_id=f"ep{e}", steps=steps)
 
@@ -57,16 +58,22 @@ def test_split_is_by_whole_episode_and_disjoint():
 
 def test_shuffle_is_seeded_and_covers_each_epoch():
     dataset = CountingDataset(6, 4)
-    first = [s.key for s in itertools.islice(iter(SampleStream(dataset, val_fraction=0, shuffle_buffer=5, seed=3)), 24)]
-    again = [s.key for s in itertools.islice(iter(SampleStream(dataset, val_fraction=0, shuffle_buffer=5, seed=3)), 24)]
-    other = [s.key for s in itertools.islice(iter(SampleStream(dataset, val_fraction=0, shuffle_buffer=5, seed=4)), 24)]
+    first = [s.key for s in itertools.islice(iter(SampleStream(dataset, val_fraction=0, shuffle_buffer=5,
+                                                               seed=3)), 24)]
+    again = [s.key for s in itertools.islice(iter(SampleStream(dataset, val_fraction=0, shuffle_buffer=5,
+                                                               seed=3)), 24)]
+    other = [s.key for s in itertools.islice(iter(SampleStream(dataset, val_fraction=0, shuffle_buffer=5,
+                                                               seed=4)), 24)]
     assert first == again and first != other
-    assert sorted(first) == sorted(f"ep{e}/{t}" for e in range(6) for t in range(4))  # one epoch = every step once
+    assert sorted(first) == sorted(
+        f"ep{e}/{t}" for e in range(6) for t in range(4)
+    )  # one epoch = every step once
 
 
 def test_restored_position_continues_exactly():
     dataset = CountingDataset(6, 4)
-    reference = [s.key for s in itertools.islice(iter(SampleStream(dataset, val_fraction=0, shuffle_buffer=7)), 40)]
+    reference = [s.key for s in itertools.islice(iter(SampleStream(dataset, val_fraction=0,
+                                                                   shuffle_buffer=7)), 40)]
     stream = SampleStream(dataset, val_fraction=0, shuffle_buffer=7)
     it = iter(stream)
     head = [next(it).key for _ in range(30)]  # into the second epoch
@@ -81,21 +88,25 @@ def write_annotations(directory, dataset_identity, texts):
     episodes = {}
     for episode_id in sorted({e for e, _ in texts}):
         name = episode_filename(episode_id)
-        steps = [{"step": t, "text": text, "teacher": "x"} for (e, t), text in texts.items() if e == episode_id]
+        steps = [{"step": t, "text": text, "teacher": "x"} for (e,
+                                                                t), text in texts.items() if e == episode_id]
         (directory / name).write_text(json.dumps({"episode_id": episode_id, "steps": steps}))
         episodes[episode_id] = name
     (directory / "manifest.json").write_text(json.dumps({"format": 1, "dataset": "counting",
-                                                         "dataset_identity": dataset_identity, "episodes": episodes}))
+                                                         "dataset_identity": dataset_identity,
+                                                         "episodes": episodes}))
 
 
 def test_annotations_join_and_missing_policy(tmp_path):
     dataset = CountingDataset(2, 3)
-    write_annotations(tmp_path / "ann", dataset.identity, {("ep0", 0): "r00", ("ep0", 2): "r02", ("ep1", 1): "r11"})
+    write_annotations(tmp_path / "ann", dataset.identity, {("ep0", 0): "r00", ("ep0", 2): "r02",
+                                                           ("ep1", 1): "r11"})
     annotations = AnnotationSet.load(tmp_path / "ann")
     annotations.check_matches(dataset.name, dataset.identity)
     action_only = SampleStream(dataset, val_fraction=0, annotations=annotations)
     got = {s.key: s.reasoning for s in action_only.samples()}
-    assert got == {"ep0/0": "r00", "ep0/1": None, "ep0/2": "r02", "ep1/0": None, "ep1/1": "r11", "ep1/2": None}
+    assert got == {"ep0/0": "r00", "ep0/1": None, "ep0/2": "r02", "ep1/0": None, "ep1/1": "r11",
+                   "ep1/2": None}
     assert action_only.counts.missing_reasoning == 3
     skip = SampleStream(dataset, val_fraction=0, annotations=annotations, missing_annotation="skip")
     assert [s.key for s in skip.samples()] == ["ep0/0", "ep0/2", "ep1/1"]

@@ -15,17 +15,25 @@ FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "spatial
 ATOL = 1e-4
 
 
-def upstream_keys(n_vision: int, n_text: int, n_beit: int, tied: bool = True, zoe_levels: int = 4) -> set[str]:
+def upstream_keys(n_vision: int, n_text: int, n_beit: int, tied: bool = True,
+                  zoe_levels: int = 4) -> set[str]:
     """Checkpoint keys of upstream's SpatialVLAForConditionalGeneration (transformers 4.47 module
     names: SiglipVisionModel, Gemma2ForCausalLM, ZoeDepth on a 4.x BEiT), written out by hand."""
-    keys = {"multi_modal_projector.linear.weight", "multi_modal_projector.linear.bias", "spatial_embed_tokens.weight",
+    keys = {"multi_modal_projector.linear.weight", "multi_modal_projector.linear.bias",
+            "spatial_embed_tokens.weight",
             "language_model.model.embed_tokens.weight", "language_model.model.norm.weight"}
-    keys |= {f"position_embedding_3d.position_embedding_head.{i}.{p}" for i in (0, 1, 3) for p in ("weight", "bias")}
+    keys |= {
+        f"position_embedding_3d.position_embedding_head.{i}.{p}"
+        for i in (0, 1, 3)
+        for p in ("weight", "bias")
+    }
     v = "vision_tower.vision_model."
     keys |= {v + "embeddings.patch_embedding.weight", v + "embeddings.patch_embedding.bias",
-             v + "embeddings.position_embedding.weight", v + "post_layernorm.weight", v + "post_layernorm.bias"}
+             v + "embeddings.position_embedding.weight", v + "post_layernorm.weight",
+             v + "post_layernorm.bias"}
     for i in range(n_vision):
-        for part in ("layer_norm1", "layer_norm2", "mlp.fc1", "mlp.fc2", "self_attn.q_proj", "self_attn.k_proj",
+        for part in ("layer_norm1", "layer_norm2", "mlp.fc1", "mlp.fc2", "self_attn.q_proj",
+                     "self_attn.k_proj",
                      "self_attn.v_proj", "self_attn.out_proj"):
             keys |= {f"{v}encoder.layers.{i}.{part}.weight", f"{v}encoder.layers.{i}.{part}.bias"}
     for i in range(n_text):
@@ -36,17 +44,20 @@ def upstream_keys(n_vision: int, n_text: int, n_beit: int, tied: bool = True, zo
     if not tied:
         keys.add("language_model.lm_head.weight")
     z = "vision_zoe_model."
-    keys |= {z + "backbone.embeddings.cls_token", z + "backbone.embeddings.patch_embeddings.projection.weight",
+    keys |= {z + "backbone.embeddings.cls_token",
+             z + "backbone.embeddings.patch_embeddings.projection.weight",
              z + "backbone.embeddings.patch_embeddings.projection.bias"}
     for i in range(n_beit):
         layer = f"{z}backbone.encoder.layer.{i}."
         keys |= {layer + s for s in (
-            "attention.attention.query.weight", "attention.attention.query.bias", "attention.attention.key.weight",
+            "attention.attention.query.weight", "attention.attention.query.bias",
+            "attention.attention.key.weight",
             "attention.attention.value.weight", "attention.attention.value.bias",
             "attention.attention.relative_position_bias.relative_position_bias_table",
             "attention.output.dense.weight", "attention.output.dense.bias", "intermediate.dense.weight",
             "intermediate.dense.bias", "output.dense.weight", "output.dense.bias", "lambda_1", "lambda_2",
-            "layernorm_before.weight", "layernorm_before.bias", "layernorm_after.weight", "layernorm_after.bias")}
+            "layernorm_before.weight", "layernorm_before.bias", "layernorm_after.weight",
+            "layernorm_after.bias")}
     wb = ("weight", "bias")
     for n in range(zoe_levels):
         keys.add(f"{z}neck.convs.{n}.weight")
@@ -120,7 +131,8 @@ def test_config_reads_every_upstream_field_and_writes_it_back():
     assert config.extra == {} and config.to_dict() == raw
     gemma = config.gemma2_config()
     # transformers-4.47 Gemma-2 defaults the minimal text_config relies on, pinned
-    assert (gemma.query_pre_attn_scalar, gemma.final_logit_softcapping, gemma.attn_logit_softcapping) == (256, 30.0, 50.0)
+    assert (gemma.query_pre_attn_scalar, gemma.final_logit_softcapping,
+            gemma.attn_logit_softcapping) == (256, 30.0, 50.0)
     assert (gemma.hidden_size, gemma.num_hidden_layers, gemma.head_dim, gemma.vocab_size) == (64, 4, 32, 9362)
     assert config.siglip_config().image_size == 224 and config.num_image_tokens == 256
 
@@ -159,7 +171,8 @@ def test_save_writes_upstream_names_and_reloads_identically_even_sharded(referen
     assert len(list((tmp_path / "sharded").glob("model-*-of-*.safetensors"))) > 1
     expected = fixture_logits(model, reference)
     for name in ("one", "sharded"):
-        again = SpatialVLAForConditionalGeneration.from_pretrained(tmp_path / name, sync_spatial_embeddings=False)
+        again = SpatialVLAForConditionalGeneration.from_pretrained(tmp_path / name,
+                                                                   sync_spatial_embeddings=False)
         assert torch.equal(fixture_logits(again, reference), expected)
 
 
@@ -217,9 +230,11 @@ def test_prompt_and_batch_follow_upstreams_processor(tiny):
     if FIXTURE.is_dir():  # the intrinsic upstream's processor gave the fixture's input
         from safetensors.torch import load_file
 
-        np.testing.assert_allclose(batch["intrinsic"][0].numpy(),
-                                   load_file(str(FIXTURE / "reference_io.safetensors"))["intrinsic"][0].numpy(),
-                                   rtol=1e-5)
+        np.testing.assert_allclose(
+            batch["intrinsic"][0].numpy(),
+            load_file(str(FIXTURE / "reference_io.safetensors"))["intrinsic"][0].numpy(),
+            rtol=1e-5,
+        )
 
 
 def write_checkpoint(tmp_path: Path, statistics: dict | None = None) -> Path:
@@ -240,7 +255,8 @@ def test_checkpoint_statistics_need_a_known_unnorm_key(tmp_path):
     from refine_plugins.spatialvla.backbone import SpatialVLABackbone
     from refine_core.errors import UsageError
 
-    path = write_checkpoint(tmp_path, {"bridge_orig/1.0.0": stats_block(0.1), "fractal/0.1.0": stats_block(0.2)})
+    path = write_checkpoint(tmp_path, {"bridge_orig/1.0.0": stats_block(0.1),
+                                       "fractal/0.1.0": stats_block(0.2)})
     config = json.loads((path / "processor_config.json").read_text())
     policy = {"translation": {"theta_bins": np.linspace(0, np.pi, 17).tolist(),
                               "phi_bins": np.linspace(-np.pi, np.pi, 33).tolist(),
@@ -249,12 +265,15 @@ def test_checkpoint_statistics_need_a_known_unnorm_key(tmp_path):
     (path / "processor_config.json").write_text(json.dumps({**config, "bin_policy": policy}))
     fine_tuning = SpatialVLABackbone(tiny_options(path=str(path)))  # the data will bring its statistics
     assert fine_tuning.unnorm_key is None and fine_tuning.codec is None
-    with pytest.raises(UsageError, match="choose one with backbone.unnorm_key.*bridge_orig/1.0.0, fractal/0.1.0"):
+    with pytest.raises(UsageError,
+                       match="choose one with backbone.unnorm_key.*bridge_orig/1.0.0, fractal/0.1.0"):
         fine_tuning.predict_action(np.zeros((32, 32, 3), np.uint8), "pick up the can")
     with pytest.raises(UsageError, match="unnorm_key 'kuka' is not in the checkpoint's statistics"):
         SpatialVLABackbone(tiny_options(path=str(path), unnorm_key="kuka"))
     backbone = SpatialVLABackbone(tiny_options(path=str(path), unnorm_key="fractal/0.1.0"))
-    assert backbone.codec.stats.q99.tolist() == [0.2] * 7 and backbone.codec.stats.mask.tolist() == [True] * 6 + [False]
+    assert backbone.codec.stats.q99.tolist() == [0.2] * 7 and backbone.codec.stats.mask.tolist() == [
+        True
+    ] * 6 + [False]
     assert backbone.predict_action(np.zeros((32, 32, 3), np.uint8), "pick up the can").shape == (4, 7)
 
 
@@ -273,7 +292,8 @@ def test_bad_checkpoint_directories_fail_with_one_line(tmp_path):
     assert "\n" not in str(error.value)
 
     sharded = tmp_path / "sharded"
-    SpatialVLAForConditionalGeneration.from_pretrained(FIXTURE).save_pretrained(sharded, max_shard_bytes=1_000_000)
+    SpatialVLAForConditionalGeneration.from_pretrained(FIXTURE).save_pretrained(sharded,
+                                                                                max_shard_bytes=1_000_000)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(FIXTURE / name, sharded / name)
     shards = sorted(sharded.glob("model-*-of-*.safetensors"))
@@ -318,7 +338,8 @@ def test_zoedepth_stays_frozen_when_everything_else_trains(stats):
     frozen = apply_freeze(backbone, FreezeSettings(vision=True, embeddings=True, first_n_layers=3))
     trainable = {name for name, p in backbone.model.named_parameters() if p.requires_grad}
     assert frozen == 3 and any(name.startswith("language_model.model.layers.3.") for name in trainable)
-    assert not any(name.startswith(("language_model.model.layers.2.", "vision_tower.", "spatial_embed_tokens"))
+    assert not any(name.startswith(("language_model.model.layers.2.", "vision_tower.",
+                                    "spatial_embed_tokens"))
                    for name in trainable)
 
 
@@ -349,12 +370,15 @@ def test_tiny_trains_with_the_reasoning_aware_loss_and_predicts_a_chunk(stats):
     from refine_core.loss import reasoning_aware_loss
 
     backbone = spatial_backbone(stats)
-    chunk = np.array([[0.01, -0.02, 0.015, 0.0, 0.01, -0.01, 1.0]] * 2 + [[-0.01, 0.02, 0.0, 0.01, 0.0, 0.0, 0.0]] * 2)
+    chunk = np.array([[0.01, -0.02, 0.015, 0.0, 0.01, -0.01, 1.0]] * 2 + [[-0.01, 0.02, 0.0, 0.01, 0.0, 0.0,
+                                                                           0.0]] * 2)
     frame = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     sample = TrainingSample(images={"main": frame}, primary_camera="main", instruction="lift the block",
                             actions=chunk, reasoning=REASONING)
     batch = backbone.collate([sample])
-    assert batch["action_mask"].sum() == 12 + 1 and set(batch)  # 4 steps × 3 ids + eos >= {"intrinsic", "token_type_ids", "pixel_values"}
+    assert batch["action_mask"].sum() == 12 + 1 and set(
+        batch
+    )  # 4 steps × 3 ids + eos >= {"intrinsic", "token_type_ids", "pixel_values"}
     optimizer = torch.optim.Adam([p for p in backbone.model.parameters() if p.requires_grad], lr=5e-3)
     backbone.model.train()
     first = None
@@ -380,14 +404,16 @@ def test_tiny_trains_with_the_reasoning_aware_loss_and_predicts_a_chunk(stats):
 def test_a_checkpoint_with_processor_bins_predicts_with_them_and_saves_them_back(stats, tmp_path):
     if not FIXTURE.is_dir():
         pytest.skip("upstream SpatialVLA fixture not present")
-    from refine_plugins.action_codecs.spatial import SpatialCodec, gaussian_bin_policy, gaussian_from_statistics
+    from refine_plugins.action_codecs.spatial import (SpatialCodec, gaussian_bin_policy,
+        gaussian_from_statistics)
     from refine_plugins.spatialvla.backbone import SpatialVLABackbone
     from refine_core import Statistics
 
     policy = gaussian_bin_policy(gaussian_from_statistics(stats))
     path = write_checkpoint(tmp_path, {"bridge_orig/1.0.0": stats_block(0.05)})
     config = json.loads((path / "processor_config.json").read_text())
-    (path / "processor_config.json").write_text(json.dumps({**config, "bin_policy": policy, "action_chunk_size": 4}))
+    (path / "processor_config.json").write_text(json.dumps({**config, "bin_policy": policy,
+                                                            "action_chunk_size": 4}))
     backbone = SpatialVLABackbone(tiny_options(path=str(path)))
     assert backbone.unnorm_key == "bridge_orig/1.0.0" and backbone.codec.bin_policy == policy
     # the action ids upstream's processor wrote into the fixture's input decode with these bins
@@ -427,7 +453,8 @@ def test_the_backbone_brings_its_codec_unless_one_is_named():
     assert resolved(backbone="spatialvla", codec="bins").codec.name == "bins"
     assert resolved(backbone="hf_vlm").codec.name == "bins"
     # the choice is made once and kept: a config that names its codec is not re-decided
-    assert resolve_components(resolved(backbone="spatialvla", codec="bins"), get_registry()).codec.name == "bins"
+    assert resolve_components(resolved(backbone="spatialvla", codec="bins"),
+                              get_registry()).codec.name == "bins"
 
 
 def test_refine_train_with_the_tiny_preset_end_to_end(tmp_path):
@@ -441,7 +468,8 @@ def test_refine_train_with_the_tiny_preset_end_to_end(tmp_path):
     rng = np.random.default_rng(0)
     episodes = [{"actions": rng.normal(0, 0.05, (6, 7)).astype(np.float32),
                  "states": np.cumsum(rng.normal(0, 0.02, (6, 7)), axis=0).astype(np.float32),
-                 "instruction": f"put the block {k} on the plate", "file_path": f"/data/scene{k}", "episode_id": k}
+                 "instruction": f"put the block {k} on the plate", "file_path": f"/data/scene{k}",
+                 "episode_id": k}
                 for k in range(3)]
     fixtures.write_bridge_dataset(tmp_path / "bridge", episodes, image_size=(64, 64))
     config = tmp_path / "train.yaml"
@@ -450,7 +478,8 @@ def test_refine_train_with_the_tiny_preset_end_to_end(tmp_path):
         "data": {"val_fraction": 0, "shuffle_buffer": 8},
         "train": {"max_steps": 2, "batch_size": 2, "log_every": 1, "save_every": 2},
     }))
-    result = run_refine("train", "--config", str(config), "--backbone", "spatialvla", "--out", str(tmp_path / "out"))
+    result = run_refine("train", "--config", str(config), "--backbone", "spatialvla", "--out",
+                        str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     _, checkpoint = list_checkpoints(tmp_path / "out")[-1]
     backbone, run_config = load_checkpoint(checkpoint)
@@ -487,7 +516,8 @@ def test_bfloat16_trains_and_predicts(stats):
     out = reasoning_aware_loss(backbone.forward(batch), batch["labels"], batch["action_mask"], 0.3)
     out.loss.backward()
     assert torch.isfinite(out.loss) and backbone.model.multi_modal_projector.linear.weight.grad is not None
-    assert backbone.predict(np.zeros((64, 64, 3), np.uint8), "lift the cup", reasoning=False).actions.shape == (4, 7)
+    assert backbone.predict(np.zeros((64, 64, 3), np.uint8), "lift the cup",
+                            reasoning=False).actions.shape == (4, 7)
 
 
 def test_a_zoe_backbone_config_without_reshape_hidden_states_still_runs():

@@ -133,7 +133,8 @@ def test_sweep_command_runs_each_point_through_the_pipeline(tmp_path, capsys):
     capsys.readouterr()  # the fixture writer's messages
     args = ["sweep", "--grid", "loss.lambda_r=0,1.0", "--out", str(out), "--stages", "train,eval",
             "--dataset", "bridge", "--set", f"dataset.data_dir={data}", "--set", "data.val_fraction=0.3",
-            "--set", "train.max_steps=1", "--set", "train.batch_size=2", "--set", "benchmark.free_running_steps=0",
+            "--set", "train.max_steps=1", "--set", "train.batch_size=2", "--set",
+            "benchmark.free_running_steps=0",
             "--json"]
     main(args)
     table = json.loads(capsys.readouterr().out)

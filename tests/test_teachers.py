@@ -109,7 +109,9 @@ def test_unreachable_server_fails_each_step_with_the_reason(tmp_path, monkeypatc
     # The server is closed now: every connection is refused.
     stats = annotate_dataset(CodedDataset(1, 2), teacher, tmp_path / "out", _settings(max_retries=2))
     assert stats.failed == 2
-    assert all("gave up after 3 attempts" in f["reason"] and "unreachable" in f["reason"] for f in stats.failures)
+    assert all(
+        "gave up after 3 attempts" in f["reason"] and "unreachable" in f["reason"] for f in stats.failures
+    )
 
 
 def test_server_that_keeps_failing_is_recorded_not_dropped(tmp_path, server, monkeypatch):
@@ -126,7 +128,8 @@ def test_rejected_key_stops_the_run(tmp_path, monkeypatch):
         teacher = _build("gemini", srv, monkeypatch)
 
         def deny(handler, body):
-            srv._send(handler, 401, {"error": {"code": 401, "message": "API key not valid", "status": "UNAUTHENTICATED"}})
+            srv._send(handler, 401, {"error": {"code": 401, "message": "API key not valid",
+                                               "status": "UNAUTHENTICATED"}})
 
         srv.handle = deny
         with pytest.raises(UsageError, match="rejected the credentials"):
@@ -135,11 +138,13 @@ def test_rejected_key_stops_the_run(tmp_path, monkeypatch):
 
 def test_gemini_without_a_key_is_one_line_exit_2(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
-    result = run_refine("annotate", "--teacher", "gemini", "--dataset", "bridge", "--out", str(tmp_path / "o"),
+    result = run_refine("annotate", "--teacher", "gemini", "--dataset", "bridge", "--out",
+                        str(tmp_path / "o"),
                         env={**env, "GEMINI_API_KEY": "", "GOOGLE_API_KEY": ""})
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: The gemini teacher needs an API key: set GEMINI_API_KEY (or GOOGLE_API_KEY) in the environment"]
+        "error: The gemini teacher needs an API key: set GEMINI_API_KEY (or GOOGLE_API_KEY) in the "
+        "environment"]
     assert not (tmp_path / "o").exists()
 
 
@@ -148,7 +153,8 @@ def test_openai_needs_a_key_only_for_the_official_endpoint(monkeypatch):
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     with pytest.raises(UsageError, match="OPENAI_API_KEY"):
         get_registry().build("teacher", "openai", {})
-    teacher = get_registry().build("teacher", "openai", {"base_url": "http://127.0.0.1:9/v1", "model": "llava"})
+    teacher = get_registry().build("teacher", "openai", {"base_url": "http://127.0.0.1:9/v1",
+                                                         "model": "llava"})
     assert teacher.identity.key().startswith("openai/llava/") and teacher.price.input_per_million == 0
 
 

@@ -75,7 +75,8 @@ def test_train_resume_and_refusal(config_file, tmp_path):
     saved = load_file(str(out / "checkpoints" / "step-0000004" / "weights.safetensors"))
     parameters = dict(backbone.model.named_parameters())
     assert saved and all(torch.equal(parameters[name], tensor) for name, tensor in saved.items())
-    prediction = backbone.predict(np.zeros((64, 64, 3), np.uint8), "put the block 1 on the plate", reasoning=False)
+    prediction = backbone.predict(np.zeros((64, 64, 3), np.uint8), "put the block 1 on the plate",
+                                  reasoning=False)
     assert prediction.error is None or prediction.error.startswith("cannot decode actions")
 
 
@@ -93,7 +94,8 @@ def test_bad_input_fails_at_start_with_one_line(config_file, tmp_path):
                        "cannot hold 5000 action bins"),
         "backbone": ([*base, "--out", str(tmp_path / "e"), "--backbone", "nope"], 2,
                      "Unknown backbone 'nope'. Available: hf_vlm"),
-        "diverges": ([*base, "--out", str(tmp_path / "f"), "--set", "train.lr=1e30", "--set", "train.grad_clip=0",
+        "diverges": ([*base, "--out", str(tmp_path / "f"), "--set", "train.lr=1e30", "--set",
+                      "train.grad_clip=0",
                       "--set", "train.max_steps=20"], 1, "Non-finite"),
     }
     with ThreadPoolExecutor(3) as pool:
@@ -102,6 +104,8 @@ def test_bad_input_fails_at_start_with_one_line(config_file, tmp_path):
         result = results[name]
         assert result.returncode == code, (name, result.stderr)
         assert expected in one_line_error(result), name
-    assert not (tmp_path / "a").exists() and not (tmp_path / "d").exists()  # nothing written before the checks
+    assert (
+        not (tmp_path / "a").exists() and not (tmp_path / "d").exists()
+    )  # nothing written before the checks
     diverged = one_line_error(results["diverges"])
     assert "Last good checkpoint:" in diverged and str(tmp_path / "f" / "checkpoints") in diverged

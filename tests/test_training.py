@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 
 from refine_core.errors import UsageError
 from refine_core.registry import Registry
-from refine_core.training import (METRIC_KEYS, CollapseDetector, TrainingDiverged, apply_freeze, frozen_block_count,
-                                  latest_checkpoint, list_checkpoints, load_checkpoint, parameter_rows, prepare_run,
-                                  train)
+from refine_core.training import (METRIC_KEYS, CollapseDetector, TrainingDiverged, apply_freeze,
+    frozen_block_count, latest_checkpoint, list_checkpoints, load_checkpoint, parameter_rows, prepare_run,
+    train)
 from refine_core.training.lora import apply_lora
 from refine_core.training.setup import attach_codec
 from refine_core.training.checkpoint import resume_difference
@@ -59,7 +59,8 @@ def test_loss_falls_and_metrics_have_every_key(tmp_path):
         assert set(METRIC_KEYS) <= set(record)
         assert 0 <= record["action_accuracy"] <= 1 and 0 <= record["reasoning_accuracy"] <= 1
         assert record["grad_norm"] > 0 and record["samples_per_s"] > 0
-        assert record["loss"] == pytest.approx(record["action_loss"] + 0.3 * record["reasoning_loss"], rel=1e-6)
+        assert record["loss"] == pytest.approx(record["action_loss"] + 0.3 * record["reasoning_loss"],
+                                               rel=1e-6)
         assert record["action_l1"] is None or record["action_l1"] >= 0
     lrs = [r["lr"] for r in records]
     assert lrs[0] == pytest.approx(1e-2 / 5) and lrs[4] == pytest.approx(1e-2)  # warmup
@@ -76,7 +77,8 @@ def test_loss_falls_and_metrics_have_every_key(tmp_path):
 def test_lr_schedules():
     assert [lr_factor(i, 2, 10, "constant") for i in (0, 1, 2, 9)] == [0.5, 1.0, 1.0, 1.0]
     assert lr_factor(2, 2, 10, "linear") == 1.0 and lr_factor(6, 2, 10, "linear") == pytest.approx(0.5)
-    assert lr_factor(6, 2, 10, "cosine") == pytest.approx(0.5) and lr_factor(10, 2, 10, "cosine") == pytest.approx(0)
+    assert lr_factor(6, 2, 10, "cosine") == pytest.approx(0.5) and lr_factor(10, 2, 10,
+                                                                             "cosine") == pytest.approx(0)
 
 
 # -- selective transfer -----------------------------------------------------------------------
@@ -111,7 +113,11 @@ def test_freeze_first_n_layers(backbone):
         if trainable_row:
             blocks = rows[trainable_row]
             assert blocks["frozen"] == 0, n
-            count = 1 if trainable_row.startswith("block ") else int(trainable_row.split("-")[1]) - int(trainable_row.split()[1].split("-")[0]) + 1
+            count = (
+                1
+                if trainable_row.startswith("block ")
+                else int(trainable_row.split("-")[1]) - int(trainable_row.split()[1].split("-")[0]) + 1
+            )
             assert blocks["trainable"] == count * per_block, n
         groups = trainable_by_group(backbone)
         assert groups["vision"] == 0 and groups["embeddings"] == 0
@@ -154,7 +160,8 @@ def test_unset_freeze_settings_follow_the_backbone_recipe(backbone, tmp_path):
 
 
 def test_lora_trains_only_adapters_and_round_trips(tmp_path):
-    result = run(tmp_path, "lora.r=4", "lora.dropout=0", "train.max_steps=3", "train.batch_size=2", "train.lr=1e-2")
+    result = run(tmp_path, "lora.r=4", "lora.dropout=0", "train.max_steps=3", "train.batch_size=2",
+                 "train.lr=1e-2")
     weights = load_file(str(result.checkpoint / "weights.safetensors"))
     assert weights and all(".lora_A." in k or ".lora_B." in k for k in weights)
     assert all(k.startswith("model.language_model.layers.") for k in weights)  # not the vision tower
@@ -220,10 +227,12 @@ def test_retention_latest_and_atomic_writes(tmp_path, monkeypatch):
     assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 3]
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-0000003"
     step3 = tmp_path / "checkpoints" / "step-0000003"
-    assert {p.name for p in step3.iterdir()} == {"weights.safetensors", "optimizer.pt", "scheduler.pt", "rng-0.pt",
+    assert {p.name for p in step3.iterdir()} == {"weights.safetensors", "optimizer.pt", "scheduler.pt",
+                                                 "rng-0.safetensors",
                                                   "trainer_state.json", "refine.json"}
     info = json.loads((step3 / "refine.json").read_text())
-    assert info["codec"]["name"] == "bins" and info["backbone"] == {"name": "hf_vlm", "options": {"preset": "tiny"}}
+    assert info["codec"]["name"] == "bins" and info["backbone"] == {"name": "hf_vlm",
+                                                                    "options": {"preset": "tiny"}}
     assert len(info["action_statistics"]["q01"]) == 7 and info["dataset"]["name"] == "toy"
 
     # a save that dies half-way leaves the previous checkpoints and `latest` untouched
@@ -249,7 +258,8 @@ def test_refuses_to_overwrite_and_checks_resumed_config(tmp_path):
         run(tmp_path, "train.max_steps=1", "train.batch_size=1")
     with pytest.raises(UsageError, match=r"config differs .* at train.lr \(checkpoint 0.003, now 0.1\)"):
         run(tmp_path, "train.max_steps=2", "train.batch_size=1", "train.lr=0.1", resume=True)
-    assert resume_difference({"train": {"max_steps": 1, "lr": 1}}, {"train": {"max_steps": 9, "lr": 1}}) is None
+    assert resume_difference({"train": {"max_steps": 1, "lr": 1}}, {"train": {"max_steps": 9,
+                                                                              "lr": 1}}) is None
 
 
 def test_a_checkpoint_from_before_a_new_setting_still_resumes():
@@ -332,7 +342,8 @@ def test_two_processes_equal_one_with_the_doubled_batch(tmp_path, annotations):
     the 2 gloo processes are started with `--multi_gpu` and ACCELERATE_USE_CPU=1, which is how
     accelerate itself selects its MULTI_CPU mode under torchrun.
     """
-    sets = ["--set", "train.max_steps=3", "--set", "train.save_every=3", "--set", "train.reasoning_dropout=0.3"]
+    sets = ["--set", "train.max_steps=3", "--set", "train.save_every=3", "--set",
+            "train.reasoning_dropout=0.3"]
     accelerate = Path(sys.executable).parent / "accelerate"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
 
@@ -345,14 +356,16 @@ def test_two_processes_equal_one_with_the_doubled_batch(tmp_path, annotations):
             capture_output=True, text=True, env=env, timeout=150)
 
     two = launch()
-    if two.returncode != 0 and "address already in use" in two.stderr.lower():  # the free port was taken meanwhile
+    if (
+        two.returncode != 0 and "address already in use" in two.stderr.lower()
+    ):  # the free port was taken meanwhile
         two = launch()
     assert two.returncode == 0, (two.stdout[-2000:], two.stderr[-3000:])
     assert "batch 2 × 2 process(es)" in two.stdout
     one = run(tmp_path / "one", "train.batch_size=4", "train.max_steps=3", "train.save_every=3",
               "train.reasoning_dropout=0.3", annotations=annotations)
     checkpoint = tmp_path / "two" / "checkpoints" / "step-0000003"
-    assert {"rng-0.pt", "rng-1.pt"} <= {p.name for p in checkpoint.iterdir()}
+    assert {"rng-0.safetensors", "rng-1.safetensors"} <= {p.name for p in checkpoint.iterdir()}
     w2 = load_file(str(checkpoint / "weights.safetensors"))
     w1 = load_file(str(one.checkpoint / "weights.safetensors"))
     assert set(w1) == set(w2)

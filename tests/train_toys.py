@@ -40,7 +40,8 @@ class ToyDataset(RobotDataset):
             for t in range(self.n_steps):
                 action = np.r_[rng.uniform(-0.05, 0.05, 6), float((e + t) % 2)]
                 frame = rng.integers(0, 255, (self.image, self.image, 3), dtype=np.uint8)
-                steps.append(Step(images={"cam": frame}, instruction=f"put the {OBJECTS[e % len(OBJECTS)]} in the bowl",
+                steps.append(Step(images={"cam": frame},
+                                  instruction=f"put the {OBJECTS[e % len(OBJECTS)]} in the bowl",
                                   action=action, primary_camera="cam", episode_id=f"ep{e}", step_index=t))
             yield Episode(episode_id=f"ep{e}", steps=steps)
 
@@ -52,7 +53,10 @@ class ToyDataset(RobotDataset):
 
 def reasoning_text(episode: int, step: int) -> str:
     """Reasoning of varying length, so token counts differ between samples."""
-    steps = " ".join(f"<{i + 1}> reach the {OBJECTS[(episode + i) % len(OBJECTS)]}" for i in range(1 + (episode + step) % 3))
+    steps = " ".join(
+        f"<{i + 1}> reach the {OBJECTS[(episode + i) % len(OBJECTS)]}"
+        for i in range(1 + (episode + step) % 3)
+    )
     return (f"<Observation>: the {OBJECTS[episode % len(OBJECTS)]} is left. <Task Planning>: <logical_steps> "
             f"{steps} <sub_action> move left")
 

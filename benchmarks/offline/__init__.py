@@ -15,8 +15,10 @@ class OfflineOptions(BaseModel):
                                                          "(evenly spaced; 0 = teacher-forced only).")
     max_new_tokens: int = Field(512, ge=1, description="Generation budget for reasoning + actions "
                                                         "(a teacher's reasoning is often 200-400 tokens).")
-    constrain_actions: bool = Field(True, description="Decode the action span under the codec's id constraints "
-                                                      "(always executable); reasoning that never reached a valid "
+    constrain_actions: bool = Field(True,
+                                    description="Decode the action span under the codec's id constraints "
+                                                      "(always executable); reasoning that never reached a "
+                                                      "valid "
                                                       "span is counted as forced.")
 
 
@@ -24,7 +26,8 @@ class OfflineOptions(BaseModel):
 def refine_benchmarks():
     yield BenchmarkSpec(
         name="offline",
-        summary="Held-out episodes: teacher-forced token accuracy and free-running action L1 / gripper accuracy",
+        summary="Held-out episodes: teacher-forced token accuracy and free-running action L1 / gripper "
+                "accuracy",
         factory="refine_benchmarks.offline.benchmark:OfflineBenchmark",
         options=OfflineOptions,
     )

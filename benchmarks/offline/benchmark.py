@@ -14,10 +14,8 @@ import math
 import numpy as np
 import torch
 
-from refine_core import Benchmark, BenchmarkResult, EvalContext
-from refine_core import GRIPPER
-from refine_core import reasoning_aware_loss
-from refine_core import SampleStream, episode_samples
+from refine_core import (Benchmark, BenchmarkResult, EvalContext, GRIPPER, SampleStream, episode_samples,
+    reasoning_aware_loss)
 
 MODES = {"with_reasoning": True, "without_reasoning": False}
 
@@ -67,17 +65,24 @@ class OfflineBenchmark(Benchmark):
         backbone = context.backbone
         hits = {"action": [0.0, 0], "reasoning": [0.0, 0]}
         for start in range(0, len(samples), self.options.batch_size):
-            batch = backbone.collate(samples[start:start + self.options.batch_size], order=context.reasoning_order)
-            out = reasoning_aware_loss(backbone.forward(batch), batch["labels"], batch["action_mask"], context.lambda_r)
+            batch = backbone.collate(samples[start:start + self.options.batch_size],
+                                     order=context.reasoning_order)
+            out = reasoning_aware_loss(backbone.forward(batch), batch["labels"], batch["action_mask"],
+                                       context.lambda_r)
             hits["action"][0] += float(out.action_accuracy) * out.num_action_tokens
             hits["action"][1] += out.num_action_tokens
             hits["reasoning"][0] += float(out.reasoning_accuracy) * out.num_reasoning_tokens
             hits["reasoning"][1] += out.num_reasoning_tokens
         record = {
-            "episode_id": episode_id, "steps": len(samples), "instruction": samples[0].instruction,
-            "action_tokens": hits["action"][1], "reasoning_tokens": hits["reasoning"][1],
+            "episode_id": episode_id,
+            "steps": len(samples),
+            "instruction": samples[0].instruction,
+            "action_tokens": hits["action"][1],
+            "reasoning_tokens": hits["reasoning"][1],
             "action_token_accuracy": hits["action"][0] / hits["action"][1] if hits["action"][1] else None,
-            "reasoning_token_accuracy": hits["reasoning"][0] / hits["reasoning"][1] if hits["reasoning"][1] else None,
+            "reasoning_token_accuracy": hits["reasoning"][0] / hits["reasoning"][1]
+            if hits["reasoning"][1]
+            else None,
         }
         chosen = [samples[i] for i in _spaced(len(samples), self.options.free_running_steps)]
         for mode, with_reasoning in MODES.items():
@@ -129,10 +134,16 @@ class OfflineBenchmark(Benchmark):
             decoded = [m for m in runs if m["l1_per_dim"] is not None]
             summary[mode] = {
                 "predictions": predictions,
-                "decode_failure_rate": (sum(m["decode_failures"] for m in runs) / predictions) if predictions else None,
+                "decode_failure_rate": (sum(m["decode_failures"] for m in runs) / predictions)
+                if predictions
+                else None,
                 "forced_rate": (sum(m.get("forced", 0) for m in runs) / predictions) if predictions else None,
-                "l1_per_dim": np.mean([m["l1_per_dim"] for m in decoded], axis=0).tolist() if decoded else None,
+                "l1_per_dim": np.mean([m["l1_per_dim"] for m in decoded], axis=0).tolist()
+                if decoded
+                else None,
                 "l1_mean": float(np.mean([m["l1_mean"] for m in decoded])) if decoded else None,
-                "gripper_accuracy": float(np.mean([m["gripper_accuracy"] for m in decoded])) if decoded else None,
+                "gripper_accuracy": float(np.mean([m["gripper_accuracy"] for m in decoded]))
+                if decoded
+                else None,
             }
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}

@@ -17,7 +17,8 @@ def refine_action_codecs():
     )
     yield ActionCodecSpec(
         name="spatial",
-        summary="SpatialVLA: 3 ids per step (spherical translation, rotation, gripper) on Gaussian-quantile bins",
+        summary="SpatialVLA: 3 ids per step (spherical translation, rotation, gripper) on Gaussian-quantile "
+                "bins",
         factory="refine_plugins.action_codecs.spatial:SpatialCodec",
         options=SpatialOptions,
     )

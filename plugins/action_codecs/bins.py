@@ -13,8 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from refine_core import ActionCodec, ActionDecodeError, TokenizerLike
-from refine_core import UsageError
+from refine_core import ActionCodec, ActionDecodeError, TokenizerLike, UsageError
 
 from .options import BinsOptions
 
@@ -46,10 +45,12 @@ class BinsCodec(ActionCodec):
                 f"bins: a vocabulary of {size} ids cannot hold {n_bins} action bins and any text; "
                 f"use a larger vocabulary or set codec.n_bins below {size}"
             )
-        special = sorted(i for i in (getattr(tokenizer, "all_special_ids", None) or ()) if size - n_bins <= i < size)
+        special = sorted(i for i in (getattr(tokenizer, "all_special_ids",
+                                             None) or ()) if size - n_bins <= i < size)
         if special:
             raise UsageError(
-                f"bins: the last {n_bins} vocabulary ids ({size - n_bins}..{size - 1}) include special token ids "
+                f"bins: the last {n_bins} vocabulary ids ({size - n_bins}..{size - 1}) include special token "
+                "ids "
                 f"{special}; action bins would overwrite them. Use a smaller codec.n_bins or another codec"
             )
         self._vocab_size = size
@@ -70,7 +71,8 @@ class BinsCodec(ActionCodec):
         array = self._id_array(ids)
         if len(array) != self.span_length:
             raise ActionDecodeError(
-                f"expected {self.span_length} action ids ({self.chunk_size} step(s) × {self.action_dim}), got {len(array)}",
+                f"expected {self.span_length} action ids ({self.chunk_size} step(s) × {self.action_dim}), "
+                f"got {len(array)}",
                 text=str(array.tolist()), ids=array,
             )
         first = self._vocab_size - self.options.n_bins

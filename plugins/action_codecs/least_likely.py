@@ -11,8 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from refine_core import ActionDecodeError, TokenizerLike
-from refine_core import UsageError
+from refine_core import ActionDecodeError, TokenizerLike, UsageError
 
 from .options import SYMBOLS, LeastLikelyOptions
 from .text import TextCodec
@@ -37,7 +36,8 @@ class LeastLikelyCodec(TextCodec):
             bad = [i for i in ids if i >= size or i in special]
             if bad:
                 raise UsageError(
-                    f"least-likely: codec.token_ids {bad} are special tokens or outside the vocabulary of {size} ids"
+                    f"least-likely: codec.token_ids {bad} are special tokens or outside the vocabulary of "
+                    f"{size} ids"
                 )
         else:
             size = int(tokenizer.vocab_size)

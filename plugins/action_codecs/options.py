@@ -6,8 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from refine_core import CodecOptions
-from refine_core import ACTION_DIM, GRIPPER
+from refine_core import ACTION_DIM, CodecOptions, GRIPPER
 
 # The characters of the compact text form, in the order explicit `token_ids` are given.
 SYMBOLS = "0123456789-.,[]"
@@ -16,7 +15,8 @@ SYMBOLS = "0123456789-.,[]"
 class BinsOptions(CodecOptions):
     """OpenVLA: each normalised dimension → one of `n_bins` uniform bins on [-1, 1], as the last ids."""
 
-    n_bins: int = Field(256, ge=2, description="Uniform bin edges on [-1, 1]; uses the last n_bins vocabulary ids.")
+    n_bins: int = Field(256, ge=2,
+                        description="Uniform bin edges on [-1, 1]; uses the last n_bins vocabulary ids.")
     clip_out_of_range: bool = Field(
         False,
         description="Decode ids outside the action range to the nearest bin, as upstream OpenVLA does, "
@@ -33,7 +33,8 @@ class TextOptions(CodecOptions):
         description="Action dimensions written per step, increasing, gripper (6) included; e.g. "
         "[0, 1, 2, 6] for VLM2VLA's [dx, dy, dz, g]. Dimensions not written decode to 0.",
     )
-    normalize: bool = Field(True, description="Write q01/q99-normalised values in [-1, 1] instead of raw units.")
+    normalize: bool = Field(True,
+                            description="Write q01/q99-normalised values in [-1, 1] instead of raw units.")
 
     @field_validator("dims")
     @classmethod
@@ -63,13 +64,15 @@ class LeastLikelyOptions(TextOptions):
         if ids is None:
             return None
         if len(ids) != len(SYMBOLS) or len(set(ids)) != len(ids) or min(ids) < 0:
-            raise ValueError(f"must be {len(SYMBOLS)} distinct non-negative ids, one per symbol of {SYMBOLS!r}")
+            raise ValueError(f"must be {len(SYMBOLS)} distinct non-negative ids, one per symbol of "
+                             f"{SYMBOLS!r}")
         return ids
 
 
 # SpatialVLA's grid: bins per component, grouped as upstream's `bin_policy` (translation in spherical
 # coordinates θ, φ, r; rotation roll, pitch, yaw). 16·32·8 + 16³ + 2 gripper = 8194 action tokens.
-SPATIAL_GRID = {"translation": {"theta": 16, "phi": 32, "r": 8}, "rotation": {"roll": 16, "pitch": 16, "yaw": 16}}
+SPATIAL_GRID = {"translation": {"theta": 16, "phi": 32, "r": 8}, "rotation": {"roll": 16, "pitch": 16,
+                                                                              "yaw": 16}}
 
 
 class GaussianParams(BaseModel):
@@ -81,7 +84,8 @@ class GaussianParams(BaseModel):
 
 
 class SpatialOptions(CodecOptions):
-    """SpatialVLA: 3 ids per step (translation θ,φ,r cell; roll/pitch/yaw cell; gripper) on Gaussian-quantile bins."""
+    """SpatialVLA: 3 ids per step (translation θ,φ,r cell; roll/pitch/yaw cell; gripper) on Gaussian-quantile
+    bins."""
 
     chunk_size: int = Field(4, ge=1, description="Action steps per prediction (SpatialVLA predicts 4).")
     bin_policy: dict[str, dict[str, list[float]]] | None = Field(
@@ -91,13 +95,15 @@ class SpatialOptions(CodecOptions):
     )
     gaussian: dict[str, GaussianParams] | None = Field(
         None,
-        description="μ/σ of the normalised theta, phi, r, roll, pitch, yaw (upstream's gaussian_statistic.json); "
+        description="μ/σ of the normalised theta, phi, r, roll, pitch, yaw (upstream's "
+                    "gaussian_statistic.json); "
         "default: estimated from the dataset statistics at bind.",
     )
     distribution: Literal["gaussian", "uniform"] = Field(
         "gaussian", description="Bin edges at Gaussian quantiles (SpatialVLA) or uniform over each range.",
     )
-    min_sigma: float = Field(0.0, ge=0.0, description="Lower bound on σ when edges are computed from a Gaussian.")
+    min_sigma: float = Field(0.0, ge=0.0,
+                             description="Lower bound on σ when edges are computed from a Gaussian.")
 
     @field_validator("bin_policy")
     @classmethod

@@ -37,10 +37,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from pydantic import ValidationError
 
-from refine_core import ActionCodec, ActionDecodeError, TokenizerLike, default_action_mask
-from refine_core import GRIPPER
-from refine_core import UsageError
-from refine_core import Statistics
+from refine_core import (ActionCodec, ActionDecodeError, GRIPPER, Statistics, TokenizerLike, UsageError,
+    default_action_mask)
 
 from .options import SPATIAL_GRID, SpatialOptions
 
@@ -91,13 +89,15 @@ def _gaussian_edges(name: str, bins: int, mu: float, sigma: float) -> np.ndarray
         edges = np.full(bins + 1, lo)
     if not (np.diff(edges) > 0).all():
         raise UsageError(
-            f"spatial: a Gaussian with mu={mu:.4g}, sigma={sigma:.4g} puts no usable mass on the {name} range "
+            f"spatial: a Gaussian with mu={mu:.4g}, sigma={sigma:.4g} puts no usable mass on the {name} "
+            "range "
             f"[{lo:.4g}, {hi:.4g}]; set codec.min_sigma (e.g. 0.05) or codec.distribution=uniform"
         )
     return edges
 
 
-def gaussian_bin_policy(gaussian: Mapping[str, Any], min_sigma: float = 0.0) -> dict[str, dict[str, list[float]]]:
+def gaussian_bin_policy(gaussian: Mapping[str, Any],
+                        min_sigma: float = 0.0) -> dict[str, dict[str, list[float]]]:
     """Equal-probability edges of N(μ, max(σ, min_sigma)) per component, in upstream's `bin_policy` form.
 
     `gaussian` maps theta, phi, r, roll, pitch, yaw to {"mu", "sigma"} (extra keys such as x, y, z are
@@ -108,7 +108,8 @@ def gaussian_bin_policy(gaussian: Mapping[str, Any], min_sigma: float = 0.0) -> 
         for name, bins in names.items():
             mu, sigma = _mu_sigma(gaussian[name])
             if not (math.isfinite(mu) and math.isfinite(sigma)):
-                raise UsageError(f"spatial: the {name} Gaussian has mu={mu}, sigma={sigma}; both must be finite")
+                raise UsageError(f"spatial: the {name} Gaussian has mu={mu}, sigma={sigma}; both must be "
+                                 "finite")
             edges[name] = _gaussian_edges(name, bins, mu, max(sigma, min_sigma))
     return _nested(edges)
 
@@ -125,7 +126,8 @@ def to_cartesian(theta: np.ndarray, phi: np.ndarray, r: np.ndarray) -> np.ndarra
 
 
 def _with_mask(stats: Statistics) -> Statistics:
-    return stats if stats.mask is not None else dataclasses.replace(stats, mask=default_action_mask(stats.dim))
+    return stats if stats.mask is not None else dataclasses.replace(stats,
+                                                                    mask=default_action_mask(stats.dim))
 
 
 def fit_gaussian(actions: np.ndarray, stats: Statistics) -> dict[str, dict[str, float]]:
@@ -190,7 +192,8 @@ class SpatialCodec(ActionCodec):
         data = _read_config(config)
         action = data.get("action_config") or {}
         if action.get("use_spherical", True) is not True:
-            raise UsageError("spatial: the checkpoint bins Cartesian translation (use_spherical false); unsupported")
+            raise UsageError("spatial: the checkpoint bins Cartesian translation (use_spherical false); "
+                             "unsupported")
         num = action.get("num_bins") or {}
         for group, names in SPATIAL_GRID.items():
             for name, bins in names.items():
@@ -199,7 +202,8 @@ class SpatialCodec(ActionCodec):
                                      f"this codec {bins}")
         if "bin_policy" not in data:
             raise UsageError("spatial: the processor config has no 'bin_policy'")
-        merged = {"bin_policy": data["bin_policy"], "chunk_size": int(data.get("action_chunk_size", 4)), **options}
+        merged = {"bin_policy": data["bin_policy"], "chunk_size": int(data.get("action_chunk_size", 4)),
+                  **options}
         try:
             return cls(SpatialOptions.model_validate(merged))
         except ValidationError as exc:
@@ -220,7 +224,8 @@ class SpatialCodec(ActionCodec):
         if not (np.diff(ids) == 1).all():
             where = int(np.argmax(np.diff(ids) != 1)) + 1
             raise UsageError(
-                f"spatial: the {N_TOKENS} action tokens must have consecutive ids, as SpatialVLA lays them out, but "
+                f"spatial: the {N_TOKENS} action tokens must have consecutive ids, as SpatialVLA lays them "
+                "out, but "
                 f"{ACTION_TOKENS[where]} has id {int(ids[where])} after {int(ids[where - 1])}; add "
                 f"codec.new_tokens() to the tokenizer in order"
             )
@@ -230,7 +235,8 @@ class SpatialCodec(ActionCodec):
         super().bind(tokenizer, stats)
         if self._from_statistics:
             try:
-                self._edges = _flat(gaussian_bin_policy(gaussian_from_statistics(self.stats), self.options.min_sigma))
+                self._edges = _flat(gaussian_bin_policy(gaussian_from_statistics(self.stats),
+                                                        self.options.min_sigma))
             except Exception:
                 self._tokenizer = self._stats = self._edges = None  # a failed bind leaves the codec unbound
                 raise
@@ -242,7 +248,8 @@ class SpatialCodec(ActionCodec):
         return np.arange(self._begin, self._begin + N_TOKENS, dtype=np.int64)
 
     def group_ids(self) -> tuple[range, range, range]:
-        """Token ids allowed at a step's translation, rotation and gripper positions (constrained decoding)."""
+        """Token ids allowed at a step's translation, rotation and gripper positions (constrained
+        decoding)."""
         self._require_bound()
         return tuple(range(self._begin + a, self._begin + b) for a, b in zip(_OFFSETS, _OFFSETS[1:]))
 
@@ -278,7 +285,8 @@ class SpatialCodec(ActionCodec):
             )
         offsets = array - self._begin
         group = np.arange(len(offsets)) % 3
-        wrong = np.flatnonzero((offsets < np.take(_OFFSETS, group)) | (offsets >= np.take(_OFFSETS, group + 1)))
+        wrong = np.flatnonzero((offsets < np.take(_OFFSETS,
+                                                  group)) | (offsets >= np.take(_OFFSETS, group + 1)))
         if wrong.size:
             where, kind = int(wrong[0]), int(group[wrong[0]])
             raise ActionDecodeError(
@@ -331,22 +339,26 @@ def _read_config(config: Mapping[str, Any] | str | Path) -> dict[str, Any]:
         raise UsageError(f"spatial: cannot read the processor config {path}: {exc}") from None
 
 
-def statistics_from_processor_config(config: Mapping[str, Any] | str | Path, dataset: str | None = None) -> Statistics:
+def statistics_from_processor_config(config: Mapping[str, Any] | str | Path,
+                                     dataset: str | None = None) -> Statistics:
     """A SpatialVLA checkpoint's action statistics for `dataset` (its `unnorm_key`), for decoding."""
     table = _read_config(config).get("statistics") or {}
     if dataset is None and len(table) == 1:
         dataset = next(iter(table))
     if dataset not in table:
-        raise UsageError(f"spatial: pick the dataset whose statistics decode actions. Available: {', '.join(table)}")
+        raise UsageError("spatial: pick the dataset whose statistics decode actions. Available: "
+                         f"{', '.join(table)}")
     a = table[dataset]["action"]
     q01, q99 = np.asarray(a["q01"], float), np.asarray(a["q99"], float)
-    return Statistics(mean=a.get("mean", (q01 + q99) / 2), std=a.get("std", (q99 - q01) / 2), min=a.get("min", q01),
+    return Statistics(mean=a.get("mean", (q01 + q99) / 2), std=a.get("std", (q99 - q01) / 2),
+                      min=a.get("min", q01),
                       max=a.get("max", q99), q01=q01, q99=q99, mask=a.get("mask"))
 
 
 # -- embedding re-gridding --------------------------------------------------------------------------
 def _regrid_matrix(old_edges: np.ndarray, new_edges: np.ndarray) -> np.ndarray:
-    """[new bins, old bins]: linear interpolation of old-centre values at the new centres, clamped at the ends."""
+    """[new bins, old bins]: linear interpolation of old-centre values at the new centres, clamped at the
+    ends."""
     old_c, new_c = (old_edges[:-1] + old_edges[1:]) / 2, (new_edges[:-1] + new_edges[1:]) / 2
     return np.stack([np.interp(new_c, old_c, column) for column in np.eye(len(old_c))], axis=1)
 

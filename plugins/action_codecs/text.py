@@ -10,9 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from refine_core import ActionCodec, ActionDecodeError, TokenizerLike
-from refine_core import ACTION_DIM, GRIPPER
-from refine_core import UsageError
+from refine_core import ACTION_DIM, ActionCodec, ActionDecodeError, GRIPPER, TokenizerLike, UsageError
 
 from .options import TextOptions
 from .textform import format_chunk, parse_chunk
@@ -82,6 +80,7 @@ class TextCodec(ActionCodec):
         try:
             text = self.tokenizer.decode(array.tolist(), skip_special_tokens=False)
         except Exception as exc:  # a tokenizer's own failure must still reach the policy as a decode error
-            raise ActionDecodeError(f"the tokenizer could not decode the ids ({exc})", text=str(array.tolist()),
+            raise ActionDecodeError(f"the tokenizer could not decode the ids ({exc})",
+                                    text=str(array.tolist()),
                                     ids=array) from None
         return self.decode_text(text)

@@ -44,7 +44,13 @@ class _Parser:
             where = "but the text ended (incomplete action)"
         else:
             start = max(0, self.pos - _CONTEXT)
-            snippet = self.text[start:self.pos] + "⟨" + self.text[self.pos] + "⟩" + self.text[self.pos + 1:self.pos + _CONTEXT]
+            snippet = (
+                self.text[start : self.pos]
+                + "⟨"
+                + self.text[self.pos]
+                + "⟩"
+                + self.text[self.pos + 1 : self.pos + _CONTEXT]
+            )
             where = f"at character {self.pos} (spaces ignored): {snippet!r}"
         return ActionDecodeError(f"{reason} {where}", text=self.original)
 

@@ -9,9 +9,12 @@ from refine_core import DatasetSpec, hookimpl
 
 class BridgeOptions(RldsCommonOptions):
     relabel_actions: bool = Field(
-        True, description="Movement from the reached state, as OpenVLA's bridge_orig transform (false: recorded actions)."
+        True,
+        description="Movement from the reached state, as OpenVLA's bridge_orig transform (false: recorded "
+                    "actions)."
     )
-    drop_blank_cameras: bool = Field(True, description="Leave out image_1..3 where the robot had no such view.")
+    drop_blank_cameras: bool = Field(True,
+                                     description="Leave out image_1..3 where the robot had no such view.")
 
 
 @hookimpl

@@ -37,18 +37,24 @@ class DemoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     episodes: int = Field(48, ge=1, le=100_000, description="Episodes to generate (about 20 steps each).")
-    seed: int = Field(0, description="Scenes, instructions and start poses depend only on (seed, episode index).")
+    seed: int = Field(
+        0, description="Scenes, instructions and start poses depend only on (seed, episode index)."
+    )
     cache_dir: str | None = Field(None, description="Parent folder of the generated data "
-                                                    "(default $REFINE_CACHE_DIR/demo or ~/.cache/refine/demo).")
-    max_episodes: int | None = Field(None, ge=1, description="Read at most this many of the generated episodes.")
-    pick_only_fraction: float = Field(0.25, ge=0, le=1, description="Share of 'pick up the X' tasks (the rest are put-on/in).")
+                                                    "(default $REFINE_CACHE_DIR/demo or "
+                                                    "~/.cache/refine/demo).")
+    max_episodes: int | None = Field(None, ge=1,
+                                     description="Read at most this many of the generated episodes.")
+    pick_only_fraction: float = Field(0.25, ge=0, le=1,
+                                      description="Share of 'pick up the X' tasks (the rest are put-on/in).")
 
 
 @hookimpl
 def refine_datasets():
     yield DatasetSpec(
         name="demo",
-        summary="Synthetic table-top pick-and-place (rendered frames, scripted expert), written as bridge RLDS",
+        summary="Synthetic table-top pick-and-place (rendered frames, scripted expert), written as bridge "
+                "RLDS",
         factory="refine_plugins.demo.dataset:DemoDataset",
         options=DemoOptions,
     )

@@ -23,10 +23,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from refine_core import RobotDataset, cache_dir
-from refine_core import Episode
-from refine_core import UsageError
-from refine_core import DatasetStatistics
+from refine_core import DatasetStatistics, Episode, RobotDataset, UsageError, cache_dir
 
 from .render import IMAGE_SIZE, render_episode
 from .scene import CELL, DemoEpisode, generate_episodes
@@ -106,7 +103,8 @@ def ensure_generated(options) -> Path:
     if (final / METADATA_FILE).is_file():
         return final
     if final.exists():  # writes are atomic, so only a hand-edited folder can be incomplete
-        raise UsageError(f"The demo cache folder {final} is incomplete (no {METADATA_FILE}); delete it to regenerate")
+        raise UsageError(f"The demo cache folder {final} is incomplete (no {METADATA_FILE}); delete it to "
+                         "regenerate")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -171,7 +169,8 @@ class DemoDataset(RobotDataset):
             from refine_plugins.bridge.dataset import BridgeDataset
 
             folder = ensure_generated(self.options)
-            self._reader = BridgeDataset(BridgeOptions(data_dir=str(folder), max_episodes=self.options.max_episodes))
+            self._reader = BridgeDataset(BridgeOptions(data_dir=str(folder),
+                                                       max_episodes=self.options.max_episodes))
             self._sidecar = json.loads((folder / METADATA_FILE).read_text())["episodes"]
         return self._reader
 

@@ -80,7 +80,11 @@ class DemoEpisode:
             if obj.name == self.target and self.held[t]:
                 x, y, z = self.cells[t]
                 position = [x * CELL, y * CELL, (z - GRASP) * CELL]
-            elif obj.name == self.target and self.extra.get("placed_from") is not None and t >= self.extra["placed_from"]:
+            elif (
+                obj.name == self.target
+                and self.extra.get("placed_from") is not None
+                and t >= self.extra["placed_from"]
+            ):
                 x, y = self.extra["placed_cell"]
                 position = [x * CELL, y * CELL, 0.0]
             else:
@@ -129,7 +133,9 @@ def generate_episode(rng: np.random.Generator, pick_only_fraction: float = 0.25)
     if dest_obj is None:
         instruction = f"pick up the {target_obj.name}"
     else:
-        instruction = f"put the {target_obj.name} {'on' if dest_obj.kind == 'plate' else 'in'} the {dest_obj.name}"
+        instruction = (
+            f"put the {target_obj.name} {'on' if dest_obj.kind == 'plate' else 'in'} the {dest_obj.name}"
+        )
 
     while True:  # start somewhere that needs a real approach
         start = np.array([rng.integers(0, GRID), rng.integers(0, GRID), HOVER])
@@ -167,7 +173,8 @@ def generate_episode(rng: np.random.Generator, pick_only_fraction: float = 0.25)
     held = [grasped <= t < released for t in range(len(cells))]
     tint = tuple(int(v) for v in rng.integers(-12, 13, size=3))
     return DemoEpisode(instruction=instruction, objects=objects, target=target_obj.name,
-                       destination=dest_obj.name if dest_obj else None, cells=np.stack(cells).astype(np.int64),
+                       destination=dest_obj.name if dest_obj else None,
+                       cells=np.stack(cells).astype(np.int64),
                        grip=np.asarray(grip, dtype=np.float32), phases=phases, held=held, table_tint=tint,
                        extra=extra)
 

@@ -29,7 +29,8 @@ class FractalDataset(RldsDataset):
             builder=FRACTAL_NAME, image_keys=("observation/image",),
             instruction_key="observation/natural_language_instruction",
             action_keys=("action/world_vector", "action/rotation_delta", "action/gripper_closedness_action"),
-            gripper="closedness_relative", state_keys=("observation/base_pose_tool_reached", "observation/gripper_closed"),
+            gripper="closedness_relative", state_keys=("observation/base_pose_tool_reached",
+                                                       "observation/gripper_closed"),
             robot="google_robot", control_frequency=3.0,
         )
         super().__init__(layout, options.data_dir, name="fractal", max_episodes=options.max_episodes,

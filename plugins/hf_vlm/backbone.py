@@ -13,11 +13,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from refine_core import PaliGemmaPrompt
-from refine_core import AllowedIds, Backbone, greedy_decode, model_dtype
-from refine_core import choose_decoder, static_decoder
-from refine_core import UsageError
-from refine_core import to_pixel_values
+from refine_core import (AllowedIds, Backbone, PaliGemmaPrompt, UsageError, choose_decoder, greedy_decode,
+    model_dtype, static_decoder, to_pixel_values)
 
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 SUPPORTED_MODEL_TYPES = ("paligemma",)
@@ -52,7 +49,8 @@ class HFVLMBackbone(PaliGemmaPrompt, Backbone):
         """transformers 5 refuses SDPA for Gemma-2's soft-capped attention (PaliGemma 2) with a traceback."""
         text = getattr(config, "text_config", None)
         if self.options.attn_implementation == "sdpa" and getattr(text, "model_type", None) == "gemma2":
-            raise UsageError("backbone.attn_implementation=sdpa: this model's Gemma-2 language model runs eager "
+            raise UsageError("backbone.attn_implementation=sdpa: this model's Gemma-2 language model runs "
+                             "eager "
                              "attention only (transformers has no SDPA path for it); use auto or eager")
 
     def load(self, path: str) -> None:
@@ -64,14 +62,17 @@ class HFVLMBackbone(PaliGemmaPrompt, Backbone):
         try:
             config = AutoConfig.from_pretrained(path)
         except (OSError, ValueError) as exc:
-            raise UsageError(f"Cannot read a model config from backbone.path={path!r}: {str(exc).splitlines()[0]}") from None
+            raise UsageError(f"Cannot read a model config from backbone.path={path!r}: "
+                             f"{str(exc).splitlines()[0]}") from None
         if config.model_type not in SUPPORTED_MODEL_TYPES:
             raise UsageError(f"hf_vlm loads PaliGemma-layout models (model_type paligemma); {path} has "
-                             f"model_type {config.model_type!r}. Use the backbone made for it (refine list backbone).")
+                             f"model_type {config.model_type!r}. Use the backbone made for it (refine list "
+                             "backbone).")
         self._check_attention(config)
         attn = {} if self.options.attn_implementation == "auto" else {
             "attn_implementation": self.options.attn_implementation}
-        self.model = PaliGemmaForConditionalGeneration.from_pretrained(path, dtype=model_dtype(self.options.dtype),
+        self.model = PaliGemmaForConditionalGeneration.from_pretrained(path,
+                                                                       dtype=model_dtype(self.options.dtype),
                                                                        **attn)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         vision = config.vision_config
@@ -82,7 +83,8 @@ class HFVLMBackbone(PaliGemmaPrompt, Backbone):
             self.image_mean = tuple(spec.get("image_mean", self.image_mean))
             self.image_std = tuple(spec.get("image_std", self.image_std))
             size = spec.get("size", {})
-            self.image_size = int(size.get("height", self.image_size)) if isinstance(size, dict) else int(size)
+            self.image_size = int(size.get("height", self.image_size)) if isinstance(size,
+                                                                                     dict) else int(size)
 
     # -- data -----------------------------------------------------------------------------------
     def image_inputs(self, frames: Sequence[np.ndarray]) -> dict[str, Any]:
@@ -133,7 +135,8 @@ class HFVLMBackbone(PaliGemmaPrompt, Backbone):
         return greedy_decode(first, lambda tokens, step: cached.step(tokens, length + step - 1),
                              max_new_tokens, self.eos_id, allowed)[0][0].tolist()
 
-    def _generate_dynamic(self, ids, token_types, pixels, max_new_tokens: int, allowed: AllowedIds | None) -> list[int]:
+    def _generate_dynamic(self, ids, token_types, pixels, max_new_tokens: int,
+                          allowed: AllowedIds | None) -> list[int]:
         """transformers' generate (dynamic cache); `allowed` through prefix_allowed_tokens_fn."""
         constraint = None
         if allowed is not None:
@@ -143,8 +146,10 @@ class HFVLMBackbone(PaliGemmaPrompt, Backbone):
                 chosen = allowed(sequence.shape[-1] - ids.shape[1])
                 return every if chosen is None else [int(i) for i in chosen]
         out = self.model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=token_types, pixel_values=pixels,
-            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.eos_id, pad_token_id=self.pad_id,
+            input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=token_types,
+            pixel_values=pixels,
+            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
             use_cache=True, prefix_allowed_tokens_fn=constraint)
         return out[0, ids.shape[1]:].tolist()
 

@@ -21,13 +21,15 @@ _OBJECTS = ("block cube plate bowl cup can sponge spoon carrot eggplant towel dr
             "bottle marker box basket pot pan table gripper arm robot object target").split()
 _VERBS = ("put place pick move lift lower open close push pull grasp release approach descend rotate "
           "stack wipe slide reach align hold carry drop turn").split()
-_WORDS = ("the a an on in into onto to from of with and then is are it its above below left right front "
-          "behind near far up down forward backward toward away closer top bottom center side next "
-          "still not yet already now first second next finally gripper open closed holding empty "
-          "observation situation analysis spatial reasoning task planning logical steps sub action "
-          "step phase motion scene camera view shows visible located position distance height aligned "
-          "must should will needs robot arm end effector over under between task goal done complete "
-          "remaining x y z roll pitch yaw translation rotation small large slightly quickly carefully").split()
+_WORDS = (
+    "the a an on in into onto to from of with and then is are it its above below left right front "
+    "behind near far up down forward backward toward away closer top bottom center side next "
+    "still not yet already now first second next finally gripper open closed holding empty "
+    "observation situation analysis spatial reasoning task planning logical steps sub action "
+    "step phase motion scene camera view shows visible located position distance height aligned "
+    "must should will needs robot arm end effector over under between task goal done complete "
+    "remaining x y z roll pitch yaw translation rotation small large slightly quickly carefully"
+).split()
 
 
 def _corpus():
@@ -72,21 +74,25 @@ def build_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer.from_str(_tokenizer_json())
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>",
                                    unk_token="<unk>", extra_special_tokens=["<image>"])
 
 
 def build_config(vocab_size: int, image_token_id: int):
     from transformers import Gemma2Config, PaliGemmaConfig, SiglipVisionConfig
 
-    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=2,
                                 image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=64,
                                 vision_use_head=False)  # as PaliGemma: features, not the pooled head
     text = Gemma2Config(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
+                        num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                        max_position_embeddings=2048,
                         sliding_window=1024, pad_token_id=0, eos_token_id=1, bos_token_id=2)
     # Untied output layer: with the recipe's frozen embeddings a tied lm_head would freeze the
     # action-token rows too, and the tiny model could barely learn its actions.
     text.tie_word_embeddings = False
-    return PaliGemmaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_id=image_token_id,
+    return PaliGemmaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
+                           image_token_id=image_token_id,
                            projection_dim=64, hidden_size=64, pad_token_id=0, tie_word_embeddings=False)

@@ -26,17 +26,23 @@ class LeRobotOptions(BaseModel):
     root: str | None = Field(None, description="The dataset folder (holds meta/info.json).")
     image_keys: list[str] | None = Field(None, description="Camera features, primary first "
                                                            "(default: every observation.images.*).")
-    primary_camera: str | None = Field(None, description="Camera feature to put first (default: the first image key).")
+    primary_camera: str | None = Field(None,
+                                       description="Camera feature to put first (default: the first image "
+                                                   "key).")
     action_key: str = "action"
     movement_dims: list[int] = Field([0, 1, 2, 3, 4, 5], max_length=6,
-                                     description="Entries of the action that become dx, dy, dz, droll, dpitch, dyaw.")
+                                     description="Entries of the action that become dx, dy, dz, droll, "
+                                                 "dpitch, dyaw.")
     gripper_dim: int = Field(-1, description="Entry of the action holding the gripper command.")
     gripper_range: tuple[float, float] = Field((0.0, 1.0), description="Gripper values mapped to 0 and 1.")
     gripper_open_at: Literal["high", "low"] = Field("high", description="Which end of gripper_range is open.")
     binarize_gripper: bool = Field(False, description="Round the converted gripper to 0/1 at 0.5.")
-    state_key: str | None = Field("observation.state", description="State feature (ignored when absent); '' for none.")
+    state_key: str | None = Field("observation.state",
+                                  description="State feature (ignored when absent); '' for none.")
     max_episodes: int | None = Field(None, ge=1, description="Stop after this many episodes.")
-    video_tolerance_s: float = Field(0.02, gt=0, description="Largest gap between a frame's timestamp and the decoded frame.")
+    video_tolerance_s: float = Field(0.02, gt=0,
+                                     description="Largest gap between a frame's timestamp and the decoded "
+                                                 "frame.")
 
     @field_validator("image_keys", mode="before")
     @classmethod

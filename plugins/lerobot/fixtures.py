@@ -25,7 +25,10 @@ def synthetic_frames(num_steps: int, size: tuple[int, int], seed: int) -> np.nda
     base = rng.uniform(40, 200, 3).astype(np.float32)
     frames = np.empty((num_steps, height, width, 3), np.uint8)
     for t in range(num_steps):
-        shade = 60 * np.sin(rows / height * 3 + t * 0.4)[..., None] + 40 * np.cos(cols / width * 2 - t * 0.3)[..., None]
+        shade = (
+            60 * np.sin(rows / height * 3 + t * 0.4)[..., None]
+            + 40 * np.cos(cols / width * 2 - t * 0.3)[..., None]
+        )
         frames[t] = np.clip(base + shade, 0, 255).astype(np.uint8)
     return frames
 
@@ -61,7 +64,9 @@ def _write_parquet(path: Path, columns: Mapping[str, Any], metadata: dict | None
 
     table = pa.table(dict(columns))
     if metadata:
-        table = table.replace_schema_metadata({k.encode(): json.dumps(v).encode() for k, v in metadata.items()})
+        table = table.replace_schema_metadata(
+            {k.encode(): json.dumps(v).encode() for k, v in metadata.items()}
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
 
@@ -90,7 +95,8 @@ def write_lerobot_dataset(root: str | Path, episodes: Sequence[Mapping[str, Any]
     state_dim = np.asarray(first["states"]).shape[1] if "states" in first else None
     index = 0
     episode_rows: list[dict[str, Any]] = []
-    groups = [list(range(i, min(i + episodes_per_file, len(episodes)))) for i in range(0, len(episodes), episodes_per_file)]
+    groups = [list(range(i, min(i + episodes_per_file, len(episodes)))) for i in range(0, len(episodes),
+                                                                                       episodes_per_file)]
     for file_index, group in enumerate(groups):
         data: dict[str, list] = {k: [] for k in ("action", "observation.state", "timestamp", "frame_index",
                                                  "episode_index", "index", "task_index", *keys)}
@@ -101,14 +107,17 @@ def write_lerobot_dataset(root: str | Path, episodes: Sequence[Mapping[str, Any]
             actions = np.asarray(ep["actions"], dtype=np.float32)
             n = len(actions)
             given = dict(ep.get("images") or {})
-            frames = {k: np.asarray(given[c], np.uint8) if c in given else synthetic_frames(n, image_size, seed=e * 7 + j)
+            frames = {k: np.asarray(given[c],
+                                    np.uint8) if c in given else synthetic_frames(n, image_size,
+                                                                                  seed=e * 7 + j)
                       for j, (c, k) in enumerate(zip(cameras, keys))}
             row = {"episode_index": e, "tasks": [str(ep.get("task", ""))], "length": n,
                    "data/chunk_index": 0, "data/file_index": file_index,
                    "dataset_from_index": index, "dataset_to_index": index + n,
                    "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0}
             data["action"].append(actions)
-            data["observation.state"].append(np.asarray(ep.get("states", np.zeros((n, state_dim or 1))), np.float32))
+            data["observation.state"].append(np.asarray(ep.get("states", np.zeros((n, state_dim or 1))),
+                                                        np.float32))
             data["timestamp"] += [t / fps for t in range(n)]
             data["frame_index"] += list(range(n))
             data["episode_index"] += [e] * n
@@ -118,16 +127,19 @@ def write_lerobot_dataset(root: str | Path, episodes: Sequence[Mapping[str, Any]
                 if video:
                     videos[k].append(frames[k])
                     row.update({f"videos/{k}/chunk_index": 0, f"videos/{k}/file_index": file_index,
-                                f"videos/{k}/from_timestamp": offsets[k], f"videos/{k}/to_timestamp": offsets[k] + n / fps})
+                                f"videos/{k}/from_timestamp": offsets[k],
+                                f"videos/{k}/to_timestamp": offsets[k] + n / fps})
                     offsets[k] += n / fps
                 else:
-                    data[k] += [{"bytes": _png(f), "path": f"frame-{index + t:06d}.png"} for t, f in enumerate(frames[k])]
+                    data[k] += [{"bytes": _png(f),
+                                 "path": f"frame-{index + t:06d}.png"} for t, f in enumerate(frames[k])]
             episode_rows.append(row)
             index += n
         columns: dict[str, Any] = {
             "action": _vectors(np.concatenate(data["action"])),
             "timestamp": pa.array(data["timestamp"], pa.float32()),
-            **{k: pa.array(data[k], pa.int64()) for k in ("frame_index", "episode_index", "index", "task_index")},
+            **{k: pa.array(data[k], pa.int64()) for k in ("frame_index", "episode_index", "index",
+                                                          "task_index")},
         }
         if state_dim is not None:
             columns["observation.state"] = _vectors(np.concatenate(data["observation.state"]))
@@ -149,9 +161,11 @@ def write_lerobot_dataset(root: str | Path, episodes: Sequence[Mapping[str, Any]
                       "names": ["height", "width", "channels"]}
     features = {
         "action": {"dtype": "float32", "shape": [action_dim], "names": None},
-        **({"observation.state": {"dtype": "float32", "shape": [state_dim], "names": None}} if state_dim else {}),
+        **({"observation.state": {"dtype": "float32", "shape": [state_dim],
+                                  "names": None}} if state_dim else {}),
         **{k: dict(camera_feature) for k in keys},
-        **{k: {"dtype": "int64", "shape": [1], "names": None} for k in ("frame_index", "episode_index", "index", "task_index")},
+        **{k: {"dtype": "int64", "shape": [1], "names": None} for k in ("frame_index", "episode_index",
+                                                                        "index", "task_index")},
         "timestamp": {"dtype": "float32", "shape": [1], "names": None},
     }
     info = {

@@ -59,7 +59,8 @@ def read_info(root: Path) -> dict[str, Any]:
         raise UsageError(f"Cannot read {path}: {exc}") from None
     version = info.get("codebase_version") if isinstance(info, dict) else None
     if version != CODEBASE_VERSION:
-        raise UsageError(f"{root} is a LeRobotDataset of codebase_version {version!r}; the lerobot plugin reads "
+        raise UsageError(f"{root} is a LeRobotDataset of codebase_version {version!r}; the lerobot plugin "
+                         "reads "
                          f"{CODEBASE_VERSION!r} (convert older folders with lerobot's v2.1 → v3.0 converter)")
     if not isinstance(info.get("features"), dict) or not info.get("fps"):
         raise UsageError(f"{path} lacks 'features' or 'fps'; keys found: {', '.join(sorted(info))}")
@@ -83,8 +84,10 @@ def read_tasks(root: Path) -> dict[int, str]:
     index_columns = [c for c in pandas_meta.get("index_columns", []) if isinstance(c, str)]
     text_column = next((c for c in [*index_columns, "task", "__index_level_0__"] if c in names), None)
     if "task_index" not in names or text_column is None:
-        raise UsageError(f"{path} needs a 'task_index' column and the task text; columns found: {', '.join(names)}")
-    return {int(i): str(t) for i, t in zip(table.column("task_index").to_pylist(), table.column(text_column).to_pylist())}
+        raise UsageError(f"{path} needs a 'task_index' column and the task text; columns found: "
+                         f"{', '.join(names)}")
+    return {int(i): str(t) for i, t in zip(table.column("task_index").to_pylist(),
+                                           table.column(text_column).to_pylist())}
 
 
 def read_episode_records(root: Path, info: dict[str, Any], video_keys: list[str]) -> list[EpisodeRecord]:
@@ -93,7 +96,8 @@ def read_episode_records(root: Path, info: dict[str, Any], video_keys: list[str]
 
     files = sorted((root / EPISODES_DIR).glob("*/*.parquet"))
     if not files:
-        raise UsageError(f"{root} is not a complete LeRobotDataset: no {EPISODES_DIR}/chunk-XXX/file-XXX.parquet")
+        raise UsageError(f"{root} is not a complete LeRobotDataset: no "
+                         f"{EPISODES_DIR}/chunk-XXX/file-XXX.parquet")
     data_path = info.get("data_path") or DEFAULT_DATA_PATH
     video_path = info.get("video_path") or DEFAULT_VIDEO_PATH
     needed = ["episode_index", "data/chunk_index", "data/file_index"]
@@ -104,18 +108,21 @@ def read_episode_records(root: Path, info: dict[str, Any], video_keys: list[str]
         names = pq.read_schema(path).names
         absent = [k for k in needed if k not in names]
         if absent:
-            raise missing_key("Episode column", absent[0], [n for n in names if not n.startswith("stats/")], path)
+            raise missing_key("Episode column", absent[0], [n for n in names if not n.startswith("stats/")],
+                              path)
         columns = needed + [c for c in ("length",) if c in names]
         rows = pq.read_table(path, columns=columns).to_pylist()
         for row in rows:
-            data_file = root / data_path.format(chunk_index=row["data/chunk_index"], file_index=row["data/file_index"])
+            data_file = root / data_path.format(chunk_index=row["data/chunk_index"],
+                                                file_index=row["data/file_index"])
             videos = {
                 key: (root / video_path.format(video_key=key, chunk_index=row[f"videos/{key}/chunk_index"],
                                                file_index=row[f"videos/{key}/file_index"]),
                       float(row[f"videos/{key}/from_timestamp"]))
                 for key in video_keys
             }
-            records.append(EpisodeRecord(int(row["episode_index"]), int(row.get("length") or 0), data_file, videos))
+            records.append(EpisodeRecord(int(row["episode_index"]), int(row.get("length") or 0), data_file,
+                                         videos))
     return sorted(records, key=lambda r: r.index)
 
 
@@ -123,9 +130,12 @@ def split_range(info: dict[str, Any], split: str, total: int) -> range:
     """Episode indices of a split ("train": "0:50"); a folder without `splits` is all train."""
     splits = info.get("splits") or {"train": f"0:{total}"}
     if split not in splits:
-        raise UsageError(f"Split '{split}' not in this LeRobot dataset. Available: {', '.join(sorted(splits))}")
+        raise UsageError(f"Split '{split}' not in this LeRobot dataset. Available: "
+                         f"{', '.join(sorted(splits))}")
     try:
         start, stop = (int(v) for v in str(splits[split]).split(":"))
     except ValueError:
-        raise UsageError(f"meta/info.json split '{split}' is {splits[split]!r}; expected 'start:stop'") from None
+        raise UsageError(
+            f"meta/info.json split '{split}' is {splits[split]!r}; expected 'start:stop'"
+        ) from None
     return range(start, stop)

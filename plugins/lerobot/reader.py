@@ -17,10 +17,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from refine_core import RobotDataset
-from refine_core import ACTION_DIM, Episode, GRIPPER, Step
-from refine_core import UsageError
-from refine_core import DatasetStatistics, StatisticsAccumulator, cache_dir, cached_statistics
+from refine_core import (ACTION_DIM, DatasetStatistics, Episode, GRIPPER, MissingExtra, RobotDataset,
+    StatisticsAccumulator, Step, UsageError, cache_dir, cached_statistics)
 
 from .layout import (CAMERA_DTYPES, IMAGE_PREFIX, INFO_PATH, EpisodeRecord, missing_key, read_episode_records,
                      read_info, read_tasks, split_range)
@@ -33,7 +31,11 @@ def _matrix(column, rows: int) -> np.ndarray:
     import pyarrow as pa
 
     column = column.combine_chunks() if hasattr(column, "combine_chunks") else column
-    if pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type) or pa.types.is_large_list(column.type):
+    if (
+        pa.types.is_list(column.type)
+        or pa.types.is_fixed_size_list(column.type)
+        or pa.types.is_large_list(column.type)
+    ):
         return np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(rows, -1)
     return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(rows, -1)
 
@@ -65,7 +67,7 @@ class LeRobotDataset(RobotDataset):
         try:
             import pyarrow  # noqa: F401
         except ImportError:
-            raise UsageError("The lerobot dataset needs pyarrow: pip install 'refine-vla[lerobot]'") from None
+            raise MissingExtra("pyarrow", "lerobot", "the lerobot dataset") from None
         self.options = options
         self.root = Path(options.root).expanduser()
         self.info = read_info(self.root)
@@ -75,7 +77,8 @@ class LeRobotDataset(RobotDataset):
         cameras = [k for k, f in features.items() if isinstance(f, dict) and f.get("dtype") in CAMERA_DTYPES]
         keys = list(options.image_keys or ([k for k in cameras if k.startswith(IMAGE_PREFIX)] or cameras))
         if not keys:
-            raise UsageError(f"{self.root} has no image or video feature; features found: {', '.join(sorted(features))}")
+            raise UsageError(f"{self.root} has no image or video feature; features found: "
+                             f"{', '.join(sorted(features))}")
         keys = [k if k in features else IMAGE_PREFIX + k for k in keys]  # short camera names allowed
         for key in keys:
             if key not in cameras:
@@ -94,7 +97,8 @@ class LeRobotDataset(RobotDataset):
         self.action_size = int(np.prod(features[options.action_key].get("shape") or [1]))
         for dim in [*options.movement_dims, options.gripper_dim]:
             if not -self.action_size <= dim < self.action_size:
-                raise UsageError(f"Action dim {dim} is outside '{options.action_key}' of size {self.action_size}; "
+                raise UsageError(f"Action dim {dim} is outside '{options.action_key}' of size "
+                                 f"{self.action_size}; "
                                  f"set dataset.movement_dims / dataset.gripper_dim")
         lo, hi = options.gripper_range
         if hi == lo:
@@ -115,11 +119,13 @@ class LeRobotDataset(RobotDataset):
     @property
     def identity(self) -> str:
         if self._identity is None:
-            files = sorted(p for p in self.root.rglob("*") if p.suffix in (".parquet", ".mp4", ".json") and p.is_file())
+            files = sorted(p for p in self.root.rglob("*") if p.suffix in (".parquet", ".mp4",
+                                                                           ".json") and p.is_file())
             content = [(str(p.relative_to(self.root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
             payload = {"root": str(self.root.resolve()), "info": self.info, "content": content,
                        "options": self.options.model_dump(mode="json")}
-            digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            digest = hashlib.sha256(json.dumps(payload, sort_keys=True,
+                                               default=str).encode()).hexdigest()[:16]
             self._identity = f"lerobot:{self.root.name}:{self.info.get('codebase_version')}:{digest}"
         return self._identity
 
@@ -144,7 +150,9 @@ class LeRobotDataset(RobotDataset):
             if self.options.max_episodes is not None and yielded >= self.options.max_episodes:
                 return
             if index not in by_index:
-                raise UsageError(f"Episode {index} of split '{split}' has no row in {self.root}/meta/episodes")
+                raise UsageError(
+                    f"Episode {index} of split '{split}' has no row in {self.root}/meta/episodes"
+                )
             yielded += 1
             yield by_index[index]
 
@@ -161,7 +169,8 @@ class LeRobotDataset(RobotDataset):
             for column in columns:
                 if column not in names:
                     raise missing_key("Column", column, names, record.data_file)
-            self._table_cache = (record.data_file, columns, pq.read_table(record.data_file, columns=list(columns)))
+            self._table_cache = (record.data_file, columns, pq.read_table(record.data_file,
+                                                                          columns=list(columns)))
         table = self._table_cache[2]
         rows = table.filter(pc.equal(table["episode_index"], record.index))
         return rows.sort_by("frame_index") if "frame_index" in columns else rows
@@ -193,7 +202,8 @@ class LeRobotDataset(RobotDataset):
         out: dict[str, Any] = {
             "actions": actions[keep],
             "states": _matrix(rows[self.state_key], n)[keep] if self.state_key else None,
-            "instructions": [tasks.get(int(i), "") for i, k in zip(rows["task_index"].to_pylist(), keep) if k],
+            "instructions": [tasks.get(int(i), "") for i, k in zip(rows["task_index"].to_pylist(),
+                                                                   keep) if k],
             "frame_index": np.asarray(rows["frame_index"].to_pylist(), dtype=np.int64)[keep],
         }
         if images:
@@ -203,13 +213,15 @@ class LeRobotDataset(RobotDataset):
                              for k in self.image_keys}
         return out
 
-    def _camera(self, record: EpisodeRecord, key: str, rows, keep: np.ndarray, frame_index: np.ndarray) -> np.ndarray:
+    def _camera(self, record: EpisodeRecord, key: str, rows, keep: np.ndarray,
+                frame_index: np.ndarray) -> np.ndarray:
         if key in self.video_keys:
             from .video import decode_frames
 
             path, start = record.videos[key]
             # frame_index / fps: the grid the frames were encoded on (float32 timestamps drift)
-            return decode_frames(path, start + frame_index / self.control_frequency, self.options.video_tolerance_s)
+            return decode_frames(path, start + frame_index / self.control_frequency,
+                                 self.options.video_tolerance_s)
         where = f"{record.data_file} episode {record.index} '{key}'"
         values = [v for v, k in zip(rows[key].to_pylist(), keep) if k]
         return np.stack([_decode_image(v, self.root, where) for v in values])
@@ -236,7 +248,8 @@ class LeRobotDataset(RobotDataset):
             yield Episode(episode_id, steps, metadata={"dataset": self.name, "split": split,
                                                        "episode_index": record.index})
         if self.skipped["nonfinite_steps"]:
-            log.warning("%s: skipped %d steps with NaN/inf actions", self.name, self.skipped["nonfinite_steps"])
+            log.warning("%s: skipped %d steps with NaN/inf actions", self.name,
+                        self.skipped["nonfinite_steps"])
 
     def statistics(self) -> DatasetStatistics:
         stats, self.statistics_path = cached_statistics(self.identity, self._compute_statistics,
@@ -252,5 +265,11 @@ class LeRobotDataset(RobotDataset):
         if accumulator.num_episodes == 0:
             raise UsageError(f"No usable episodes in the train split of {self.root}")
         mask = np.arange(ACTION_DIM) != GRIPPER  # the gripper is already in [0, 1]: not normalised
-        return accumulator.finish(action_mask=mask, extra={"split": "train", "identity": self.identity,
-                                                           "skipped_nonfinite_steps": self.skipped["nonfinite_steps"]})
+        return accumulator.finish(
+            action_mask=mask,
+            extra={
+                "split": "train",
+                "identity": self.identity,
+                "skipped_nonfinite_steps": self.skipped["nonfinite_steps"],
+            },
+        )

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from refine_core import UsageError
+from refine_core import MissingExtra, UsageError
 
 
 def decode_frames(path: Path, timestamps: np.ndarray, tolerance: float) -> np.ndarray:
@@ -17,7 +17,7 @@ def decode_frames(path: Path, timestamps: np.ndarray, tolerance: float) -> np.nd
     try:
         import av
     except ImportError:
-        raise UsageError("Reading LeRobot videos needs PyAV: pip install 'refine-vla[lerobot]'") from None
+        raise MissingExtra("av", "lerobot", "reading LeRobot videos") from None
     if not path.is_file():
         raise UsageError(f"LeRobot video file {path} is missing")
     timestamps = np.asarray(timestamps, dtype=np.float64)

@@ -12,7 +12,8 @@ from refine_core import BackboneOptions, BackboneSpec, hookimpl
 
 class OpenVLAOptions(BackboneOptions):
     path: str | None = Field(None, description="Local directory of an OpenVLA checkpoint in the upstream "
-                                               "layout (config.json + safetensors) or a Hub id (org/name); takes "
+                                               "layout (config.json + safetensors) or a Hub id (org/name); "
+                                               "takes "
                                                "precedence over `preset`.")
     attn_implementation: Literal["auto", "sdpa", "eager"] = Field(
         "auto", description="auto: sdpa; eager is needed for attention maps.")
@@ -25,7 +26,8 @@ class OpenVLAOptions(BackboneOptions):
 def refine_backbones():
     yield BackboneSpec(
         name="openvla",
-        summary="OpenVLA (DINOv2+SigLIP, Llama-2) from an upstream-layout directory; preset 'tiny' builds one offline",
+        summary="OpenVLA (DINOv2+SigLIP, Llama-2) from an upstream-layout directory; preset 'tiny' builds "
+                "one offline",
         factory="refine_plugins.openvla.backbone:OpenVLABackbone",
         options=OpenVLAOptions,
     )

@@ -32,11 +32,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from refine_core import AllowedIds, Backbone, model_dtype
-from refine_core import UsageError
-from refine_core import read_tokenizer, resolve_checkpoint_dir
-from refine_core import to_pixel_values
-from refine_core import Statistics
+from refine_core import (AllowedIds, Backbone, Statistics, UsageError, model_dtype, read_tokenizer,
+    resolve_checkpoint_dir, to_pixel_values)
 
 from .norm_stats import entry_from_statistics, resolve_unnorm_key, statistics_from_entry
 
@@ -44,7 +41,9 @@ PROMPT = "In: What action should the robot take to {instruction}?\nOut: "
 SPACE_ID = 29871  # Llama-2's "▁": upstream appends it so the action tokens follow the prompt's space
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # DINOv2 tower
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)  # SigLIP tower
-FALLBACK_STATS_KEY = "refine_dataset"  # norm_stats key of an attached codec's statistics when no dataset name is known
+FALLBACK_STATS_KEY = (
+    "refine_dataset"  # norm_stats key of an attached codec's statistics when no dataset name is known
+)
 
 
 class OpenVLABackbone(Backbone):
@@ -194,7 +193,8 @@ class OpenVLABackbone(Backbone):
         """float32 (7,) in refine's convention from 7 action ids (ActionDecodeError otherwise)."""
         return self.action_codec(unnorm_key).decode(ids)[0]
 
-    def predict_action(self, image: np.ndarray, instruction: str, unnorm_key: str | None = None) -> np.ndarray:
+    def predict_action(self, image: np.ndarray, instruction: str,
+                       unnorm_key: str | None = None) -> np.ndarray:
         """Upstream's `predict_action`: 7 greedy ids after the prompt, un-normalised with the
         statistics of `unnorm_key`; float32 (7,), gripper 1 = open, 0 = closed."""
         codec = self.action_codec(unnorm_key)  # resolve the key before spending a generation

@@ -75,7 +75,9 @@ class OpenVLAConfig:
             raise ValueError("only the fused DINOv2 + SigLIP vision backbone (dinosiglip) is supported")
         for model_id in self.timm_model_ids:
             if model_id not in TOWER_ARCHS:
-                raise ValueError(f"unsupported vision tower {model_id!r}; supported: {', '.join(TOWER_ARCHS)}")
+                raise ValueError(
+                    f"unsupported vision tower {model_id!r}; supported: {', '.join(TOWER_ARCHS)}"
+                )
         if any(act is not None for act in self.timm_override_act_layers):
             raise ValueError(f"activation overrides {self.timm_override_act_layers} are not supported "
                              "(the dinosiglip towers use none)")

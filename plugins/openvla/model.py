@@ -14,10 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from refine_core import AllowedIds, greedy_decode
-from refine_core import choose_decoder, static_decoder
+from refine_core import AllowedIds, choose_decoder, greedy_decode, static_decoder, write_state_dict
 from refine_core import read_state_dict as read_weights
-from refine_core import write_state_dict
 
 from .config import OpenVLAConfig
 from .vision import PrismaticProjector, PrismaticVisionBackbone
@@ -84,7 +82,8 @@ class OpenVLAForActionPrediction(nn.Module):
         directory = Path(directory)
         write_state_dict(directory, self.state_dict(), max_shard_bytes)
         self.config.save(directory)
-        generation = {"bos_token_id": self.llama_config.bos_token_id, "eos_token_id": self.llama_config.eos_token_id,
+        generation = {"bos_token_id": self.llama_config.bos_token_id,
+                      "eos_token_id": self.llama_config.eos_token_id,
                       "pad_token_id": self.config.pad_token_id}
         (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
 
@@ -101,8 +100,9 @@ class OpenVLAForActionPrediction(nn.Module):
     def project_patches(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.projector(self.vision_backbone(pixel_values.to(self.dtype)))
 
-    def multimodal_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor,
-                          attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def multimodal_inputs(
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Token embeddings with the projected patches inserted after BOS (position 0)."""
         embeds = self.get_input_embeddings()(input_ids)
         patches = self.project_patches(pixel_values)

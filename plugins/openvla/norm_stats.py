@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from refine_core import UsageError
-from refine_core import Statistics
+from refine_core import Statistics, UsageError
 
 STAT_FIELDS = ("mean", "std", "max", "min", "q01", "q99")
 
@@ -37,7 +36,9 @@ def resolve_unnorm_key(norm_stats: dict[str, Any], unnorm_key: str | None) -> st
                              f"backbone.unnorm_key (or pass unnorm_key=) to one of: {available}")
         return next(iter(norm_stats))
     if unnorm_key not in norm_stats:
-        raise UsageError(f"unnorm_key '{unnorm_key}' is not in the OpenVLA norm_stats; available: {available}")
+        raise UsageError(
+            f"unnorm_key '{unnorm_key}' is not in the OpenVLA norm_stats; available: {available}"
+        )
     return unnorm_key
 
 
@@ -45,9 +46,11 @@ def statistics_from_entry(entry: dict[str, Any], where: str = "norm_stats") -> S
     """One dataset's `norm_stats` entry → the action Statistics, with upstream's mask semantics."""
     action = entry.get("action") if isinstance(entry, dict) else None
     if not isinstance(action, dict) or "q01" not in action or "q99" not in action:
-        raise UsageError(f"{where} has no action q01/q99 (expected {{'action': {{'q01': [...], 'q99': [...]}}}})")
+        raise UsageError(f"{where} has no action q01/q99 (expected "
+                         f"{{'action': {{'q01': [...], 'q99': [...]}}}})")
     q01 = np.asarray(action["q01"], dtype=np.float64)
-    values = {name: np.asarray(action[name], dtype=np.float64) if name in action else np.full(q01.shape, np.nan)
+    values = {name: np.asarray(action[name],
+                               dtype=np.float64) if name in action else np.full(q01.shape, np.nan)
               for name in STAT_FIELDS}
     mask = np.asarray(action["mask"], dtype=bool) if "mask" in action else np.ones(q01.shape, dtype=bool)
     if any(v.shape != q01.shape for v in values.values()) or mask.shape != q01.shape:

@@ -109,7 +109,8 @@ class VisionTower(nn.Module):
         # (no prefix tokens) both add it before prefix tokens are prepended.
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, dim))
         self.blocks = nn.ModuleList(
-            Block(dim, int(arch["num_heads"]), mlp_hidden, bool(arch["layer_scale"])) for _ in range(int(arch["depth"])))
+            Block(dim, int(arch["num_heads"]), mlp_hidden,
+                  bool(arch["layer_scale"])) for _ in range(int(arch["depth"])))
         self.norm = nn.LayerNorm(dim, eps=LN_EPS)
         self.attn_pool = AttentionPoolLatent(dim, mlp_hidden) if arch["attn_pool"] else None
 

@@ -17,10 +17,13 @@ class RldsCommonOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data_dir: str | None = Field(None, description="The <builder>/<version> folder, the builder folder, or its parent.")
+    data_dir: str | None = Field(None,
+                                 description="The <builder>/<version> folder, the builder folder, or its "
+                                             "parent.")
     max_episodes: int | None = Field(None, ge=1, description="Stop after this many episodes.")
     strict: bool = Field(False, description="Fail on a NaN/inf action instead of skipping the step.")
-    skip_unlabeled: bool = Field(True, description="Skip episodes with no instruction (OpenVLA's skip_unlabeled).")
+    skip_unlabeled: bool = Field(True,
+                                 description="Skip episodes with no instruction (OpenVLA's skip_unlabeled).")
 
 
 class RldsOptions(RldsCommonOptions):
@@ -31,13 +34,17 @@ class RldsOptions(RldsCommonOptions):
     image_keys: list[str] = Field(["image"], min_length=1, description="Camera keys, primary first.")
     instruction_key: str = "language_instruction"
     action_keys: list[str] = Field(["action"], min_length=1,
-                                   description="Keys concatenated into the 7-D action; slices allowed: action[0:6].")
+                                   description="Keys concatenated into the 7-D action; slices allowed: "
+                                               "action[0:6].")
     gripper: Literal["open_is_1", "closed_is_1", "closedness_relative"] = "open_is_1"
     binarize_gripper: bool = False
     drop_first_step: bool = False
-    relabel_from_state: bool = Field(False, description="Movement = state[t+1,:6] - state[t,:6] (Bridge); drops the last step.")
+    relabel_from_state: bool = Field(False,
+                                     description="Movement = state[t+1,:6] - state[t,:6] (Bridge); drops the "
+                                                 "last step.")
     state_keys: list[str] = Field([], description="Keys concatenated into the state vector.")
-    drop_blank_cameras: bool = Field(True, description="Leave out non-primary cameras that are all-zero padding.")
+    drop_blank_cameras: bool = Field(True,
+                                     description="Leave out non-primary cameras that are all-zero padding.")
     robot: str = "unknown"
     control_frequency: float = Field(0.0, ge=0)
 
@@ -51,7 +58,8 @@ class RldsOptions(RldsCommonOptions):
 def refine_datasets():
     yield DatasetSpec(
         name="rlds",
-        summary="Any RLDS/tfds dataset on disk (image, instruction, action keys and gripper convention as options)",
+        summary="Any RLDS/tfds dataset on disk (image, instruction, action keys and gripper convention as "
+                "options)",
         factory="refine_plugins.rlds.reader:build_rlds_dataset",
         options=RldsOptions,
     )

@@ -187,9 +187,11 @@ def _fractal_example(episode: Mapping[str, Any], index: int, image_size: tuple[i
     terminate[-1] = (1, 0, 0)
     terminate = np.asarray(episode.get("terminate_episode", terminate), dtype=np.int32)
     pose = np.asarray(episode.get("base_pose_tool_reached", np.zeros((num_steps, 7))), dtype=np.float32)
-    closed = np.asarray(episode.get("gripper_closed", np.zeros((num_steps, 1))), dtype=np.float32).reshape(num_steps, 1)
+    closed = np.asarray(episode.get("gripper_closed", np.zeros((num_steps, 1))),
+                        dtype=np.float32).reshape(num_steps, 1)
     images = episode.get("image")
-    images = synthetic_frames(num_steps, image_size, seed=1000 + index) if images is None else np.asarray(images, np.uint8)
+    images = synthetic_frames(num_steps, image_size,
+                              seed=1000 + index) if images is None else np.asarray(images, np.uint8)
     texts = _instructions(episode, num_steps)
     steps = [{
         "observation": {
@@ -199,7 +201,8 @@ def _fractal_example(episode: Mapping[str, Any], index: int, image_size: tuple[i
             "height_to_bottom": np.zeros(1, np.float32),
         },
         "action": {
-            "world_vector": world[t], "rotation_delta": rotation[t], "gripper_closedness_action": closedness[t],
+            "world_vector": world[t], "rotation_delta": rotation[t],
+            "gripper_closedness_action": closedness[t],
             "terminate_episode": terminate[t], "base_displacement_vector": np.zeros(2, np.float32),
             "base_displacement_vertical_rotation": np.zeros(1, np.float32),
         },
@@ -209,7 +212,8 @@ def _fractal_example(episode: Mapping[str, Any], index: int, image_size: tuple[i
     return {"steps": steps}
 
 
-def write_fractal_dataset(root: str | Path, episodes: Episodes, *, image_size: tuple[int, int] = FRACTAL_IMAGE,
+def write_fractal_dataset(root: str | Path, episodes: Episodes, *,
+                          image_size: tuple[int, int] = FRACTAL_IMAGE,
                           version: str = FRACTAL_VERSION) -> Path:
     """`fractal20220817_data` under `root`; `episodes` is a list (train split) or {split: list}."""
     splits = {split: [_fractal_example(ep, i, image_size) for i, ep in enumerate(eps)]

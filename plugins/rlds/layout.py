@@ -66,7 +66,8 @@ class ActionPart:
 def parse_action_part(text: str) -> ActionPart:
     match = _ACTION_PART.match(text.strip())
     if not match:
-        raise UsageError(f"Bad action key '{text}': write a key, optionally sliced, e.g. 'action' or 'action[0:6]'")
+        raise UsageError(f"Bad action key '{text}': write a key, optionally sliced, e.g. 'action' or "
+                         "'action[0:6]'")
     start, stop = match.group("start"), match.group("stop")
     return ActionPart(match.group("key"), int(start) if start else None, int(stop) if stop else None)
 
@@ -77,7 +78,9 @@ def _is_version_dir(path: Path) -> bool:
 
 
 def _newest_version(builder_dir: Path) -> Path | None:
-    versions = [p for p in builder_dir.iterdir() if p.is_dir() and _VERSION_DIR.match(p.name) and _is_version_dir(p)]
+    versions = [
+        p for p in builder_dir.iterdir() if p.is_dir() and _VERSION_DIR.match(p.name) and _is_version_dir(p)
+    ]
     return max(versions, key=lambda p: tuple(int(x) for x in p.name.split("."))) if versions else None
 
 
@@ -87,7 +90,8 @@ def locate_version_dir(data_dir: str | Path | None, builder: str | None, dataset
     if data_dir is None or str(data_dir).strip() == "":
         hint = f"DIR/{builder}/<version>/" if builder else "the builder's <version>/ folder"
         raise UsageError(
-            f"The {dataset} dataset needs a data directory: --set dataset.data_dir=DIR ({hint} with dataset_info.json)"
+            f"The {dataset} dataset needs a data directory: --set dataset.data_dir=DIR ({hint} with "
+            "dataset_info.json)"
         )
     root = Path(data_dir).expanduser()
     if not root.is_dir():
@@ -159,14 +163,16 @@ def resolve_key(key: str, steps: dict[str, Feature]) -> str | None:
     return None
 
 
-def validate_layout(layout: RldsLayout, features: dict[str, Feature], version_dir: Path, dataset: str) -> dict[str, str]:
+def validate_layout(layout: RldsLayout, features: dict[str, Feature], version_dir: Path,
+                    dataset: str) -> dict[str, str]:
     """Check the dataset has what `layout` reads; returns each configured key's resolved path."""
     steps = step_features(features)
     if layout.relabel_from_state and not layout.state_keys:
         raise UsageError(f"The {dataset} dataset relabels actions from the state but names no state key")
     if not steps:
         raise UsageError(f"{version_dir} is not an RLDS dataset: features.json has no 'steps'")
-    wanted = [*layout.image_keys, layout.instruction_key, *(parse_action_part(a).key for a in layout.action_keys),
+    wanted = [*layout.image_keys, layout.instruction_key,
+              *(parse_action_part(a).key for a in layout.action_keys),
               *layout.state_keys]
     resolved: dict[str, str] = {}
     for key in wanted:
@@ -174,15 +180,22 @@ def validate_layout(layout: RldsLayout, features: dict[str, Feature], version_di
         if path is None:
             found = ", ".join(sorted(steps))
             raise UsageError(
-                f"The {dataset} dataset needs step key '{key}', missing in {version_dir}/features.json. Found: {found}"
+                f"The {dataset} dataset needs step key '{key}', missing in {version_dir}/features.json. "
+                f"Found: {found}"
             )
         resolved[key] = path
     for key in layout.image_keys:
         feature = steps.get(resolved[key])
-        if feature is None or feature.kind not in ("image", "tensor") or len(feature.shape) != 3 or feature.shape[-1] not in (3, None):
+        if (
+            feature is None
+            or feature.kind not in ("image", "tensor")
+            or len(feature.shape) != 3
+            or feature.shape[-1] not in (3, None)
+        ):
             shape = list(feature.shape) if feature is not None else "a nested dict"
             raise UsageError(
-                f"Image '{resolved[key]}' in {version_dir} has shape {shape} per step; refine needs H x W x 3 RGB images"
+                f"Image '{resolved[key]}' in {version_dir} has shape {shape} per step; refine needs H x W x "
+                "3 RGB images"
             )
     width = 0
     for text in layout.action_keys:

@@ -24,10 +24,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from refine_core import RobotDataset
-from refine_core import ACTION_DIM, Episode, GRIPPER, Step
-from refine_core import RefineError, UsageError
-from refine_core import DatasetStatistics, StatisticsAccumulator, cache_dir, cached_statistics
+from refine_core import (ACTION_DIM, DatasetStatistics, Episode, GRIPPER, RefineError, RobotDataset,
+    StatisticsAccumulator, Step, UsageError, cache_dir, cached_statistics)
 
 from . import conversions
 from .layout import (RldsLayout, content_fingerprint, locate_version_dir, parse_action_part, read_features,
@@ -121,13 +119,15 @@ class RldsDataset(RobotDataset):
                 "strict": self.strict,  # strict statistics exist only for data without NaN/inf
                 "content": content_fingerprint(self.version_dir),
             }
-            digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            digest = hashlib.sha256(json.dumps(payload, sort_keys=True,
+                                               default=str).encode()).hexdigest()[:16]
             self._identity = f"{self.name}:{self.builder_name}:{self._info.get('version')}:{digest}"
         return self._identity
 
     def _check_split(self, split: str) -> None:
         if split not in self.splits:
-            raise UsageError(f"Split '{split}' not in {self.version_dir}. Available: {', '.join(sorted(self.splits))}")
+            raise UsageError(f"Split '{split}' not in {self.version_dir}. Available: "
+                             f"{', '.join(sorted(self.splits))}")
 
     # -- reading -------------------------------------------------------------------------------
     def _tf_episodes(self, split: str, images: bool) -> Iterator[tuple[int, dict, dict]]:
@@ -190,7 +190,8 @@ class RldsDataset(RobotDataset):
 
     def _convert(self, ordinal: int, steps: dict, rest: dict, images: bool) -> Trajectory | None:
         layout, paths = self.layout, self._paths
-        metadata = {k.split("/", 1)[-1]: _plain(v) for k, v in rest.items() if k.startswith("episode_metadata/")}
+        metadata = {k.split("/",
+                            1)[-1]: _plain(v) for k, v in rest.items() if k.startswith("episode_metadata/")}
         where = f"episode {ordinal}" + (f" ({metadata['file_path']})" if metadata.get("file_path") else "")
         parts = []
         for text in layout.action_keys:
@@ -251,7 +252,8 @@ class RldsDataset(RobotDataset):
         for position, (camera, path) in enumerate(zip(self.cameras, self._image_paths)):
             stack = np.asarray(steps[path])
             if stack.ndim != 4 or stack.shape[-1] != 3 or stack.dtype != np.uint8:
-                raise UsageError(f"Image '{path}' in {self.version_dir} {where} has shape {list(stack.shape[1:])} "
+                raise UsageError(f"Image '{path}' in {self.version_dir} {where} has shape "
+                                 f"{list(stack.shape[1:])} "
                                  f"and dtype {stack.dtype} per step; refine needs H x W x 3 uint8 RGB images")
             if len(index) and index[-1] - index[0] == len(index) - 1:
                 stack = stack[index[0]:index[-1] + 1]  # kept steps are a run: a view, not a copy
@@ -274,9 +276,11 @@ class RldsDataset(RobotDataset):
         n = len(traj.actions)
         steps = [
             Step(
-                images={cam: frames[t] for cam, frames in traj.images.items()}, instruction=traj.instructions[t],
+                images={cam: frames[t] for cam, frames in traj.images.items()},
+                instruction=traj.instructions[t],
                 action=traj.actions[t], primary_camera=primary, episode_id=episode_id, step_index=t,
-                state=traj.states[t] if traj.states is not None else None, is_first=t == 0, is_last=t == n - 1,
+                state=traj.states[t] if traj.states is not None else None, is_first=t == 0,
+                is_last=t == n - 1,
                 metadata={**traj.metadata, "source_step": int(traj.source_steps[t])},
             )
             for t in range(n)

@@ -11,15 +11,22 @@ from refine_core import BackboneOptions, BackboneSpec, hookimpl
 
 
 class SpatialVLAOptions(BackboneOptions):
-    path: str | None = Field(None, description="Local directory of a SpatialVLA checkpoint in the upstream layout "
-                                               "(config.json, safetensors, tokenizer, processor_config.json); "
+    path: str | None = Field(None,
+                             description="Local directory of a SpatialVLA checkpoint in the upstream layout "
+                                               "(config.json, safetensors, tokenizer, "
+                                               "processor_config.json); "
                                                "or a Hub id (org/name); takes precedence over `preset`.")
-    unnorm_key: str | None = Field(None, description="Dataset whose statistics (processor_config.json) and camera "
-                                                     "intrinsic to use; required when the checkpoint has several.")
+    unnorm_key: str | None = Field(None,
+                                   description="Dataset whose statistics (processor_config.json) and camera "
+                                                     "intrinsic to use; required when the checkpoint has "
+                                                     "several.")
     attn_implementation: Literal["auto", "sdpa", "eager"] = Field(
-        "auto", description="SigLIP's attention (auto: sdpa; eager for attention maps). Gemma-2 is always eager.")
-    sync_spatial_embeddings: bool = Field(True, description="On load, copy spatial_embed_tokens into the token "
-                                                            "embedding's action rows, as upstream's loader does.")
+        "auto",
+        description="SigLIP's attention (auto: sdpa; eager for attention maps). Gemma-2 is always eager.")
+    sync_spatial_embeddings: bool = Field(True,
+                                          description="On load, copy spatial_embed_tokens into the token "
+                                                            "embedding's action rows, as upstream's loader "
+                                                            "does.")
 
 
 @hookimpl

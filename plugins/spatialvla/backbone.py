@@ -14,12 +14,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from refine_core import AllowedIds, Backbone, model_dtype
-from refine_core import UsageError
-from refine_core import to_pixel_values
-from refine_core import read_tokenizer, resolve_checkpoint_dir
+from refine_core import (AllowedIds, Backbone, PaliGemmaPrompt, UsageError, model_dtype, read_tokenizer,
+    resolve_checkpoint_dir, to_pixel_values)
 
-from refine_core import PaliGemmaPrompt
 
 from .processor import ProcessorSettings
 
@@ -62,8 +59,9 @@ class SpatialVLABackbone(PaliGemmaPrompt, Backbone):
         from .tiny import build_config, build_tokenizer
 
         self.tokenizer = build_tokenizer()
-        self.model = SpatialVLAForConditionalGeneration(SpatialVLAConfig.from_dict(build_config(self.tokenizer)),
-                                                        self.attention())
+        self.model = SpatialVLAForConditionalGeneration(
+            SpatialVLAConfig.from_dict(build_config(self.tokenizer)), self.attention()
+        )
         self.model.to(model_dtype(self.options.dtype))
         self.processor = ProcessorSettings()
 
@@ -77,7 +75,8 @@ class SpatialVLABackbone(PaliGemmaPrompt, Backbone):
         if not self.processor.bin_policy or key is None:
             raise UsageError("spatialvla has no action codec: train it, or load a checkpoint whose "
                              "processor_config.json holds statistics and a bin policy")
-        options = SpatialOptions(bin_policy=self.processor.bin_policy, chunk_size=self.processor.action_chunk_size)
+        options = SpatialOptions(bin_policy=self.processor.bin_policy,
+                                 chunk_size=self.processor.action_chunk_size)
         codec = SpatialCodec(options).bind(self.tokenizer, self.processor.action_statistics(key))
         self._check_action_range(codec)
         return codec
@@ -103,13 +102,18 @@ class SpatialVLABackbone(PaliGemmaPrompt, Backbone):
         return self
 
     def _check_action_range(self, codec) -> None:
-        """SpatialVLA embeds its action ids from `spatial_embed_tokens`: a spatial codec must use exactly those."""
+        """SpatialVLA embeds its action ids from `spatial_embed_tokens`: a spatial codec must use exactly
+        those."""
         config = self.model.config
         if getattr(codec, "name", "") == "spatial" and config.use_spatial_token:
             first = int(codec.action_token_ids[0])
-            if first != config.action_token_begin_idx or len(codec.action_token_ids) != config.spatial_token_num:
+            if (
+                first != config.action_token_begin_idx
+                or len(codec.action_token_ids) != config.spatial_token_num
+            ):
                 raise UsageError(f"the tokenizer's <ACTION…> tokens start at id {first}, but the model's "
-                                 f"action_token_begin_idx is {config.action_token_begin_idx}; the checkpoint's "
+                                 f"action_token_begin_idx is {config.action_token_begin_idx}; the "
+                                 "checkpoint's "
                                  "tokenizer and config.json do not belong together")
 
     @staticmethod
@@ -124,10 +128,12 @@ class SpatialVLABackbone(PaliGemmaPrompt, Backbone):
         except ValueError as exc:
             raise UsageError(f"{path / 'config.json'} is not valid JSON ({exc})") from None
         if model_type != "spatialvla":
-            raise UsageError(f"{path} holds a {model_type!r} model, not SpatialVLA (model_type 'spatialvla'); "
+            raise UsageError(f"{path} holds a {model_type!r} model, not SpatialVLA (model_type "
+                             "'spatialvla'); "
                              "use the backbone made for it (refine list backbone)")
         if not any((path / name).is_file() for name in TOKENIZER_FILES):
-            raise UsageError(f"{path} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); copy the checkpoint's "
+            raise UsageError(f"{path} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); copy the "
+                             "checkpoint's "
                              "tokenizer files next to config.json")
 
     # -- data -----------------------------------------------------------------------------------
@@ -140,8 +146,10 @@ class SpatialVLABackbone(PaliGemmaPrompt, Backbone):
     def forward(self, batch: dict[str, Any], output_attentions: bool = False) -> Any:
         device = self.model.device
         get = lambda key: batch[key].to(device) if key in batch else None  # noqa: E731
-        out = self.model(get("input_ids"), get("pixel_values"), get("intrinsic"), attention_mask=get("attention_mask"),
-                         token_type_ids=get("token_type_ids"), use_cache=False, output_attentions=output_attentions)
+        out = self.model(get("input_ids"), get("pixel_values"), get("intrinsic"),
+                         attention_mask=get("attention_mask"),
+                         token_type_ids=get("token_type_ids"), use_cache=False,
+                         output_attentions=output_attentions)
         return out if output_attentions else out.logits
 
     def blocks(self) -> list[tuple[str, torch.nn.Module]]:

@@ -13,7 +13,8 @@ from torch import nn
 
 
 def rebuild_meta_buffers(model: nn.Module) -> None:
-    from transformers.models.gemma2.modeling_gemma2 import Gemma2RotaryEmbedding, Gemma2TextScaledWordEmbedding
+    from transformers.models.gemma2.modeling_gemma2 import (Gemma2RotaryEmbedding,
+        Gemma2TextScaledWordEmbedding)
     from transformers.models.siglip.modeling_siglip import SiglipVisionEmbeddings
     from transformers.models.zoedepth.modeling_zoedepth import LogBinomialSoftmax
 
@@ -35,9 +36,13 @@ def rebuild_meta_buffers(model: nn.Module) -> None:
             module.k_minus_1 = torch.tensor([module.k - 1]).view(1, -1, 1, 1)
         elif callable(getattr(module, "rebuild_meta_buffers", None)):  # our own modules know their buffers
             module.rebuild_meta_buffers()
-    left = [f"{prefix}.{name}".lstrip(".") for prefix, module in model.named_modules()
-            for name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
-            if tensor.is_meta]
+    left = [
+        f"{prefix}.{name}".lstrip(".")
+        for prefix, module in model.named_modules()
+        for name, tensor in list(module.named_parameters(recurse=False))
+        + list(module.named_buffers(recurse=False))
+        if tensor.is_meta
+    ]
     if left:
         raise RuntimeError(f"{len(left)} tensors were not loaded nor rebuilt after the meta-device build "
                            f"(first: {left[0]}); this transformers release adds state refine does not know")

@@ -15,7 +15,8 @@ from typing import Any
 
 GEMMA2_447_DEFAULTS: dict[str, Any] = {
     "vocab_size": 256000, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
-    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+    "hidden_activation": "gelu_pytorch_tanh",
     "max_position_embeddings": 8192, "initializer_range": 0.02, "rms_norm_eps": 1e-6, "pad_token_id": 0,
     "eos_token_id": 1, "bos_token_id": 2, "tie_word_embeddings": True, "rope_theta": 10000.0,
     "attention_bias": False, "attention_dropout": 0.0, "query_pre_attn_scalar": 256, "sliding_window": 4096,
@@ -27,7 +28,8 @@ SIGLIP_447_DEFAULTS: dict[str, Any] = {
     "layer_norm_eps": 1e-6, "attention_dropout": 0.0,
 }
 # What upstream builds when a sub-config is absent (its configuration_spatialvla defaults).
-UPSTREAM_VISION_DEFAULT = {"model_type": "siglip_vision_model", "intermediate_size": 4096, "hidden_size": 1152,
+UPSTREAM_VISION_DEFAULT = {"model_type": "siglip_vision_model", "intermediate_size": 4096,
+                           "hidden_size": 1152,
                            "patch_size": 14, "image_size": 224, "num_hidden_layers": 27,
                            "num_attention_heads": 16, "vision_use_head": False}
 UPSTREAM_TEXT_DEFAULT = {"model_type": "gemma2", "hidden_size": 2048, "num_hidden_layers": 18,
@@ -35,7 +37,8 @@ UPSTREAM_TEXT_DEFAULT = {"model_type": "gemma2", "hidden_size": 2048, "num_hidde
                          "vocab_size": 257152}
 # keys 4.47 wrote that transformers 5 configs refuse or recompute
 _DROPPED_SUBCONFIG_KEYS = ("model_type", "torch_dtype", "dtype", "_attn_implementation_autoset",
-                           "num_image_tokens", "num_positions", "transformers_version", "cache_implementation",
+                           "num_image_tokens", "num_positions", "transformers_version",
+                           "cache_implementation",
                            "rope_scaling")
 
 
@@ -65,11 +68,13 @@ class SpatialVLAConfig:
 
     def __post_init__(self) -> None:
         if self.model_type != "spatialvla":
-            raise ValueError(f"expected a SpatialVLA config (model_type 'spatialvla'), got {self.model_type!r}")
+            raise ValueError("expected a SpatialVLA config (model_type 'spatialvla'), got "
+                             f"{self.model_type!r}")
         if self.text_config.get("model_type", "gemma2") != "gemma2":
             raise ValueError(f"the language model must be gemma2, got {self.text_config.get('model_type')!r}")
         if self.vision_config.get("model_type", "siglip_vision_model") != "siglip_vision_model":
-            raise ValueError(f"the vision tower must be siglip_vision_model, got {self.vision_config.get('model_type')!r}")
+            raise ValueError("the vision tower must be siglip_vision_model, got "
+                             f"{self.vision_config.get('model_type')!r}")
         if self.use_vision_zoe and not self.vision_zoe_config:
             raise ValueError("use_vision_zoe is set but the config has no vision_zoe_config")
         if self.use_spatial_token and self.action_token_begin_idx is None:
@@ -97,7 +102,8 @@ class SpatialVLAConfig:
         return data
 
     def save(self, directory: str | Path) -> None:
-        (Path(directory) / "config.json").write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        (Path(directory) / "config.json").write_text(json.dumps(self.to_dict(), indent=2,
+                                                                sort_keys=True) + "\n")
 
     # -- transformers 5.x sub-configs --------------------------------------------------------------
     @staticmethod

@@ -3,7 +3,8 @@ frame (back-projected with the intrinsic matrix) → a NeRF-style frequency enco
 output is added to the SigLIP patch features.
 
 ZoeDepth is transformers' `ZoeDepthForDepthEstimation`, always frozen and in eval mode (upstream
-freezes it but lets `model.train()` switch on its BEiT drop-path, which makes depth random). transformers 5 renamed
+freezes it but lets `model.train()` switch on its BEiT drop-path, which makes depth random).
+transformers 5 renamed
 the BEiT backbone's parameters; the official checkpoint keeps the 4.x names, so the module's
 state dict is translated both ways (`UPSTREAM_TO_OURS`): `state_dict()` shows upstream names and
 `load_state_dict` takes them.
@@ -112,7 +113,8 @@ class Ego3DPositionEmbedding(nn.Module):
         self.register_buffer("freq_bands", self._freq_bands(), persistent=False)
         self.register_buffer("center", self._center(), persistent=False)
         encoded = in_channels * (2 * n_freqs + 1)
-        self.position_embedding_head = nn.Sequential(nn.Linear(encoded, features), nn.LayerNorm(features), nn.ReLU(),
+        self.position_embedding_head = nn.Sequential(nn.Linear(encoded, features), nn.LayerNorm(features),
+                                                     nn.ReLU(),
                                                      nn.Linear(features, features))
         for parameter in self.parameters():  # small initial weights: the 3D term starts near zero
             if parameter.dim() > 1:
@@ -146,7 +148,8 @@ def patch_pixel_grid(image_size: int, patch_size: int, reso: int) -> torch.Tenso
     """Homogeneous pixel coordinates (u, v, 1) of the reso×reso sample points of every patch,
     row-major over the image: [3, (image_size / (patch_size / reso))²]."""
     step = patch_size // reso
-    ys, xs = torch.meshgrid(torch.arange(0, image_size, step), torch.arange(0, image_size, step), indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(0, image_size, step), torch.arange(0, image_size, step),
+                            indexing="ij")
     offset = patch_size / reso / 2
     xs, ys = xs + offset, ys + offset
     return torch.stack([xs, ys, torch.ones_like(xs)], dim=0).reshape(3, -1).float()
@@ -158,7 +161,9 @@ def backproject_patches(intrinsic: torch.Tensor, depth: torch.Tensor, grid: torc
     b, c, h, w = depth.shape
     rows, cols = h // patch_size, w // patch_size
     sampled = F.interpolate(depth.float(), size=(rows * reso, cols * reso), mode="area").reshape(b, c, -1)
-    points = (torch.linalg.inv(intrinsic.float()) @ grid.float()) * sampled  # [B, 3, points], fp32 as upstream
+    points = (
+        torch.linalg.inv(intrinsic.float()) @ grid.float()
+    ) * sampled  # [B, 3, points], fp32 as upstream
     points = points.reshape(b, 3, rows, reso, cols, reso).permute(0, 2, 4, 3, 5, 1)
     return points.reshape(b, rows * cols, -1)
 

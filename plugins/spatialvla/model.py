@@ -26,13 +26,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from refine_core import AllowedIds, greedy_decode
-from refine_core import choose_decoder, static_decoder
-from refine_core import read_state_dict, write_state_dict
+from refine_core import (AllowedIds, choose_decoder, greedy_decode, read_state_dict, static_decoder,
+    write_state_dict)
 
 from .config import SpatialVLAConfig
-from .depth import (Ego3DPositionEmbedding, backproject_patches, metric_depth, patch_pixel_grid, scale_features,
-                    zoe_module)
+from .depth import (Ego3DPositionEmbedding, backproject_patches, metric_depth, patch_pixel_grid,
+    scale_features, zoe_module)
 
 SIGLIP_MEAN = SIGLIP_STD = 0.5
 
@@ -73,14 +72,16 @@ class SpatialVLAForConditionalGeneration(nn.Module):
         # language model is always eager; the option picks SigLIP's implementation.
         self.text_config = config.gemma2_config("eager")
         self.vision_tower = SiglipTower(config.siglip_config(attn_implementation))
-        self.multi_modal_projector = SpatialVLAMultiModalProjector(config.vision_hidden_size, config.projection_dim)
+        self.multi_modal_projector = SpatialVLAMultiModalProjector(config.vision_hidden_size,
+                                                                   config.projection_dim)
         self.language_model = Gemma2ForCausalLM(self.text_config)
         if config.use_vision_zoe:
             reso = config.ego3d_patch_reso
             self.vision_zoe_model = zoe_module(config.zoe_config())
             self.position_embedding_3d = Ego3DPositionEmbedding(reso * reso * 3, config.vision_hidden_size,
                                                                 config.n_freqs)
-            self.register_buffer("uv_h", patch_pixel_grid(config.image_size, config.patch_size, reso), persistent=False)
+            self.register_buffer("uv_h", patch_pixel_grid(config.image_size, config.patch_size, reso),
+                                 persistent=False)
         if config.use_spatial_token:
             self.spatial_embed_tokens = nn.Embedding(config.spatial_token_num, config.text_hidden_size)
         self.register_state_dict_post_hook(_drop_tied_head)
@@ -113,7 +114,8 @@ class SpatialVLAForConditionalGeneration(nn.Module):
         with torch.device("meta"):  # no random init of billions of parameters that are overwritten
             model = cls(config, attn_implementation)
         if model.tied:
-            state.setdefault("language_model.lm_head.weight", state["language_model.model.embed_tokens.weight"])
+            state.setdefault("language_model.lm_head.weight",
+                             state["language_model.model.embed_tokens.weight"])
         model.load_state_dict(state, strict=True, assign=True)
         model._finish_load(sync_spatial_embeddings)
         if dtype is not None:
@@ -169,7 +171,8 @@ class SpatialVLAForConditionalGeneration(nn.Module):
         if self.config.use_spatial_token:
             begin = self.config.action_token_begin_idx
             spatial = (input_ids >= begin) & (input_ids < begin + self.config.spatial_token_num)
-            replaced = self.spatial_embed_tokens((input_ids - begin).clamp(0, self.config.spatial_token_num - 1))
+            replaced = self.spatial_embed_tokens((input_ids - begin).clamp(0,
+                                                                           self.config.spatial_token_num - 1))
             embeds = torch.where(spatial.unsqueeze(-1), replaced.to(embeds.dtype), embeds)
         return embeds * self._embedding_scale(embeds.dtype)
 
@@ -186,9 +189,11 @@ class SpatialVLAForConditionalGeneration(nn.Module):
             image = input_ids == self.config.image_token_index
             features = self.image_features(pixel_values, intrinsic).to(embeds.dtype)
             if int(image.sum()) != features.shape[0] * features.shape[1]:
-                raise ValueError(f"{int(image.sum())} image tokens in the text for {features.shape[0]} image(s) of "
+                raise ValueError(f"{int(image.sum())} image tokens in the text for {features.shape[0]} "
+                                 "image(s) of "
                                  f"{features.shape[1]} patches")
-            embeds = embeds.masked_scatter(image.unsqueeze(-1), features * self._embedding_scale(embeds.dtype))
+            embeds = embeds.masked_scatter(image.unsqueeze(-1),
+                                           features * self._embedding_scale(embeds.dtype))
         return embeds
 
     def attention_bias(self, attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None,
@@ -216,7 +221,8 @@ class SpatialVLAForConditionalGeneration(nn.Module):
         bias = self.attention_bias(attention_mask, token_type_ids, length, embeds.dtype)
         positions = torch.arange(1, length + 1, device=self.device).unsqueeze(0)
         return self.language_model(inputs_embeds=embeds, position_ids=positions,
-                                   attention_mask={"full_attention": bias, "sliding_attention": bias}, **kwargs)
+                                   attention_mask={"full_attention": bias, "sliding_attention": bias},
+                                   **kwargs)
 
     # -- generation ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -229,24 +235,29 @@ class SpatialVLAForConditionalGeneration(nn.Module):
         decoding). `decoder` as OpenVLA's: "dynamic", "static" or "graph" (default on CUDA); a
         cache longer than Gemma-2's sliding window falls back to the dynamic one."""
         length = input_ids.shape[1]
-        decoder = choose_decoder(decoder, input_ids.is_cuda, self.language_model.config, length + max_new_tokens)
+        decoder = choose_decoder(decoder, input_ids.is_cuda, self.language_model.config,
+                                 length + max_new_tokens)
         if decoder == "dynamic":
-            out = self.forward(input_ids, pixel_values, intrinsic, token_type_ids=token_type_ids, use_cache=True)
+            out = self.forward(input_ids, pixel_values, intrinsic, token_type_ids=token_type_ids,
+                               use_cache=True)
             state = {"cache": out.past_key_values}
             first = out.logits[:, -1]
 
             def next_logits(tokens: torch.Tensor, step: int) -> torch.Tensor:
                 positions = torch.full_like(tokens[:, None], length + step)  # 1-indexed: prompt is 1..length
                 step_out = self.language_model(inputs_embeds=self.token_embeddings(tokens[:, None]),
-                                               past_key_values=state["cache"], use_cache=True, position_ids=positions)
+                                               past_key_values=state["cache"], use_cache=True,
+                                               position_ids=positions)
                 state["cache"] = step_out.past_key_values
                 return step_out.logits[:, -1]
         else:
             embeds = self.input_embeddings(input_ids, pixel_values, intrinsic)
             cached = static_decoder(self, self.language_model, embeds.shape[0], length + max_new_tokens,
-                                    graph=decoder == "graph" and input_ids.is_cuda, embed=self.token_embeddings,
+                                    graph=decoder == "graph" and input_ids.is_cuda,
+                                    embed=self.token_embeddings,
                                     position_offset=1)
-            bias = self.attention_bias(None, token_type_ids, length, embeds.dtype)  # the prompt's prefix-LM mask
+            bias = self.attention_bias(None, token_type_ids, length,
+                                       embeds.dtype)  # the prompt's prefix-LM mask
             bias = nn.functional.pad(bias, (0, cached.cache_len - length), value=torch.finfo(bias.dtype).min)
             first = cached.prefill({"full_attention": bias, "sliding_attention": bias}, inputs_embeds=embeds)
 

@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from refine_core import UsageError
-from refine_core import Statistics
+from refine_core import Statistics, UsageError
 
 PROCESSOR_CONFIG = "processor_config.json"
 # Upstream's default camera (640×480, f ≈ 623.6 px): what its processor uses for datasets it has
@@ -54,7 +53,8 @@ class ProcessorSettings:
 
     def write(self, directory: str | Path) -> None:
         data = dict(self.extra)
-        data.update(statistics=self.statistics, bin_policy=self.bin_policy, intrinsic_config=self.intrinsic_config,
+        data.update(statistics=self.statistics, bin_policy=self.bin_policy,
+                    intrinsic_config=self.intrinsic_config,
                     action_config=self.action_config, action_chunk_size=self.action_chunk_size)
         data.setdefault("processor_class", "SpatialVLAProcessor")
         (Path(directory) / PROCESSOR_CONFIG).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -68,12 +68,14 @@ class ProcessorSettings:
             if len(keys) > 1 and not required:
                 return None
             if len(keys) > 1:
-                raise UsageError(f"this checkpoint holds statistics for {len(keys)} datasets; choose one with "
+                raise UsageError(f"this checkpoint holds statistics for {len(keys)} datasets; choose one "
+                                 "with "
                                  f"backbone.unnorm_key (one of: {', '.join(keys)})")
             return keys[0] if keys else None
         if unnorm_key not in self.statistics:
             shown = ", ".join(keys) if keys else "(none: the checkpoint has no processor statistics)"
-            raise UsageError(f"unnorm_key {unnorm_key!r} is not in the checkpoint's statistics; available: {shown}")
+            raise UsageError(f"unnorm_key {unnorm_key!r} is not in the checkpoint's statistics; available: "
+                             f"{shown}")
         return unnorm_key
 
     def action_statistics(self, unnorm_key: str) -> Statistics:
@@ -95,7 +97,8 @@ class ProcessorSettings:
         self.statistics[key] = {"action": {"mean": stats.mean.tolist(), "std": stats.std.tolist(),
                                            "min": stats.min.tolist(), "max": stats.max.tolist(),
                                            "q01": stats.q01.tolist(), "q99": stats.q99.tolist(),
-                                           "mask": [bool(m) for m in mask], "num_transitions": int(stats.count)}}
+                                           "mask": [bool(m) for m in mask],
+                                           "num_transitions": int(stats.count)}}
 
     # -- camera -------------------------------------------------------------------------------------
     def intrinsic(self, unnorm_key: str | None, image_size: int) -> np.ndarray:

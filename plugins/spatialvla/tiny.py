@@ -17,11 +17,13 @@ _BEIT = {"model_type": "beit", "hidden_size": 32, "num_hidden_layers": 4, "num_a
          "use_absolute_position_embeddings": False, "use_relative_position_bias": True,
          "use_shared_relative_position_bias": False, "use_mean_pooling": True, "use_mask_token": False,
          "out_indices": [1, 2, 3, 4], "reshape_hidden_states": False, "add_fpn": False}
-_ZOE = {"model_type": "zoedepth", "backbone_hidden_size": 32, "bottleneck_features": 16, "bin_embedding_dim": 16,
+_ZOE = {"model_type": "zoedepth", "backbone_hidden_size": 32, "bottleneck_features": 16,
+        "bin_embedding_dim": 16,
         "fusion_hidden_size": 16, "neck_hidden_sizes": [8, 16, 32, 64], "reassemble_factors": [4, 2, 1, 0.5],
         "readout_type": "project", "num_attractors": [16, 8, 4, 1], "num_relative_features": 8,
         "bin_configurations": [{"n_bins": 16, "min_depth": 0.001, "max_depth": 10.0}], "head_in_index": -1,
-        "bin_centers_type": "softplus", "attractor_alpha": 1000, "attractor_gamma": 2, "attractor_kind": "mean",
+        "bin_centers_type": "softplus", "attractor_alpha": 1000, "attractor_gamma": 2,
+        "attractor_kind": "mean",
         "min_temp": 0.0212, "max_temp": 50.0, "use_pretrained_backbone": False}
 
 
@@ -48,8 +50,10 @@ def build_config(tokenizer) -> dict[str, Any]:
         "action_token_begin_idx": tokenizer.convert_tokens_to_ids(ACTION_TOKEN.format(0)),
         "spatial_token_num": SPATIAL_TOKENS, "use_spatial_token": True, "use_vision_zoe": True,
         "ego3d_patch_reso": 2, "n_freqs": 8,
-        "text_config": {"model_type": "gemma2", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
-                        "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32, "vocab_size": vocab},
+        "text_config": {"model_type": "gemma2", "hidden_size": 64, "intermediate_size": 128,
+                        "num_hidden_layers": 4,
+                        "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32,
+                        "vocab_size": vocab},
         "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 64, "intermediate_size": 128,
                           "num_attention_heads": 2, "num_hidden_layers": 2, "patch_size": 14,
                           "projection_dim": 64, "vision_use_head": False},

@@ -19,8 +19,8 @@ from typing import Callable
 
 from refine_core.errors import RefineError
 from refine_core.reasoning import Reasoning
-from refine_core.teacher import (AnnotationRequest, MalformedAnswer, PermanentTeacherError, Teacher, TokenUsage,
-                                 TransientTeacherError)
+from refine_core.teacher import (AnnotationRequest, MalformedAnswer, PermanentTeacherError, Teacher,
+    TokenUsage, TransientTeacherError)
 
 
 class _Bucket:
@@ -112,7 +112,8 @@ async def ask(teacher: Teacher, request: AnnotationRequest, limiter: RateLimiter
         attempts += 1
         try:
             call = teacher.annotate(request)
-            annotation = await (asyncio.wait_for(call, policy.request_timeout) if policy.request_timeout else call)
+            annotation = await (asyncio.wait_for(call,
+                                                 policy.request_timeout) if policy.request_timeout else call)
         except (TimeoutError, asyncio.TimeoutError):
             error: Exception = TransientTeacherError(f"no answer within {policy.request_timeout:g} s")
         except (TransientTeacherError, MalformedAnswer) as exc:

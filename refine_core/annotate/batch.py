@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from refine_core.errors import RefineError
-from refine_core.teacher import (Annotation, AnnotationRequest, BatchStatus, PermanentTeacherError, Price, TeacherError,
-                       TransientTeacherError)
+from refine_core.teacher import (Annotation, AnnotationRequest, BatchStatus, PermanentTeacherError, Price,
+    TeacherError, TransientTeacherError)
 from refine_core.annotate.cache import content_key
 from refine_core.annotate.run import AnnotationRun, EpisodeWork
 from refine_core.annotate.store import BATCH_DIR
@@ -113,10 +113,13 @@ class BatchRun(AnnotationRun):
         if self.ended:
             job, status = self.ended[0]
             steps = sum(len(j.entries) for j, _ in self.ended)
-            first = f"batch job {job.name} ended {status.state}{f' ({status.message})' if status.message else ''}"
+            first = (
+                f"batch job {job.name} ended {status.state}{f' ({status.message})' if status.message else ''}"
+            )
             if len(self.ended) > 1:
                 first = f"{len(self.ended)} batch jobs ended without answers (first: {first})"
-            raise RefineError(f"{first}; its {steps} steps were not annotated (answers of other jobs are saved): "
+            raise RefineError(f"{first}; its {steps} steps were not annotated (answers of other jobs are "
+                              "saved): "
                               f"run the same command again to submit them in a new job")
         return self.stats
 
@@ -220,7 +223,8 @@ class BatchRun(AnnotationRun):
                     or t in self.store.recovered.get(episode_id, {}) or self.store.is_complete(episode_id):
                 continue  # settled before (a job collected again after a kill)
             if isinstance(result, Annotation):
-                answer = self._answer(episode_id, t, result.reasoning, result.usage, 1, cached=False, batch=job.name)
+                answer = self._answer(episode_id, t, result.reasoning, result.usage, 1, cached=False,
+                                      batch=job.name)
                 await self.store.journal.append(answer)  # durable before it counts
                 if self.cache is not None and key:
                     self.cache.put(key, {"reasoning": answer.reasoning.model_dump()})

@@ -3,8 +3,8 @@
 Keyed by the teacher's identity (teacher, model, prompt version), the instruction and the
 exact pixels of every frame in the request: the same question to the same teacher is paid for
 once, whichever dataset, OUT directory or shard asks it. Best effort: an entry that cannot be
-read is a miss, and a write is atomic but not durable (`atomic_write(durable=False)`) — the journal, not the cache,
-is what makes a run durable.
+read is a miss, and a write is atomic but not durable (`atomic_write(durable=False)`): the
+journal, not the cache, is what makes a run durable.
 """
 from __future__ import annotations
 

@@ -46,11 +46,13 @@ def estimate_run(dataset: RobotDataset, teacher: Teacher, out: str | Path, setti
     if batch is not None:
         from refine_core.annotate.batch import read_job_files
 
-        price = Price(price.input_per_million * batch.price_factor, price.output_per_million * batch.price_factor)
+        price = Price(price.input_per_million * batch.price_factor,
+                      price.output_per_million * batch.price_factor)
         for _, data in read_job_files(out, teacher.identity.key()):
             in_flight.update((str(e), int(t)) for e, t, _ in data.get("requests", []))
     result = Estimate(input_per_million=price.input_per_million, output_per_million=price.output_per_million,
-                      mode="online" if batch is None else "batch", batch_size=batch.max_requests if batch else 0)
+                      mode="online" if batch is None else "batch",
+                      batch_size=batch.max_requests if batch else 0)
     for episode in select_episodes(dataset, settings.split, shard, settings.max_episodes):
         result.episodes += 1
         result.steps += len(episode)
@@ -59,7 +61,9 @@ def estimate_run(dataset: RobotDataset, teacher: Teacher, out: str | Path, setti
         actions = episode.actions()
         asked = asked_steps(actions, settings.strategy, settings.every)
         result.asked_steps += len(asked)
-        answered = set(asked) if store.is_complete(episode.episode_id) else set(store.answered(episode.episode_id))
+        answered = (
+            set(asked) if store.is_complete(episode.episode_id) else set(store.answered(episode.episode_id))
+        )
         for t in asked:
             if t in answered:
                 result.already_annotated += 1

@@ -79,7 +79,11 @@ def motion_phases(actions: np.ndarray) -> list[str]:
                           "place" if down and len(directions[t]) == 1 else "move")
     events = ("grasp", "release")
     for t in range(1, len(phases) - 1):
-        if phases[t] not in events and phases[t - 1] == phases[t + 1] != phases[t] and phases[t - 1] not in events:
+        if (
+            phases[t] not in events
+            and phases[t - 1] == phases[t + 1] != phases[t]
+            and phases[t - 1] not in events
+        ):
             phases[t] = phases[t - 1]
     return phases
 

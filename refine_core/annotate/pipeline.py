@@ -21,7 +21,8 @@ def annotate_dataset(dataset: RobotDataset, teacher: Teacher, out: str | Path, s
     """Annotate (or resume annotating) `dataset` into `out`; returns what this run did."""
     if teacher.batch is None:
         if jobs := read_job_files(out, teacher.identity.key()):
-            raise UsageError(f"{out} has {len(jobs)} batch jobs submitted by a batch-mode run and not yet collected; "
+            raise UsageError(f"{out} has {len(jobs)} batch jobs submitted by a batch-mode run and not yet "
+                             "collected; "
                              f"run with the teacher in batch mode again to collect them, or delete "
                              f"{Path(out) / 'batches'} to ask their steps online")
     store = AnnotationStore.open(out, run_header(dataset, teacher.identity, settings))

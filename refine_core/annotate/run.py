@@ -63,9 +63,16 @@ class EpisodeWork:
 
 
 class AnnotationRun:
-    def __init__(self, dataset: RobotDataset, teacher: Teacher, store: AnnotationStore, settings: AnnotateSettings,
+    def __init__(self, dataset: RobotDataset, teacher: Teacher, store: AnnotationStore,
+                 settings: AnnotateSettings,
                  shard: tuple[int, int], on_progress: Callable[[AnnotationProgress], None] | None):
-        self.dataset, self.teacher, self.store, self.settings, self.shard = dataset, teacher, store, settings, shard
+        self.dataset, self.teacher, self.store, self.settings, self.shard = (
+            dataset,
+            teacher,
+            store,
+            settings,
+            shard,
+        )
         self.identity = teacher.identity.key()
         self.price = effective_price(teacher, settings)
         self.cache = ContentCache(settings.cache_dir) if settings.cache and teacher.cacheable else None
@@ -125,7 +132,8 @@ class AnnotationRun:
             actions = episode.actions()
             asked = asked_steps(actions, settings.strategy, settings.every)
             answered = self.store.answered(episode.episode_id)
-            work = EpisodeWork(episode.episode_id, actions, asked, {t: answered[t] for t in asked if t in answered},
+            work = EpisodeWork(episode.episode_id, actions, asked,
+                               {t: answered[t] for t in asked if t in answered},
                                 {t for t in asked if t not in answered})
             self.stats.resumed += len(work.records)
             self.stats.planned += len(work.pending)
@@ -165,10 +173,13 @@ class AnnotationRun:
             outcome = await ask(self.teacher, request, self.limiter, self.policy, self._count_retry)
             if outcome.reasoning is None:
                 self.stats.failed += 1
-                self.stats.failures.append({"episode_id": work.episode_id, "step": t, "reason": outcome.reason})
-                await self._settle(work, t, None, {"step": t, "reason": outcome.reason, "attempts": outcome.attempts})
+                self.stats.failures.append({"episode_id": work.episode_id, "step": t,
+                                            "reason": outcome.reason})
+                await self._settle(work, t, None, {"step": t, "reason": outcome.reason,
+                                                   "attempts": outcome.attempts})
                 continue
-            answer = self._answer(work.episode_id, t, outcome.reasoning, outcome.usage, outcome.attempts, cached=False)
+            answer = self._answer(work.episode_id, t, outcome.reasoning, outcome.usage, outcome.attempts,
+                                  cached=False)
             if self.cache is not None:
                 self.cache.put(content_key(self.teacher.identity, request),
                                {"reasoning": answer.reasoning.model_dump()})
@@ -197,12 +208,17 @@ class AnnotationRun:
         steps = episode_records(work, self.identity, self.settings.strategy)
         asked_records = [work.records[t] for t in work.asked if t in work.records]
         counts = {
-            "planned": len(work.actions), "asked": len(work.asked), "annotated": len(steps),
-            "failed": len(work.failed), "retried": sum(max(r.attempts - 1, 0) for r in asked_records),
+            "planned": len(work.actions),
+            "asked": len(work.asked),
+            "annotated": len(steps),
+            "failed": len(work.failed),
+            "retried": sum(max(r.attempts - 1, 0) for r in asked_records),
             "cached": sum(1 for r in asked_records if r.cached),
             "input_tokens": sum(r.usage.input_tokens for r in asked_records),
             "output_tokens": sum(r.usage.output_tokens for r in asked_records),
-            "cost_usd": round(sum(self.price.cost(r.usage) if r.cost is None else r.cost for r in asked_records), 9),
+            "cost_usd": round(
+                sum(self.price.cost(r.usage) if r.cost is None else r.cost for r in asked_records), 9
+            ),
         }
         failed = [work.failed[t] for t in sorted(work.failed)]
         filename = await asyncio.to_thread(self.store.write_episode_file, work.episode_id, steps, failed)

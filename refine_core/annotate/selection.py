@@ -42,9 +42,11 @@ def select_episodes(dataset: RobotDataset, split: str, shard: tuple[int, int],
             yield episode
 
 
-def run_header(dataset: RobotDataset, identity: TeacherIdentity, settings: AnnotateSettings) -> dict[str, Any]:
+def run_header(dataset: RobotDataset, identity: TeacherIdentity,
+               settings: AnnotateSettings) -> dict[str, Any]:
     return {"dataset": dataset.name, "dataset_identity": dataset.identity, "teacher": identity.key(),
-            "strategy": settings.strategy, "every": settings.every if settings.strategy == "every_k" else None}
+            "strategy": settings.strategy,
+            "every": settings.every if settings.strategy == "every_k" else None}
 
 
 def effective_price(teacher: Teacher, settings: AnnotateSettings) -> Price:
@@ -58,6 +60,7 @@ def effective_price(teacher: Teacher, settings: AnnotateSettings) -> Price:
 
 
 def step_request(step: Step, episode_actions: np.ndarray) -> AnnotationRequest:
-    return AnnotationRequest(instruction=step.instruction, images=step.images, primary_camera=step.primary_camera,
+    return AnnotationRequest(instruction=step.instruction, images=step.images,
+                             primary_camera=step.primary_camera,
                              episode_id=step.episode_id, step_index=step.step_index, action=step.action,
                              metadata=step.metadata, episode_actions=episode_actions)

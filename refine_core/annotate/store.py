@@ -59,7 +59,8 @@ class AnsweredStep:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"episode_id": self.episode_id, "step": self.step, "teacher": self.teacher,
                                "reasoning": self.reasoning.model_dump(),
-                               "usage": {"input": self.usage.input_tokens, "output": self.usage.output_tokens},
+                               "usage": {"input": self.usage.input_tokens,
+                                         "output": self.usage.output_tokens},
                                "attempts": self.attempts, "cached": self.cached}
         if self.cost is not None:
             out["cost"] = self.cost
@@ -69,7 +70,8 @@ class AnsweredStep:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], episode_id: str | None = None) -> "AnsweredStep":
-        """From a journal line or an episode file's step entry (ValueError/KeyError/TypeError if malformed)."""
+        """From a journal line or an episode file's step entry (ValueError/KeyError/TypeError if
+        malformed)."""
         usage = data.get("usage") or {}
         return cls(episode_id=str(episode_id if episode_id is not None else data["episode_id"]),
                    step=int(data["step"]), teacher=str(data["teacher"]),
@@ -80,7 +82,8 @@ class AnsweredStep:
 
 
 def _describe_header(header: dict[str, Any]) -> str:
-    return f"dataset '{header.get('dataset')}' ({header.get('dataset_identity')}), teacher {header.get('teacher')}"
+    return (f"dataset '{header.get('dataset')}' ({header.get('dataset_identity')}), "
+            f"teacher {header.get('teacher')}")
 
 
 def check_out_dir(out: Path, header: dict[str, Any]) -> dict[str, Any] | None:
@@ -90,8 +93,15 @@ def check_out_dir(out: Path, header: dict[str, Any]) -> dict[str, Any] | None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; pass a directory for the annotations")
     if not manifest_path.is_file():
-        leftovers = [p.name for p in out.iterdir() if p.name not in (JOURNAL_DIR, BATCH_DIR, LOCK_FILE)
-                     and not p.name.startswith(".")] if out.is_dir() else []  # dot files: another shard's temp
+        leftovers = (
+            [
+                p.name
+                for p in out.iterdir()
+                if p.name not in (JOURNAL_DIR, BATCH_DIR, LOCK_FILE) and not p.name.startswith(".")
+            ]
+            if out.is_dir()
+            else []
+        )  # dot files: another shard's temp
         if leftovers:
             raise UsageError(f"--out {out} is not empty and holds no annotation set ({leftovers[0]} …); "
                              f"choose an empty or new directory")
@@ -103,7 +113,8 @@ def check_out_dir(out: Path, header: dict[str, Any]) -> dict[str, Any] | None:
     for key in HEADER_KEYS:
         if manifest.get(key) != header.get(key):
             raise UsageError(
-                f"{out} holds annotations of {_describe_header(manifest)}, strategy {manifest.get('strategy')} "
+                f"{out} holds annotations of {_describe_header(manifest)}, strategy "
+                f"{manifest.get('strategy')} "
                 f"every {manifest.get('every')}; this run is {_describe_header(header)}, strategy "
                 f"{header.get('strategy')} every {header.get('every')} ({key} differs); choose another --out")
     return manifest
@@ -228,7 +239,8 @@ class AnnotationStore:
     # -- resume ----------------------------------------------------------------------------
     def is_complete(self, episode_id: str) -> bool:
         counts = self.manifest.get("episode_counts", {}).get(episode_id)
-        return bool(counts) and counts.get("failed", 1) == 0 and episode_id in self.manifest.get("episodes", {})
+        return bool(counts) and counts.get("failed",
+                                           1) == 0 and episode_id in self.manifest.get("episodes", {})
 
     def answered(self, episode_id: str) -> dict[int, AnsweredStep]:
         """Asked steps already answered: from the episode file (if one was written) and journals."""
@@ -245,10 +257,12 @@ class AnnotationStore:
         return found
 
     # -- writing ---------------------------------------------------------------------------
-    def write_episode_file(self, episode_id: str, steps: list[dict[str, Any]], failed: list[dict[str, Any]]) -> str:
+    def write_episode_file(self, episode_id: str, steps: list[dict[str, Any]],
+                           failed: list[dict[str, Any]]) -> str:
         """Write one episode's file atomically (thread-safe); returns its name."""
         filename = episode_filename(episode_id)
-        payload = {"episode_id": episode_id, "teacher": self.header["teacher"], "steps": steps, "failed": failed}
+        payload = {"episode_id": episode_id, "teacher": self.header["teacher"], "steps": steps,
+                   "failed": failed}
         atomic_write(self.out / filename, json.dumps(payload, indent=1).encode())
         return filename
 

@@ -12,8 +12,9 @@ from typing import Annotated
 import typer
 
 from refine_core import __version__
-from refine_core.errors import RefineError
-from refine_core.cli import annotate_cmds, config_cmds, data_cmds, eval_cmds, registry_cmds, run_cmds, train_cmds
+from refine_core.errors import RefineError, missing_extra
+from refine_core.cli import (annotate_cmds, config_cmds, data_cmds, eval_cmds, registry_cmds, run_cmds,
+    train_cmds)
 from refine_core.cli import attention_cmds, report_cmds, sweep_cmds
 from refine_core.cli.output import print_error
 
@@ -58,7 +59,8 @@ def build_app() -> typer.Typer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    _state["debug"] = os.environ.get("REFINE_DEBUG", "") not in ("", "0") or "--debug" in (argv or sys.argv[1:])
+    _state["debug"] = os.environ.get("REFINE_DEBUG", "") not in ("",
+                                                                 "0") or "--debug" in (argv or sys.argv[1:])
     try:
         app = build_app()
         command = typer.main.get_command(app)
@@ -74,14 +76,21 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print_error("interrupted")
         sys.exit(130)
-    except RefineError as exc:
+    except (RefineError, ImportError) as exc:
         if _state["debug"]:
             raise
-        print_error(str(exc))
-        sys.exit(exc.exit_code)
+        error = exc if isinstance(exc, RefineError) else missing_extra(exc)
+        if error is None:  # not an optional dependency: a failure like any other
+            _unexpected(exc)
+        print_error(str(error))
+        sys.exit(error.exit_code)
     except Exception as exc:
         if _state["debug"]:
             raise
-        message = str(exc).strip().splitlines()
-        print_error(f"{type(exc).__name__}: {message[0] if message else ''} (run with --debug for the traceback)")
-        sys.exit(1)
+        _unexpected(exc)
+
+
+def _unexpected(exc: BaseException) -> None:
+    message = str(exc).strip().splitlines()
+    print_error(f"{type(exc).__name__}: {message[0] if message else ''} (run with --debug for the traceback)")
+    sys.exit(1)

@@ -21,7 +21,8 @@ from refine_core.cli.output import console, err_console
 
 
 def _progress_display(enabled: bool):
-    """A rich progress bar (steps, rate, ETA, failures, cost) fed by the annotation run's AnnotationProgress."""
+    """A rich progress bar (steps, rate, ETA, failures, cost) fed by the annotation run's
+    AnnotationProgress."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
@@ -40,25 +41,30 @@ def _progress_display(enabled: bool):
         more = "" if stats.producer_done else "+"  # the dataset is still being read
         progress.update(task, completed=stats.settled, total=stats.planned or None,
                         rate=f"{rate:.1f} steps/s",
-                        extra=f"{stats.episodes}{more} episodes · failed {stats.failed} · retried {stats.retried} · "
+                        extra=f"{stats.episodes}{more} episodes · failed {stats.failed} · retried "
+                              f"{stats.retried} · "
                               f"{f'batch jobs {stats.jobs} · ' if stats.jobs else ''}${stats.cost:.4f}")
 
     return progress, update
 
 
 def annotate(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Annotation directory (created; resumed if it exists).")],
+    out: Annotated[Path, typer.Option("--out", "-o",
+                                      help="Annotation directory (created; resumed if it exists).")],
     config: ConfigOpt = None,
     set_: SetOpt = None,
     dataset: DatasetOpt = None,
     teacher: TeacherOpt = None,
     strategy: Annotated[Optional[str], typer.Option(
         "--strategy", help="every_step | every_k | keyframes (annotate.strategy).")] = None,
-    every: Annotated[Optional[int], typer.Option("--every", min=1, help="K for every_k (annotate.every).")] = None,
+    every: Annotated[Optional[int], typer.Option("--every", min=1,
+                                                 help="K for every_k (annotate.every).")] = None,
     concurrency: Annotated[Optional[int], typer.Option(
         "--concurrency", min=1, help="Requests in flight (annotate.concurrency).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Estimate calls, tokens and cost; ask nothing.")] = False,
-    shard: Annotated[Optional[str], typer.Option("--shard", help="Annotate shard i of n episodes: i/n.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run",
+                                          help="Estimate calls, tokens and cost; ask nothing.")] = False,
+    shard: Annotated[Optional[str], typer.Option("--shard",
+                                                 help="Annotate shard i of n episodes: i/n.")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume/--no-resume", help="Continue an existing OUT (default); --no-resume refuses one.")] = True,
     as_json: JsonOpt = False,
@@ -75,7 +81,8 @@ def annotate(
     settings = cfg.annotate
     shard_spec = parse_shard(shard)
     if not resume and not dry_run and (out / MANIFEST).is_file():
-        raise UsageError(f"{out} already holds an annotation set; drop --no-resume to continue it, or choose a new --out")
+        raise UsageError(f"{out} already holds an annotation set; drop --no-resume to continue it, or choose "
+                         "a new --out")
     registry = get_registry()
     # The teacher first: a missing key or SDK fails at once, before a dataset is opened.
     teacher_obj = registry.build("teacher", cfg.teacher.name, cfg.teacher.options)
@@ -88,17 +95,23 @@ def annotate(
             return
         batch = ""
         if estimate.mode == "batch":
-            batch = (f"\n  batch mode: {estimate.jobs} jobs of up to {estimate.batch_size} requests"
-                     f"{f', {estimate.in_flight} steps in jobs already submitted' if estimate.in_flight else ''}")
+            batch = (
+                f"\n  batch mode: {estimate.jobs} jobs of up to {estimate.batch_size} requests"
+                f"{f', {estimate.in_flight} steps in jobs already submitted' if estimate.in_flight else ''}"
+            )
         console.print(
             f"dry run: {dataset_obj.name} → {teacher_obj.identity.key()} ({settings.strategy}"
-            f"{f', every {settings.every}' if settings.strategy == 'every_k' else ''}), shard {shard_spec[0]}/{shard_spec[1]}\n"
+            f"{f', every {settings.every}' if settings.strategy == 'every_k' else ''}), shard "
+            f"{shard_spec[0]}/{shard_spec[1]}\n"
             f"  episodes {estimate.episodes}, steps {estimate.steps}, asked steps {estimate.asked_steps}\n"
             f"  already annotated {estimate.already_annotated}, cache hits {estimate.cache_hits}\n"
-            f"  calls {estimate.calls}, est. tokens in {estimate.input_tokens:,} / out {estimate.output_tokens:,}"
+            f"  calls {estimate.calls}, est. tokens in {estimate.input_tokens:,} / out "
+            f"{estimate.output_tokens:,}"
             f"{batch}\n"
-            f"  est. cost ${estimate.cost_usd:.4f} (at ${estimate.input_per_million:g} / ${estimate.output_per_million:g}"
-            f" per 1M tokens in/out{', batch price' if estimate.mode == 'batch' else ''}; retries not included)",
+            f"  est. cost ${estimate.cost_usd:.4f} (at ${estimate.input_per_million:g} / "
+            f"${estimate.output_per_million:g}"
+            f" per 1M tokens in/out{', batch price' if estimate.mode == 'batch' else ''}; retries not "
+            "included)",
             highlight=False,
         )
         return
@@ -113,16 +126,20 @@ def annotate(
     else:
         console.print(
             f"annotated {out}: {stats.episodes} episodes ({stats.episodes_done_before} done before); "
-            f"{f'batch jobs {stats.jobs}; ' if stats.jobs else ''}steps asked {stats.planned}: answered {stats.answered}, "
+            f"{f'batch jobs {stats.jobs}; ' if stats.jobs else ''}steps asked {stats.planned}: answered "
+            f"{stats.answered}, "
             f"from cache {stats.cached}, failed {stats.failed} "
-            f"(retries {stats.retried}); kept from earlier runs {stats.resumed}; tokens in {stats.input_tokens:,} / "
+            f"(retries {stats.retried}); kept from earlier runs {stats.resumed}; tokens in "
+            f"{stats.input_tokens:,} / "
             f"out {stats.output_tokens:,}; cost ${stats.cost:.4f}; {summary['elapsed_s']:.1f} s",
             highlight=False,
         )
     if failures:
         raise RefineError(f"{len(failures)} of {stats.planned} steps failed (first: episode "
-                          f"{failures[0]['episode_id']} step {failures[0]['step']}: {failures[0]['reason']}); "
-                          f"reasons are in the episode files under {out}; run the same command again to retry them")
+                          f"{failures[0]['episode_id']} step {failures[0]['step']}: "
+                          f"{failures[0]['reason']}); "
+                          f"reasons are in the episode files under {out}; run the same command again to "
+                          "retry them")
 
 
 def register(app: typer.Typer) -> None:

@@ -13,12 +13,15 @@ from refine_core.cli.output import console
 
 def attention(
     checkpoint: Annotated[Path, typer.Option(
-        "--checkpoint", help="A step-* checkpoint, a train directory (newest checkpoint), or a run's --out.")],
+        "--checkpoint",
+        help="A step-* checkpoint, a train directory (newest checkpoint), or a run's --out.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")],
-    episodes: Annotated[int, typer.Option("--episodes", "-n", help="Held-out episodes (one frame each).")] = 3,
+    episodes: Annotated[int, typer.Option("--episodes", "-n",
+                                          help="Held-out episodes (one frame each).")] = 3,
     target: Annotated[str, typer.Option(
         "--target", help="Tokens the attention is taken from: action | reasoning.")] = "action",
-    top_k: Annotated[int, typer.Option("--top-k", help="(layer, head) maps fused: those with most image mass.")] = 8,
+    top_k: Annotated[int, typer.Option("--top-k",
+                                       help="(layer, head) maps fused: those with most image mass.")] = 8,
     fuse: Annotated[str, typer.Option("--fuse", help="How the top-k maps are fused: max | mean.")] = "max",
 ) -> None:
     """Attention heatmaps from action (or reasoning) tokens to the image, base vs fine-tuned, as one PNG."""

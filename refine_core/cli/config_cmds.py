@@ -9,8 +9,8 @@ import typer
 from refine_core.config import COMPONENTS, dump_yaml
 from refine_core.errors import UnknownComponent
 from refine_core.registry import get_registry
-from refine_core.cli.options import (BackboneOpt, BenchmarkOpt, CodecOpt, ConfigOpt, DatasetOpt, JsonOpt, SetOpt,
-                      TeacherOpt, load_config)
+from refine_core.cli.options import (BackboneOpt, BenchmarkOpt, CodecOpt, ConfigOpt, DatasetOpt, JsonOpt,
+    SetOpt, TeacherOpt, load_config)
 from refine_core.cli.output import print_warning
 
 config_app = typer.Typer(help="Inspect run configuration.", no_args_is_help=True)
@@ -26,7 +26,8 @@ def show(
     dataset: DatasetOpt = None,
     benchmark: BenchmarkOpt = None,
     as_json: JsonOpt = False,
-    check: Annotated[bool, typer.Option("--check", help="Fail (exit 2) if a component is not installed.")] = False,
+    check: Annotated[bool, typer.Option("--check",
+                                        help="Fail (exit 2) if a component is not installed.")] = False,
 ) -> None:
     """Print the resolved config (defaults < --config < component flags < --set).
 

@@ -15,12 +15,13 @@ import typer
 
 from refine_core.dataset import RobotDataset
 from refine_core.episode import Episode
-from refine_core.errors import UsageError
+from refine_core.errors import MissingExtra, UsageError
 from refine_core.registry import get_registry
 from refine_core.cli.options import ConfigOpt, DatasetOpt, JsonOpt, SetOpt, load_config
 from refine_core.cli.output import console, display_table
 
-data_app = typer.Typer(help="Inspect robot datasets: statistics and episode contact sheets.", no_args_is_help=True)
+data_app = typer.Typer(help="Inspect robot datasets: statistics and episode contact sheets.",
+                       no_args_is_help=True)
 
 ACTION_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
 
@@ -32,10 +33,15 @@ def _dataset(config: Path | None, sets: list[str] | None, dataset: str | None) -
 
 def _rows(kind: str, stats: dict[str, Any]) -> list[dict[str, Any]]:
     dims = len(stats["mean"])
-    names = ACTION_NAMES if kind == "action" and dims == len(ACTION_NAMES) else [f"{kind[0]}{i}" for i in range(dims)]
+    names = (
+        ACTION_NAMES
+        if kind == "action" and dims == len(ACTION_NAMES)
+        else [f"{kind[0]}{i}" for i in range(dims)]
+    )
     mask = stats.get("mask") or [True] * dims
     return [
-        {"array": kind, "dim": names[i], **{k: f"{stats[k][i]:.4g}" for k in ("mean", "std", "min", "max", "q01", "q99")},
+        {"array": kind, "dim": names[i], **{k: f"{stats[k][i]:.4g}" for k in ("mean", "std", "min", "max",
+                                                                              "q01", "q99")},
          "normalised": "yes" if mask[i] else "no"}
         for i in range(dims)
     ]
@@ -62,12 +68,14 @@ def stats(
         return
     console.print(
         f"[bold]{ds.name}[/] ({ds.robot}, {ds.control_frequency:g} Hz, cameras {', '.join(ds.cameras)}): "
-        f"{result.num_episodes} episodes, {result.num_steps} steps, {result.num_instructions} distinct instructions",
+        f"{result.num_episodes} episodes, {result.num_steps} steps, {result.num_instructions} distinct "
+        "instructions",
         highlight=False,
     )
     skipped = {k: v for k, v in result.extra.items() if k.startswith("skipped_") and v}
     if skipped:
-        console.print("skipped: " + ", ".join(f"{k[len('skipped_'):]} {v}" for k, v in skipped.items()), highlight=False)
+        console.print("skipped: " + ", ".join(f"{k[len('skipped_'):]} {v}" for k, v in skipped.items()),
+                      highlight=False)
     rows = _rows("action", payload["action"]) + (_rows("state", payload["state"]) if payload["state"] else [])
     display_table(rows, ["array", "dim", "mean", "std", "min", "max", "q01", "q99", "normalised"], False,
                   title=f"{ds.name} statistics")
@@ -80,7 +88,8 @@ def _find_episode(ds: RobotDataset, split: str, index: int) -> Episode:
     for count, episode in enumerate(ds.episodes(split), start=1):
         if count - 1 == index:
             return episode
-    raise UsageError(f"Episode {index} not found: the {split} split of {ds.name} has {count} episodes (use --episode 0..{max(count - 1, 0)})")
+    raise UsageError(f"Episode {index} not found: the {split} split of {ds.name} has {count} episodes (use "
+                     f"--episode 0..{max(count - 1, 0)})")
 
 
 def _contact_sheet(ds: RobotDataset, episode: Episode, out: Path, max_frames: int) -> None:
@@ -89,9 +98,10 @@ def _contact_sheet(ds: RobotDataset, episode: Episode, out: Path, max_frames: in
         from matplotlib.figure import Figure
         from matplotlib.ticker import MaxNLocator
     except ImportError:
-        raise UsageError("refine data show needs matplotlib: pip install 'refine-vla[plots]'") from None
+        raise MissingExtra("matplotlib", "plots", "refine data show") from None
     steps = episode.steps
-    picks = sorted(set(np.linspace(0, len(steps) - 1, min(max_frames, len(steps))).round().astype(int).tolist()))
+    picks = sorted(set(np.linspace(0, len(steps) - 1, min(max_frames,
+                                                          len(steps))).round().astype(int).tolist()))
     cols = min(4, len(picks))
     rows = math.ceil(len(picks) / cols)
     fig = Figure(figsize=(3.4 * cols, 3.3 * rows + 3.0), dpi=100)
@@ -113,12 +123,15 @@ def _contact_sheet(ds: RobotDataset, episode: Episode, out: Path, max_frames: in
     ax.set_xlabel("step"), ax.set_ylabel("delta")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     twin = ax.twinx()
-    twin.step(range(len(actions)), actions[:, 6], where="mid", color="black", linestyle="--", label="gripper (1 = open)")
+    twin.step(range(len(actions)), actions[:, 6], where="mid", color="black", linestyle="--",
+              label="gripper (1 = open)")
     twin.set_ylim(-0.1, 1.1), twin.set_ylabel("gripper")
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    ax.legend(handles=handles, fontsize=7, ncol=7, loc="upper center", bbox_to_anchor=(0.5, 1.25), frameon=False)
+    ax.legend(handles=handles, fontsize=7, ncol=7, loc="upper center", bbox_to_anchor=(0.5, 1.25),
+              frameon=False)
     cameras = ", ".join(steps[0].images)
-    fig.suptitle(f"{ds.name} · {episode.episode_id} · {len(steps)} steps · cameras: {cameras} (frames: {steps[0].primary_camera})\n"
+    fig.suptitle(f"{ds.name} · {episode.episode_id} · {len(steps)} steps · cameras: {cameras} (frames: "
+                 f"{steps[0].primary_camera})\n"
                  f"“{episode.instruction}”", fontsize=11)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png", bbox_inches="tight")

@@ -12,7 +12,8 @@ from refine_core.cli.output import display_table
 
 
 def eval_checkpoint(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A checkpoint (step-*) or a training OUT.")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint",
+                                             help="A checkpoint (step-*) or a training OUT.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where results.jsonl and summary.json go.")],
     benchmark: BenchmarkOpt = None,
     dataset: DatasetOpt = None,

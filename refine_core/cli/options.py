@@ -13,11 +13,15 @@ SetOpt = Annotated[
     Optional[list[str]],
     typer.Option("--set", "-s", help="Override a config key: dotted.key=value (value parsed as YAML)."),
 ]
-BackboneOpt = Annotated[Optional[str], typer.Option("--backbone", help="Shorthand for --set backbone.name=NAME.")]
+BackboneOpt = Annotated[Optional[str], typer.Option("--backbone",
+                                                    help="Shorthand for --set backbone.name=NAME.")]
 CodecOpt = Annotated[Optional[str], typer.Option("--codec", help="Shorthand for --set codec.name=NAME.")]
-TeacherOpt = Annotated[Optional[str], typer.Option("--teacher", help="Shorthand for --set teacher.name=NAME.")]
-DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="Shorthand for --set dataset.name=NAME.")]
-BenchmarkOpt = Annotated[Optional[str], typer.Option("--benchmark", help="Shorthand for --set benchmark.name=NAME.")]
+TeacherOpt = Annotated[Optional[str], typer.Option("--teacher",
+                                                   help="Shorthand for --set teacher.name=NAME.")]
+DatasetOpt = Annotated[Optional[str], typer.Option("--dataset",
+                                                   help="Shorthand for --set dataset.name=NAME.")]
+BenchmarkOpt = Annotated[Optional[str], typer.Option("--benchmark",
+                                                     help="Shorthand for --set benchmark.name=NAME.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 

@@ -13,7 +13,8 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def display_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], as_json: bool, title: str | None = None) -> None:
+def display_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], as_json: bool,
+                  title: str | None = None) -> None:
     """A rich table for people; with `as_json` a JSON array of the same rows for programs."""
     if as_json:
         sys.stdout.write(json.dumps(list(rows), indent=2) + "\n")
@@ -32,8 +33,8 @@ def _cell(value: Any) -> str:
 
 
 def print_error(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def print_warning(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)

@@ -7,12 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from refine_core.cli.options import BackboneOpt, BenchmarkOpt, CodecOpt, ConfigOpt, DatasetOpt, SetOpt, TeacherOpt
+from refine_core.cli.options import (BackboneOpt, BenchmarkOpt, CodecOpt, ConfigOpt, DatasetOpt, SetOpt,
+    TeacherOpt)
 from refine_core.cli.output import console
 
 
 def run(
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default runs/<timestamp>); "
+    out: Annotated[Optional[Path], typer.Option("--out", "-o",
+                                                help="Run directory (default runs/<timestamp>); "
                                                                    "an existing one is continued.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -40,9 +42,11 @@ def run(
                   "benchmark": benchmark}
     cfg = resolve_config(config, set_, components, base=saved_config(out))
     console.print(f"run directory: {out}", highlight=False)
-    outcome = run_pipeline(cfg, out, chosen, log=lambda line: console.print(line, highlight=False, markup=False))
+    outcome = run_pipeline(cfg, out, chosen, log=lambda line: console.print(line, highlight=False,
+                                                                            markup=False))
     if not outcome.ran:
-        console.print(f"Nothing to do: {', '.join(outcome.skipped)} already complete in {out}.", highlight=False)
+        console.print(f"Nothing to do: {', '.join(outcome.skipped)} already complete in {out}.",
+                      highlight=False)
     elif outcome.skipped:
         console.print(f"skipped (already complete): {', '.join(outcome.skipped)}", highlight=False)
 

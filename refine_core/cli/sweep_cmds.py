@@ -10,8 +10,8 @@ from typing import Annotated, Optional
 import typer
 
 from refine_core.errors import RefineError
-from refine_core.cli.options import (BackboneOpt, BenchmarkOpt, CodecOpt, ConfigOpt, DatasetOpt, JsonOpt, SetOpt, TeacherOpt,
-                      load_config)
+from refine_core.cli.options import (BackboneOpt, BenchmarkOpt, CodecOpt, ConfigOpt, DatasetOpt, JsonOpt,
+    SetOpt, TeacherOpt, load_config)
 from refine_core.cli.output import console, display_table, err_console
 
 
@@ -54,7 +54,8 @@ def sweep(
         console.print(f"wrote {result.figure} and {result.table}", highlight=False)
     if result.failed:
         first = result.failed[0]
-        raise RefineError(f"{len(result.failed)} of {len(points)} points failed (first {first.name}: {first.error}); "
+        raise RefineError(f"{len(result.failed)} of {len(points)} points failed (first {first.name}: "
+                          f"{first.error}); "
                           f"run the same command again to retry them")
 
 

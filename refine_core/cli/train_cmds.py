@@ -35,7 +35,8 @@ def train(
     setup = prepare_run(cfg, annotations_dir=annotations)
     trainer = Trainer(setup, out, resume=resume)
     result = trainer.fit()
-    trainer.console.print(f"finished at step {result.step}; newest checkpoint {result.checkpoint}", highlight=False)
+    trainer.console.print(f"finished at step {result.step}; newest checkpoint {result.checkpoint}",
+                          highlight=False)
 
 
 def register(app: typer.Typer) -> None:

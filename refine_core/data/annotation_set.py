@@ -54,7 +54,8 @@ class AnnotationSet:
         directory = Path(directory)
         manifest_path = directory / MANIFEST
         if not manifest_path.is_file():
-            raise UsageError(f"No annotations in {directory} (no {MANIFEST}); run `refine annotate --out {directory}` first")
+            raise UsageError(f"No annotations in {directory} (no {MANIFEST}); run `refine annotate --out "
+                             f"{directory}` first")
         try:
             manifest = json.loads(manifest_path.read_text())
             texts: dict[tuple[str, int], str] = {}
@@ -104,7 +105,9 @@ class AnnotationSet:
         try:
             return get_reasoning_format(self.reasoning_format).render(reasoning, instruction)
         except ValueError as exc:  # only the instruction is new here; the reasoning rendered in with_format
-            raise UsageError(f"Annotation {episode_id}/{step_index}: {' '.join(str(exc).split())[:200]}") from None
+            raise UsageError(
+                f"Annotation {episode_id}/{step_index}: {' '.join(str(exc).split())[:200]}"
+            ) from None
 
     def __len__(self) -> int:
         return len(self.texts)

@@ -45,7 +45,8 @@ def assemble(
 ) -> EncodedSample:
     """The supervised sequence of one sample (see module docstring for the layout)."""
     if len(action_ids) != len(action_span_mask):
-        raise ValueError(f"action ids ({len(action_ids)}) and their mask ({len(action_span_mask)}) differ in length")
+        raise ValueError(f"action ids ({len(action_ids)}) and their mask ({len(action_span_mask)}) differ in "
+                         "length")
     reasoning = list(reasoning_ids or [])
     actions, act_mask = list(action_ids), [bool(m) for m in action_span_mask]
     if order == "reason_then_act":

@@ -60,7 +60,8 @@ class RefineVLAFormat(ReasoningFormat):
         return Reasoning.parse(text)
 
 
-ECOT_TAGS = ("TASK:", "PLAN:", "VISIBLE OBJECTS:", "SUBTASK REASONING:", "SUBTASK:", "MOVE REASONING:", "MOVE:",
+ECOT_TAGS = ("TASK:", "PLAN:", "VISIBLE OBJECTS:", "SUBTASK REASONING:", "SUBTASK:", "MOVE REASONING:",
+             "MOVE:",
              "GRIPPER POSITION:")
 ECOT_ACTION_TAG = "ACTION:"
 # ECoT writes its tags in upper case at the start of the text or after a space
@@ -104,7 +105,9 @@ class ECoTFormat(ReasoningFormat):
         for tag, value in parts:
             found = _ECOT_TAG_RE.search(value)
             if found:
-                raise ValueError(f"ECoT {tag} text may not contain the tag {found.group(1)!r}: {value[:80]!r}")
+                raise ValueError(
+                    f"ECoT {tag} text may not contain the tag {found.group(1)!r}: {value[:80]!r}"
+                )
         return " ".join(f"{tag} {value}" for tag, value in parts)
 
     @staticmethod
@@ -148,4 +151,6 @@ def get_reasoning_format(name: str) -> ReasoningFormat:
     try:
         return REASONING_FORMATS[name]
     except KeyError:
-        raise UsageError(f"Unknown reasoning format '{name}'. Available: {', '.join(format_names())}") from None
+        raise UsageError(
+            f"Unknown reasoning format '{name}'. Available: {', '.join(format_names())}"
+        ) from None

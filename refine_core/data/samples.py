@@ -53,7 +53,8 @@ def episode_samples(episode: Episode, chunk_size: int, annotations: AnnotationSe
     counts.episodes += 1
     chunks = action_chunks(episode, chunk_size)
     for step, chunk in zip(episode.steps, chunks):
-        reasoning = annotations.text(episode.episode_id, step.step_index, step.instruction) if annotations else None
+        reasoning = annotations.text(episode.episode_id, step.step_index,
+                                     step.instruction) if annotations else None
         if annotations is not None and reasoning is None:
             counts.missing_reasoning += 1
             if missing == "skip":
@@ -61,8 +62,10 @@ def episode_samples(episode: Episode, chunk_size: int, annotations: AnnotationSe
                 continue
         counts.samples += 1
         counts.with_reasoning += reasoning is not None
-        yield TrainingSample(images=step.images, primary_camera=step.primary_camera, instruction=step.instruction,
-                             actions=chunk, reasoning=reasoning, key=f"{episode.episode_id}/{step.step_index}")
+        yield TrainingSample(images=step.images, primary_camera=step.primary_camera,
+                             instruction=step.instruction,
+                             actions=chunk, reasoning=reasoning,
+                             key=f"{episode.episode_id}/{step.step_index}")
 
 
 class SampleStream:

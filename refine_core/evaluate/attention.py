@@ -56,7 +56,8 @@ class AttentionMap:
 
 
 # -- the math (numpy only, tested on hand-built tensors) -----------------------------------------
-def target_query_positions(labels: np.ndarray, action_mask: np.ndarray, target: Target, eos_id: int) -> np.ndarray:
+def target_query_positions(labels: np.ndarray, action_mask: np.ndarray, target: Target,
+                           eos_id: int) -> np.ndarray:
     """Positions of the queries that predict the target tokens (target position − 1), ascending."""
     labels, action_mask = np.asarray(labels), np.asarray(action_mask, dtype=bool)
     supervised = (labels != IGNORE) & (labels != eos_id)
@@ -134,7 +135,8 @@ def upsample(grid: np.ndarray, height: int, width: int) -> np.ndarray:
     return F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def fused_map(maps: np.ndarray, frame: np.ndarray, top_k: int, mode: Fusion, target_tokens: int = 0) -> AttentionMap:
+def fused_map(maps: np.ndarray, frame: np.ndarray, top_k: int, mode: Fusion,
+              target_tokens: int = 0) -> AttentionMap:
     """Steps 4–6 on [layers, heads, n_image] maps for one frame."""
     heads = top_k_heads(maps, top_k)
     fused = fuse(maps, heads, mode)
@@ -158,7 +160,8 @@ def _ensure_eager(backbone: Any) -> None:
     """SDPA returns no attention weights: switch the model to eager attention when it is not."""
     model = backbone.model
     text_config = getattr(model.config, "text_config", model.config)
-    if getattr(text_config, "_attn_implementation", "eager") != "eager" and hasattr(model, "set_attn_implementation"):
+    if getattr(text_config, "_attn_implementation", "eager") != "eager" and hasattr(model,
+                                                                                    "set_attn_implementation"):
         model.set_attn_implementation("eager")
 
 

@@ -79,7 +79,8 @@ def pick_samples(dataset: Any, config: Any, chunk_size: int, annotations: Any, e
     from refine_core.data.samples import SampleStream, episode_samples
 
     def collect(split: str) -> list[Any]:
-        stream = SampleStream(dataset, chunk_size=chunk_size, split=split, val_fraction=config.data.val_fraction,
+        stream = SampleStream(dataset, chunk_size=chunk_size, split=split,
+                              val_fraction=config.data.val_fraction,
                               max_episodes=config.data.max_episodes, annotations=annotations)
         chosen = []
         for episode in stream.episodes():

@@ -125,7 +125,8 @@ def sweep_figure(key: str, series: dict[str, Sequence[tuple[Any, float | None]]]
         line = ax.plot(*zip(*present), marker="o", linewidth=1.6, label=label or None)[0] if present else None
         colour = line.get_color() if line is not None else "gray"
         for x, m in present:
-            ax.annotate(f"{m:.3g}", (x, m), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+            ax.annotate(f"{m:.3g}", (x, m), textcoords="offset points", xytext=(0, 7), ha="center",
+                        fontsize=8)
         for x in absent:  # an × on the x axis, in the series' colour
             ax.plot([x], [0.03], marker="x", markersize=9, color=colour, transform=ax.get_xaxis_transform(),
                     clip_on=False)

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from refine_core.report.blocks import Code, Example, Figure, Section, Table, Text
-from refine_core.report.sections import (attention_section, config_section, data_section, evaluation_section, examples_section,
-                       load_config, training_section)
+from refine_core.report.sections import (attention_section, config_section, data_section, evaluation_section,
+    examples_section, load_config, training_section)
 
 REPORT_DIR = "report"
 STYLE = """
@@ -83,7 +83,8 @@ def to_markdown(title: str, stamp: str, sections: Sequence[Section]) -> str:
             elif isinstance(block, Table):
                 lines += _md_table(block)
             elif isinstance(block, Figure):
-                lines += [f"![{block.path.stem.replace('_', ' ')}]({block.path.name})", "", f"*{block.caption}*", ""]
+                lines += [f"![{block.path.stem.replace('_', ' ')}]({block.path.name})", "",
+                          f"*{block.caption}*", ""]
             elif isinstance(block, Example):
                 lines += [f"### {block.title}", ""]
                 if block.image is not None:
@@ -100,13 +101,19 @@ def _data_uri(path: Path) -> str:
 
 def _html_table(table: Table) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in table.rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in table.rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _html_block(block: Any, missing: bool) -> str:
     if isinstance(block, Text):
-        return f'<p class="missing">{html.escape(block.text)}</p>' if missing else f"<p>{html.escape(block.text)}</p>"
+        return (
+            f'<p class="missing">{html.escape(block.text)}</p>'
+            if missing
+            else f"<p>{html.escape(block.text)}</p>"
+        )
     if isinstance(block, Code):
         return f"<pre>{html.escape(block.text)}</pre>"
     if isinstance(block, Table):
@@ -117,14 +124,19 @@ def _html_block(block: Any, missing: bool) -> str:
     if isinstance(block, Example):
         image = (f'<img src="{_data_uri(block.image)}" alt="frame {html.escape(block.title)}">'
                  if block.image is not None else "")
-        texts = "".join(f"<dt>{html.escape(label)}</dt><dd>{html.escape(text)}</dd>" for label, text in block.texts)
-        return f'<div class="example">{image}<div><h3>{html.escape(block.title)}</h3><dl>{texts}</dl></div></div>'
+        texts = "".join(
+            f"<dt>{html.escape(label)}</dt><dd>{html.escape(text)}</dd>" for label, text in block.texts
+        )
+        title = html.escape(block.title)
+        return f'<div class="example">{image}<div><h3>{title}</h3><dl>{texts}</dl></div></div>'
     raise TypeError(f"unknown report block {type(block).__name__}")
 
 
 def to_html(title: str, stamp: str, sections: Sequence[Section]) -> str:
-    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
-             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><p>Generated {html.escape(stamp)}.</p>"]
+    parts = ["<!DOCTYPE html><html lang=\"en\"><head><meta "
+             f"charset=\"utf-8\"><title>{html.escape(title)}</title>",
+             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><p>Generated "
+             f"{html.escape(stamp)}.</p>"]
     for section in sections:
         parts.append(f"<section><h2>{html.escape(section.title)}</h2>")
         parts += [_html_block(block, section.missing) for block in section.blocks]

@@ -69,14 +69,17 @@ def config_section(run_dir: Path, config: Any) -> Section:
     else:
         from refine_core.config import dump_yaml
 
-        section.blocks += [Text("config.yaml is missing; this is the config stored in the newest checkpoint."),
-                           Code(dump_yaml(config).rstrip())]
+        section.blocks += [
+            Text("config.yaml is missing; this is the config stored in the newest checkpoint."),
+            Code(dump_yaml(config).rstrip()),
+        ]
     state = _read_json(run_dir / "run_state.json")
     if isinstance(state, dict):
         stages = state.get("stages", state)
         rows = [[name, cell(value.get("status")), cell(value.get("summary"))] if isinstance(value, dict)
                 else [name, cell(value), "—"] for name, value in stages.items()]
-        section.blocks += [Text("Stage status (run_state.json):"), Table(["stage", "status", "summary"], rows)]
+        section.blocks += [Text("Stage status (run_state.json):"), Table(["stage", "status", "summary"],
+                                                                         rows)]
     return section
 
 
@@ -118,7 +121,8 @@ def training_section(run_dir: Path, report_dir: Path) -> Section:
         return missing_section("Training", "training has not run (no train/metrics.jsonl).")
     figure = training_curves(records, report_dir / "training_curves.png")
     last = records[-1]
-    keys = [k for k in ("step", "loss", "action_loss", "reasoning_loss", "action_accuracy", "reasoning_accuracy",
+    keys = [k for k in ("step", "loss", "action_loss", "reasoning_loss", "action_accuracy",
+                        "reasoning_accuracy",
                         "action_l1", "lr", "samples_per_s") if k in last]
     checkpoints = [p.name for _, p in list_checkpoints(run_dir / "train")]
     return Section("Training", [
@@ -151,10 +155,17 @@ def evaluation_section(run_dir: Path) -> Section:
                    f"Chance for an action token is one over the number of action tokens."), teacher_forced]
     if modes:
         blocks.append(free)
-        blocks += [Text(f"{m.replace('_', ' ')}: {summary[m]['note']}") for m in modes if summary[m].get("note")]
+        blocks += [
+            Text(f"{m.replace('_', ' ')}: {summary[m]['note']}") for m in modes if summary[m].get("note")
+        ]
     # aggregates of another benchmark (or added later) are listed rather than dropped
-    shown = {"episodes", "steps", "action_token_accuracy", "reasoning_token_accuracy", "action_token_chance", *modes}
-    others = [[key, cell(value)] for key, value in summary.items() if key not in shown and not isinstance(value, dict)]
+    shown = {"episodes", "steps", "action_token_accuracy", "reasoning_token_accuracy", "action_token_chance",
+             *modes}
+    others = [
+        [key, cell(value)]
+        for key, value in summary.items()
+        if key not in shown and not isinstance(value, dict)
+    ]
     if others:
         blocks.append(Table(["other aggregates", "value"], others))
     return Section("Evaluation", blocks)
@@ -171,12 +182,15 @@ def attention_section(run_dir: Path, report_dir: Path, episodes: int, registry: 
     try:
         comparison = compare_attention(run_dir / "train", episodes=episodes, registry=registry)
     except Exception as exc:  # the report still renders; the section says what went wrong
-        return Section("Attention maps", [Text(f"Attention maps could not be drawn: {_problem(exc)}")], missing=True)
+        return Section("Attention maps", [Text(f"Attention maps could not be drawn: {_problem(exc)}")],
+                       missing=True)
     figure = attention_figure(comparison, report_dir / "attention.png")
     blocks = [Figure(figure, f"Attention from the action tokens to the image patches, base model vs "
                              f"{comparison.checkpoint.name} (top-{comparison.top_k} heads by image mass, "
-                             f"fused by {comparison.fusion}, min-max normalised). 'image share': the attention mass "
-                             f"those heads spend on the image; 'focus': the share of the fused map held by its "
+                             f"fused by {comparison.fusion}, min-max normalised). 'image share': the "
+                             "attention mass "
+                             "those heads spend on the image; 'focus': the share of the fused map held by "
+                             "its "
                              f"10% most attended patches (0.1 = uniform).")]
     blocks += [Text(note) for note in comparison.notes]
     return Section("Attention maps", blocks)
@@ -235,7 +249,8 @@ def examples_section(run_dir: Path, report_dir: Path, config: Any, registry: Any
             chosen.setdefault(f"{episode_id}/{step}", [(f"teacher ({annotations.teacher})",
                                                         annotations.text(episode_id, step))])
     if not chosen:
-        return missing_section("Example reasoning", "no reasoning texts (no annotations, no evaluation examples).")
+        return missing_section("Example reasoning",
+                               "no reasoning texts (no annotations, no evaluation examples).")
     frames, problem = _frames(config, list(chosen), registry) if config is not None else ({}, "no config")
     blocks: list = []
     for index, (key, texts) in enumerate(chosen.items(), start=1):

@@ -59,7 +59,8 @@ def claim_run_dir(out: Path, config: RunConfig) -> None:
         difference = config_difference(saved.to_dict(), config.to_dict())
         if difference:
             key, old, new = difference
-            raise UsageError(f"{out} holds a different run ({key}: {old!r} → {new!r}); choose a new --out, or run "
+            raise UsageError(f"{out} holds a different run ({key}: {old!r} → {new!r}); choose a new --out, "
+                             "or run "
                              f"`refine run --out {out}` with no settings to continue it")
         return
     if out.exists() and any(out.iterdir()):
@@ -91,7 +92,8 @@ def run_pipeline(config: RunConfig, out: str | Path, stages: tuple[str, ...] = S
         registry = get_registry()
     kinds = {"annotate": ("dataset", "teacher"), "train": ("backbone", "codec", "dataset"),
              "eval": ("dataset", "benchmark")}
-    config = resolve_components(config, registry, tuple(dict.fromkeys(k for s in stages for k in kinds.get(s, ()))))
+    config = resolve_components(config, registry,
+                                tuple(dict.fromkeys(k for s in stages for k in kinds.get(s, ()))))
     claim_run_dir(out, config)
     state, outcome = RunState(out), RunOutcome()
     for stage in stages:
@@ -129,7 +131,8 @@ def _train(config: RunConfig, out: Path, registry: Any, log) -> tuple[str, bool]
     from refine_core.training.trainer import Trainer
 
     annotations = out / "annotations"
-    setup = prepare_run(config, registry, annotations_dir=annotations if (annotations / "manifest.json").is_file()
+    setup = prepare_run(config, registry,
+                        annotations_dir=annotations if (annotations / "manifest.json").is_file()
                         else None)
     train_dir = out / "train"
     resume = latest_checkpoint(train_dir) is not None

@@ -121,7 +121,8 @@ def point_finished(directory: Path, stages: Sequence[str]) -> bool:
 
 
 def read_metric(directory: Path, metric: str) -> tuple[float | None, float | None]:
-    """(metric, chance) from the point's eval/summary.json; `metric` may be dotted (with_reasoning.l1_mean)."""
+    """(metric, chance) from the point's eval/summary.json; `metric` may be dotted
+    (with_reasoning.l1_mean)."""
     try:
         summary = json.loads((directory / "eval" / "summary.json").read_text())
     except (OSError, ValueError):
@@ -159,12 +160,16 @@ def run_sweep(points: Sequence[Point], axes: Sequence[Axis], out: str | Path, me
         else:
             log(f"[{index}/{len(points)}] {point.name}: running {','.join(stages)}")
             try:
-                runner(point.config, point.directory, stages, lambda line, name=point.name: log(f"  {name} {line}"))
+                runner(point.config, point.directory, stages, lambda line,
+                       name=point.name: log(f"  {name} {line}"))
                 point.status = "ran"
             except UsageError:
                 raise
             except RefineError as exc:
-                point.status, point.error = "failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                point.status, point.error = (
+                    "failed",
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                )
                 result.failed.append(point)
                 log(f"  {point.name} failed: {point.error}")
         point.metric, point.chance = read_metric(point.directory, metric)

@@ -38,7 +38,8 @@ class StaticDecoder:
         self.batch, self.cache_len = batch, cache_len
         self.fingerprint = weights_fingerprint(language_model)
         device = next(language_model.parameters()).device
-        self.cache = StaticCache(config=full_attention_config(language_model.config, cache_len), max_cache_len=cache_len)
+        self.cache = StaticCache(config=full_attention_config(language_model.config, cache_len),
+                                 max_cache_len=cache_len)
         self.tokens = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.position = torch.zeros(1, dtype=torch.long, device=device)
         self.graph, self.logits = None, None
@@ -51,8 +52,11 @@ class StaticDecoder:
 
     def _run_step(self) -> torch.Tensor:
         positions = (self.position + self.position_offset)[None].expand(self.batch, 1)
-        inputs = {"input_ids": self.tokens} if self.embed is None else {"inputs_embeds": self.embed(self.tokens)}
-        out = self.lm(**inputs, past_key_values=self.cache, cache_position=self.position, position_ids=positions,
+        inputs = (
+            {"input_ids": self.tokens} if self.embed is None else {"inputs_embeds": self.embed(self.tokens)}
+        )
+        out = self.lm(**inputs, past_key_values=self.cache, cache_position=self.position,
+                      position_ids=positions,
                       use_cache=True)
         return out.logits[:, -1]
 
@@ -142,7 +146,8 @@ def static_decoder(owner: Any, language_model: Any, batch: int, needed_len: int,
     no longer fits the model, the batch or the length. `options` go to StaticDecoder (the same on
     every call from one owner)."""
     current = getattr(owner, "_static_decoder", None)
-    if current is not None and current.matches(language_model, batch, needed_len) and (current.graph is not None) == graph:
+    if current is not None and current.matches(language_model, batch,
+                                               needed_len) and (current.graph is not None) == graph:
         return current
     owner._static_decoder = None  # free the old cache and graph before allocating the new ones
     owner._static_decoder = StaticDecoder(language_model, batch, cache_length(needed_len), graph, **options)

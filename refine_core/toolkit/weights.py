@@ -52,7 +52,8 @@ def weight_files(directory: str | Path) -> list[Path]:
     try:
         names = sorted(set(json.loads(index_path.read_text())["weight_map"].values()))
     except (ValueError, KeyError, AttributeError):
-        raise UsageError(f"{index_path} is not a safetensors index (no weight_map); re-download the checkpoint") from None
+        raise UsageError(f"{index_path} is not a safetensors index (no weight_map); re-download the "
+                         "checkpoint") from None
     missing = [name for name in names if not (directory / name).is_file()]
     if missing:
         raise UsageError(f"{directory} is missing {len(missing)} of the {len(names)} shards listed in "
@@ -88,7 +89,11 @@ def write_state_dict(directory: str | Path, state: dict, max_shard_bytes: int = 
             size = 0
         shards[-1][key] = tensor
         size += nbytes
-    for stale in [directory / WEIGHTS, directory / WEIGHTS_INDEX, *directory.glob("model-*-of-*.safetensors")]:
+    for stale in [
+        directory / WEIGHTS,
+        directory / WEIGHTS_INDEX,
+        *directory.glob("model-*-of-*.safetensors"),
+    ]:
         stale.unlink(missing_ok=True)
     if len(shards) == 1:
         save_file(shards[0], str(directory / WEIGHTS), metadata={"format": "pt"})
@@ -100,7 +105,8 @@ def write_state_dict(directory: str | Path, state: dict, max_shard_bytes: int = 
         weight_map.update(dict.fromkeys(shard, name))
         written.append(directory / name)
     total = sum(t.numel() * t.element_size() for t in state.values())
-    (directory / WEIGHTS_INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
+    (directory / WEIGHTS_INDEX).write_text(json.dumps({"metadata": {"total_size": total},
+                                                       "weight_map": weight_map},
                                                       indent=2) + "\n")
     return written
 
@@ -123,8 +129,10 @@ def read_tokenizer(directory: str | Path, sentencepiece_class: str):
     if not (directory / "tokenizer.model").is_file():
         return None
     if find_spec("sentencepiece") is None or find_spec("google.protobuf") is None:
-        raise UsageError(f"{directory} has tokenizer.model but no tokenizer.json; reading it needs sentencepiece "
-                         "and protobuf: pip install sentencepiece protobuf (or add the checkpoint's tokenizer.json)")
+        raise UsageError(f"{directory} has tokenizer.model but no tokenizer.json; reading it needs "
+                         "sentencepiece "
+                         "and protobuf: pip install sentencepiece protobuf (or add the checkpoint's "
+                         "tokenizer.json)")
     import transformers
 
     return getattr(transformers, sentencepiece_class).from_pretrained(directory)

@@ -6,7 +6,7 @@ Layout of `OUT/checkpoints/step-0000100/`:
                            rows when the codec added tokens), or only the LoRA adapters; the
                            file's metadata says which ("kind": "trainable" | "adapter")
     optimizer.pt           AdamW state          scheduler.pt   LR schedule state
-    rng-<rank>.pt          torch/cuda/numpy/python RNG of each process
+    rng-<rank>.safetensors torch/cuda/numpy/python RNG of each process (no pickle anywhere)
     trainer_state.json     step, data-stream position, collapse-detector state, world size
     refine.json            resolved config, action statistics (as the codec uses them), codec and
                            backbone name + options, dataset identity: all `load_checkpoint` needs
@@ -28,6 +28,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from refine_core.config import RunConfig, config_difference
@@ -43,7 +44,8 @@ WEIGHTS = "weights.safetensors"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d{7,})$")
 # Settings a resumed run may change: they do not alter what is computed.
-RESUMABLE_CHANGES = frozenset({"train.max_steps", "train.log_every", "train.save_every", "train.keep_checkpoints"})
+RESUMABLE_CHANGES = frozenset({"train.max_steps", "train.log_every", "train.save_every",
+                               "train.keep_checkpoints"})
 
 
 def step_dir_name(step: int) -> str:
@@ -111,8 +113,6 @@ def remove_partial(out: Path) -> None:
 def rng_state() -> dict[str, Any]:
     import random
 
-    import numpy as np
-
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -122,8 +122,6 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     import random
 
-    import numpy as np
-
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -131,11 +129,57 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def save_rng(state: dict[str, Any], path: Path) -> None:
+    """One process's RNG state as safetensors (no pickle): generator states as integer tensors,
+    their scalars as JSON in the file's metadata."""
+    from safetensors.torch import save_file
+
+    version, python_state, gauss = state["python"]
+    kind, key, pos, has_gauss, cached = state["numpy"]
+    tensors = {"torch": state["torch"], "python": torch.tensor(python_state, dtype=torch.int64),
+               "numpy": torch.from_numpy(np.asarray(key, dtype=np.int64))}
+    tensors.update({f"cuda.{i}": s for i, s in enumerate(state.get("cuda", []))})
+    scalars = {"python_version": version, "python_gauss": gauss, "numpy_kind": kind, "numpy_pos": int(pos),
+               "numpy_has_gauss": int(has_gauss), "numpy_cached_gaussian": float(cached)}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path),
+              metadata={"rng": json.dumps(scalars)})
+
+
 def load_rng(checkpoint: Path, rank: int) -> dict[str, Any]:
+    """The state `save_rng` wrote for `rank` (rank 0's when resumed on more processes than saved)."""
+    from safetensors import safe_open
+
+    path = checkpoint / f"rng-{rank}.safetensors"
+    if not path.is_file():
+        path = checkpoint / "rng-0.safetensors"
+    if not path.is_file():
+        return _load_legacy_rng(checkpoint, rank)
+    with safe_open(str(path), framework="pt") as handle:
+        scalars = json.loads((handle.metadata() or {})["rng"])
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    cuda = [tensors[f"cuda.{i}"] for i in range(sum(name.startswith("cuda.") for name in tensors))]
+    state = {"torch": tensors["torch"],
+             "python": (scalars["python_version"], tuple(tensors["python"].tolist()),
+                        scalars["python_gauss"]),
+             "numpy": (scalars["numpy_kind"], tensors["numpy"].numpy().astype(np.uint32),
+                       scalars["numpy_pos"],
+                       scalars["numpy_has_gauss"], scalars["numpy_cached_gaussian"])}
+    if cuda:
+        state["cuda"] = cuda
+    return state
+
+
+def _load_legacy_rng(checkpoint: Path, rank: int) -> dict[str, Any]:
+    """`rng-<rank>.pt` of checkpoints written before save_rng: read with torch's restricted
+    (weights-only) unpickler, which admits tensors, plain containers and the three numpy names
+    an array needs, so a crafted file cannot run code."""
     path = checkpoint / f"rng-{rank}.pt"
-    if not path.is_file():  # resumed on more processes than saved it: start from rank 0's
+    if not path.is_file():
         path = checkpoint / "rng-0.pt"
-    return torch.load(path, weights_only=False)
+    core = getattr(np, "_core", None) or np.core
+    allowed = [np.dtype, np.ndarray, core.multiarray._reconstruct, type(np.dtype(np.uint32))]
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, weights_only=True)
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -180,7 +224,8 @@ def read_checkpoint_info(directory: str | Path) -> tuple[Path, dict[str, Any]]:
         directory = latest
     info = read_json(directory / RUN_INFO)
     if info.get("format") != FORMAT_VERSION:
-        raise UsageError(f"{directory} is checkpoint format {info.get('format')!r}; this refine reads {FORMAT_VERSION}")
+        raise UsageError(f"{directory} is checkpoint format {info.get('format')!r}; this refine reads "
+                         f"{FORMAT_VERSION}")
     return directory, info
 
 

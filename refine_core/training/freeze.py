@@ -148,7 +148,8 @@ def parameter_rows(backbone: Any) -> list[dict[str, Any]]:
 
 def output_tied_to_input(model: Any) -> bool:
     """Whether the output layer shares its weight with the input embeddings (tied lm_head)."""
-    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
+    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings",
+                                                                            None)
     if get_in is None or get_out is None:
         return False
     inp, out = get_in(), get_out()

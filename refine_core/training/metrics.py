@@ -49,9 +49,11 @@ def token_counts(batch: dict[str, Any]) -> tuple[int, int]:
     return action, supervised - action
 
 
-def action_predictions(logits: torch.Tensor, batch: dict[str, Any], eos_id: int) -> list[tuple[list[int], list[int]]]:
+def action_predictions(logits: torch.Tensor, batch: dict[str, Any],
+                       eos_id: int) -> list[tuple[list[int], list[int]]]:
     """Per row: (argmax ids, target ids) at the positions that predict action tokens, eos excluded."""
-    targets, is_action = shifted_targets(batch["labels"].to(logits.device), batch["action_mask"].to(logits.device))
+    targets, is_action = shifted_targets(batch["labels"].to(logits.device),
+                                         batch["action_mask"].to(logits.device))
     is_action &= targets != eos_id
     rows = []
     with torch.no_grad():
@@ -62,7 +64,8 @@ def action_predictions(logits: torch.Tensor, batch: dict[str, Any], eos_id: int)
     return rows
 
 
-def action_l1(codec: ActionCodec, predicted: Sequence[Sequence[int]], truths: Sequence[np.ndarray]) -> tuple[float, int]:
+def action_l1(codec: ActionCodec, predicted: Sequence[Sequence[int]],
+              truths: Sequence[np.ndarray]) -> tuple[float, int]:
     """(sum over decodable rows of mean |decoded − true|, number of decodable rows)."""
     total, decoded = 0.0, 0
     for ids, truth in zip(predicted, truths):

@@ -48,12 +48,12 @@ from refine_core.data.collate import drop_reasoning
 from refine_core.errors import RefineError, UsageError
 from refine_core.loss import reasoning_aware_loss
 from refine_core.data.samples import SampleStream
-from refine_core.training.checkpoint import (CHECKPOINTS, FORMAT_VERSION, RUN_INFO, TRAINER_STATE, WEIGHTS, check_out_dir,
-                         resume_difference, finish_checkpoint, latest_checkpoint, load_rng, load_weights_into, read_json,
-                         remove_partial, rng_state, save_weights, set_rng_state, step_dir_name)
+from refine_core.training.checkpoint import (CHECKPOINTS, FORMAT_VERSION, RUN_INFO, TRAINER_STATE, WEIGHTS,
+    check_out_dir, resume_difference, finish_checkpoint, latest_checkpoint, load_rng, load_weights_into,
+    read_json, remove_partial, rng_state, save_rng, save_weights, set_rng_state, step_dir_name)
 from refine_core.training.freeze import print_parameter_table
-from refine_core.training.metrics import (CollapseDetector, MetricsFile, action_l1, action_predictions, rows_collapsed,
-                      token_counts)
+from refine_core.training.metrics import (CollapseDetector, MetricsFile, action_l1, action_predictions,
+    rows_collapsed, token_counts)
 from refine_core.training.setup import RunSetup
 
 METRICS_FILE = "metrics.jsonl"
@@ -115,15 +115,19 @@ class Trainer:
         self.setup, self.config, self.settings = setup, setup.config, setup.config.train
         self.backbone = setup.backbone
         self.out, self.resume = Path(out), resume
-        self.accelerator = accelerator or Accelerator(mixed_precision=mixed_precision(self.settings.precision))
+        self.accelerator = accelerator or Accelerator(
+            mixed_precision=mixed_precision(self.settings.precision)
+        )
         if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
             raise UsageError("refine train checkpoints single-process and DDP runs; FSDP/DeepSpeed shard the "
                              "optimizer state, which refine checkpoints do not gather yet: launch with DDP")
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched != self.accelerator.num_processes:  # e.g. --multi_gpu on a CPU machine without --cpu
-            raise UsageError(f"{launched} processes were launched but accelerate runs {self.accelerator.num_processes}"
+            raise UsageError(f"{launched} processes were launched but accelerate runs "
+                             f"{self.accelerator.num_processes}"
                              f" (each would train alone into the same --out); for CPU processes set "
-                             f"ACCELERATE_USE_CPU=1 with `accelerate launch --multi_gpu --num_processes {launched}`")
+                             "ACCELERATE_USE_CPU=1 with `accelerate launch --multi_gpu --num_processes "
+                             f"{launched}`")
         quiet = not self.accelerator.is_main_process
         self.console = console or Console(quiet=quiet)
         self.err_console = err_console or Console(stderr=True, quiet=quiet)
@@ -170,8 +174,10 @@ class Trainer:
         data = self.config.data
         self.stream = SampleStream(
             self.setup.dataset, chunk_size=self.backbone.codec.chunk_size, split="train",
-            val_fraction=data.val_fraction, max_episodes=data.max_episodes, shuffle_buffer=data.shuffle_buffer,
-            seed=self.settings.seed, annotations=self.setup.annotations, missing_annotation=data.missing_annotation)
+            val_fraction=data.val_fraction, max_episodes=data.max_episodes,
+            shuffle_buffer=data.shuffle_buffer,
+            seed=self.settings.seed, annotations=self.setup.annotations,
+            missing_annotation=data.missing_annotation)
 
     def _restore(self, checkpoint: Path) -> None:
         info = read_json(checkpoint / RUN_INFO)
@@ -199,7 +205,8 @@ class Trainer:
             "lora_modules": self.setup.lora_modules,
             "dataset": {"name": self.setup.dataset.name, "identity": self.setup.dataset.identity},
             "annotations": None if self.setup.annotations is None else {
-                "directory": str(self.setup.annotations.directory), "teacher": self.setup.annotations.teacher},
+                "directory": str(self.setup.annotations.directory),
+                "teacher": self.setup.annotations.teacher},
         }
 
     def save_checkpoint(self, step: int, stream_state: dict | None = None, rng: dict | None = None) -> Path:
@@ -211,11 +218,12 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        torch.save(rng if rng is not None else rng_state(), tmp / f"rng-{acc.process_index}.pt")
+        save_rng(rng if rng is not None else rng_state(), tmp / f"rng-{acc.process_index}.safetensors")
         if self.is_main:
             saved = self._saved_names()
             kind = "adapter" if self.setup.lora_modules else "trainable"
-            save_weights(tmp / WEIGHTS, {n: p for n, p in self.backbone.model.named_parameters() if n in saved}, kind)
+            save_weights(tmp / WEIGHTS,
+                         {n: p for n, p in self.backbone.model.named_parameters() if n in saved}, kind)
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
             (tmp / TRAINER_STATE).write_text(json.dumps({
@@ -268,14 +276,16 @@ class Trainer:
                 acc.backward((action_sum / n_action + lambda_r * reasoning_sum / n_reasoning) * world)
             totals += torch.stack([action_sum.detach().double(), reasoning_sum.detach().double(),
                                    out.action_accuracy.double() * max(out.num_action_tokens, 1),
-                                   out.reasoning_accuracy.double() * max(out.num_reasoning_tokens, 1)]).to(totals.device)
+                                   out.reasoning_accuracy.double() * max(out.num_reasoning_tokens,
+                                                                         1)]).to(totals.device)
             if last and logging:
                 rows = action_predictions(logits.detach(), batch, self.backbone.eos_id)
                 truths = [sample.actions for sample in mine]
             del logits, out
         totals = acc.reduce(totals, "sum") if world > 1 else totals
         loss = float(totals[0]) / n_action + lambda_r * float(totals[1]) / n_reasoning
-        grad_norm = float(acc.clip_grad_norm_(self.parameters, s.grad_clip if s.grad_clip > 0 else float("inf")))
+        grad_norm = float(acc.clip_grad_norm_(self.parameters,
+                                              s.grad_clip if s.grad_clip > 0 else float("inf")))
         lr = self.scheduler.get_last_lr()[0]
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             self._diverged(step, loss, grad_norm, lr, start)
@@ -301,10 +311,12 @@ class Trainer:
         }
         if warning:
             record["warning"] = warning
-            self.err_console.print(f"[yellow]warning:[/] step {step}: {warning}", highlight=False, soft_wrap=True)
+            self.err_console.print(f"[yellow]warning:[/] step {step}: {warning}", highlight=False,
+                                   soft_wrap=True)
         return record
 
-    def _diverged(self, step: int, loss: float, grad_norm: float, lr: float, start: tuple[dict, dict]) -> None:
+    def _diverged(self, step: int, loss: float, grad_norm: float, lr: float,
+                  start: tuple[dict, dict]) -> None:
         what = f"loss ({loss})" if not math.isfinite(loss) else f"gradient norm ({grad_norm})"
         if self.is_main:
             self.metrics.append({"step": step, "loss": loss, "grad_norm": grad_norm, "lr": lr,
@@ -372,13 +384,15 @@ class Trainer:
                     checkpoint = self.save_checkpoint(step)
                 progress.update(task, completed=step)
         if resume_from is not None and first_step >= s.max_steps:
-            self.console.print(f"{resume_from.name} already reached train.max_steps={s.max_steps}; nothing to do")
+            self.console.print(f"{resume_from.name} already reached train.max_steps={s.max_steps}; nothing "
+                               "to do")
         return TrainResult(step=self.step, checkpoint=checkpoint, metrics_path=self.metrics.path,
                            last_metrics=last_record)
 
     def _announce(self, resume_from: Path | None) -> None:
         acc, s = self.accelerator, self.settings
-        print_parameter_table(self.backbone, self.console, title=f"{self.backbone.name}: trainable parameters")
+        print_parameter_table(self.backbone, self.console,
+                              title=f"{self.backbone.name}: trainable parameters")
         what = f"resuming from {resume_from} at step {self.step}" if resume_from else "new run"
         self.console.print(
             f"{what}: {s.max_steps} steps, batch {s.batch_size} × {acc.num_processes} process(es) × "

@@ -15,12 +15,16 @@ class GeminiOptions(BaseModel):
     temperature: float = Field(0.2, ge=0, le=2)
     max_output_tokens: int = Field(1024, ge=64)
     cameras: Literal["primary", "all"] = Field("primary", description="Frames sent per step.")
-    max_image_side: int | None = Field(None, ge=32, description="Shrink frames to this many pixels (longer side).")
+    max_image_side: int | None = Field(None, ge=32,
+                                       description="Shrink frames to this many pixels (longer side).")
     mode: Literal["online", "batch"] = Field(
         "online", description="online: one request per step; batch: Batch API jobs at half the price, "
-                              "24 h target turnaround (resumable: an interrupted run polls the same jobs again).")
-    batch_size: int = Field(100, ge=1, le=10_000, description="Requests per batch job (a job's inlined requests "
-                                                               "must stay under 20 MB: lower it for large frames).")
+                              "24 h target turnaround (resumable: an interrupted run polls the same jobs "
+                              "again).")
+    batch_size: int = Field(100, ge=1, le=10_000,
+                            description="Requests per batch job (a job's inlined requests "
+                                                               "must stay under 20 MB: lower it for large "
+                                                               "frames).")
     poll_interval: float = Field(30.0, gt=0, description="Seconds between batch job status checks.")
 
 

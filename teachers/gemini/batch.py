@@ -10,8 +10,8 @@ order. A job's inlined requests must stay under 20 MB; the batch price is half t
 """
 from __future__ import annotations
 
-from refine_core import UsageError
-from refine_core import (Annotation, AnnotationRequest, BatchStatus, BatchTeacher, MalformedAnswer, PermanentTeacherError, TeacherError)
+from refine_core import (Annotation, AnnotationRequest, BatchStatus, BatchTeacher, MalformedAnswer,
+    PermanentTeacherError, TeacherError, UsageError)
 
 INLINE_LIMIT_BYTES = 20_000_000  # a job's inlined requests, as sent (base64 frames + prompt)
 
@@ -44,10 +44,13 @@ class GeminiBatch(BatchTeacher):
                                                 metadata={"index": str(index)}))
         if size > INLINE_LIMIT_BYTES:
             raise UsageError(
-                f"A Gemini batch job of {len(requests)} requests would send about {size / 1e6:.0f} MB inline, over the "
-                f"20 MB limit: lower teacher.batch_size (now {self.max_requests}) or set teacher.max_image_side")
+                f"A Gemini batch job of {len(requests)} requests would send about {size / 1e6:.0f} MB "
+                "inline, over the "
+                f"20 MB limit: lower teacher.batch_size (now {self.max_requests}) or set "
+                "teacher.max_image_side")
         job = await self.teacher.call(self.teacher._client.aio.batches.create(
-            model=self.teacher.options.model, src=inlined, config=types.CreateBatchJobConfig(display_name=label)))
+            model=self.teacher.options.model, src=inlined,
+            config=types.CreateBatchJobConfig(display_name=label)))
         if not job.name:
             raise PermanentTeacherError("Gemini accepted the batch job but returned no job name")
         return job.name
@@ -62,7 +65,8 @@ class GeminiBatch(BatchTeacher):
             return BatchStatus(state, message=message)
         responses = list((found.dest.inlined_responses if found.dest is not None else None) or [])
         indexed = all((item.metadata or {}).get("index", "").isdigit() for item in responses)
-        size = max([len(responses), *((int(item.metadata["index"]) + 1 for item in responses) if indexed else ())])
+        size = max([len(responses),
+                    *((int(item.metadata["index"]) + 1 for item in responses) if indexed else ())])
         results: list[Annotation | TeacherError | None] = [None] * size
         for position, item in enumerate(responses):
             slot = int(item.metadata["index"]) if indexed else position

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 
-from refine_core import PROMPT_VERSION, TeacherAnswer, build_prompt, reasoning_from_answer
-from refine_core import UsageError
-from refine_core import (Annotation, AnnotationRequest, MalformedAnswer, Price, Teacher, TeacherIdentity, TokenUsage, TransientTeacherError)
+from refine_core import (Annotation, AnnotationRequest, MalformedAnswer, MissingExtra, PROMPT_VERSION, Price,
+    Teacher, TeacherAnswer, TeacherIdentity, TokenUsage, TransientTeacherError, UsageError, build_prompt,
+    reasoning_from_answer)
 from refine_teachers.common import encode_png, request_frames, status_error
 
 # USD per million tokens (input, output), standard online tier, text/image input up to 200k tokens.
@@ -27,7 +27,8 @@ PRICES: dict[str, tuple[float, float]] = {
 def api_key_from_env() -> str:
     key = os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
     if not key:
-        raise UsageError("The gemini teacher needs an API key: set GEMINI_API_KEY (or GOOGLE_API_KEY) in the environment")
+        raise UsageError("The gemini teacher needs an API key: set GEMINI_API_KEY (or GOOGLE_API_KEY) in the "
+                         "environment")
     return key
 
 
@@ -37,7 +38,7 @@ class GeminiTeacher(Teacher):
             from google import genai
             from google.genai import types
         except ImportError:
-            raise UsageError("The gemini teacher needs google-genai: pip install 'refine-vla[gemini]'") from None
+            raise MissingExtra("google-genai", "gemini", "the gemini teacher") from None
         self.options = options
         self._types = types
         self._batch = None
@@ -60,7 +61,8 @@ class GeminiTeacher(Teacher):
         return Price(*known) if known else Price()
 
     def contents(self, request: AnnotationRequest) -> list:
-        parts = [self._types.Part.from_bytes(data=encode_png(frame, self.options.max_image_side), mime_type="image/png")
+        parts = [self._types.Part.from_bytes(data=encode_png(frame, self.options.max_image_side),
+                                             mime_type="image/png")
                  for frame in request_frames(request, self.options.cameras)]
         return parts + [build_prompt(request.instruction, "json")]
 

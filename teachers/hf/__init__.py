@@ -10,8 +10,10 @@ class HFTeacherOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     backbone: str = Field("hf_vlm", description="Registered backbone that loads the model.")
-    path: str | None = Field(None, description="Local directory or hub id of the model (backbone option `path`).")
-    preset: str | None = Field(None, description="Backbone preset instead of a path (e.g. 'tiny', random weights).")
+    path: str | None = Field(None,
+                             description="Local directory or hub id of the model (backbone option `path`).")
+    preset: str | None = Field(None,
+                               description="Backbone preset instead of a path (e.g. 'tiny', random weights).")
     max_new_tokens: int = Field(384, ge=8, description="Generation budget per step.")
 
 

@@ -10,11 +10,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from refine_core import PROMPT_VERSION, build_prompt
-from refine_core import UsageError
-from refine_core import get_registry
-from refine_core import Reasoning
-from refine_core import Annotation, AnnotationRequest, MalformedAnswer, Teacher, TeacherIdentity, TokenUsage
+from refine_core import (Annotation, AnnotationRequest, MalformedAnswer, PROMPT_VERSION, Reasoning, Teacher,
+    TeacherIdentity, TokenUsage, UsageError, build_prompt, get_registry)
 
 
 class HFTeacher(Teacher):
@@ -24,7 +21,8 @@ class HFTeacher(Teacher):
         elif options.preset:
             backbone_options, self.model_name = {"preset": options.preset}, f"preset-{options.preset}"
         else:
-            raise UsageError("The hf teacher needs a model: set teacher.path=DIR_OR_HUB_ID (or teacher.preset=tiny)")
+            raise UsageError("The hf teacher needs a model: set teacher.path=DIR_OR_HUB_ID (or "
+                             "teacher.preset=tiny)")
         self.options = options
         self.backbone = get_registry().build("backbone", options.backbone, backbone_options)
         self._lock = threading.Lock()
@@ -47,5 +45,8 @@ class HFTeacher(Teacher):
         try:
             reasoning = Reasoning.parse(text)
         except ValueError as exc:
-            raise MalformedAnswer(f"generated text is not tagged reasoning ({exc}); it begins {text[:60]!r}") from None
-        return Annotation(reasoning=reasoning, usage=TokenUsage(input_tokens=prompt_tokens, output_tokens=new_tokens))
+            raise MalformedAnswer(
+                f"generated text is not tagged reasoning ({exc}); it begins {text[:60]!r}"
+            ) from None
+        return Annotation(reasoning=reasoning, usage=TokenUsage(input_tokens=prompt_tokens,
+                                                                output_tokens=new_tokens))

@@ -10,9 +10,9 @@ from __future__ import annotations
 import base64
 import os
 
-from refine_core import PROMPT_VERSION, answer_json_schema, build_prompt, reasoning_from_answer
-from refine_core import UsageError
-from refine_core import (Annotation, AnnotationRequest, MalformedAnswer, Price, Teacher, TeacherIdentity, TokenUsage, TransientTeacherError)
+from refine_core import (Annotation, AnnotationRequest, MalformedAnswer, MissingExtra, PROMPT_VERSION, Price,
+    Teacher, TeacherIdentity, TokenUsage, TransientTeacherError, UsageError, answer_json_schema, build_prompt,
+    reasoning_from_answer)
 from refine_teachers.common import encode_png, request_frames, status_error
 
 # USD per million tokens (input, output) on OpenAI's API; other servers are priced 0 unless
@@ -32,7 +32,7 @@ class OpenAITeacher(Teacher):
         try:
             import openai
         except ImportError:
-            raise UsageError("The openai teacher needs the openai SDK: pip install 'refine-vla[openai]'") from None
+            raise MissingExtra("openai", "openai", "the openai teacher") from None
         self.options = options
         base_url = options.base_url or os.environ.get("OPENAI_BASE_URL")
         key = os.environ.get("OPENAI_API_KEY")
@@ -59,7 +59,8 @@ class OpenAITeacher(Teacher):
         for frame in request_frames(request, self.options.cameras):
             data = base64.b64encode(encode_png(frame, self.options.max_image_side)).decode()
             content.append({"type": "image_url",
-                            "image_url": {"url": f"data:image/png;base64,{data}", "detail": self.options.image_detail}})
+                            "image_url": {"url": f"data:image/png;base64,{data}",
+                                          "detail": self.options.image_detail}})
         return [{"role": "user", "content": content}]
 
     async def annotate(self, request: AnnotationRequest) -> Annotation:
@@ -67,16 +68,22 @@ class OpenAITeacher(Teacher):
 
         try:
             completion = await self._client.chat.completions.create(
-                model=self.options.model, messages=self.messages(request), response_format=self._response_format,
+                model=self.options.model, messages=self.messages(request),
+                response_format=self._response_format,
                 temperature=self.options.temperature, max_tokens=self.options.max_tokens)
         except openai.APIStatusError as exc:
-            raise status_error("OpenAI-compatible server", exc.status_code, exc.message, exc.response.headers) from None
+            raise status_error(
+                "OpenAI-compatible server", exc.status_code, exc.message, exc.response.headers
+            ) from None
         except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-            raise TransientTeacherError(f"OpenAI-compatible server unreachable: {type(exc).__name__}: {exc}") from None
+            raise TransientTeacherError(
+                f"OpenAI-compatible server unreachable: {type(exc).__name__}: {exc}"
+            ) from None
         except (openai.APIResponseValidationError, ValueError) as exc:
             raise MalformedAnswer(f"unreadable response: {exc}") from None
         if not hasattr(completion, "choices"):  # the SDK hands back the raw text of a non-JSON body
-            raise MalformedAnswer(f"the server sent a body that is not a chat completion: {str(completion)[:80]!r}")
+            raise MalformedAnswer("the server sent a body that is not a chat completion: "
+                                  f"{str(completion)[:80]!r}")
         usage = completion.usage
         tokens = TokenUsage(input_tokens=(usage.prompt_tokens or 0) if usage else 0,
                             output_tokens=(usage.completion_tokens or 0) if usage else 0)

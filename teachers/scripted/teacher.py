@@ -21,16 +21,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from refine_core import gripper_open, motion_phases
-from refine_core import current_sub_actions
-from refine_core import Reasoning, TaskPlanning
-from refine_core import Annotation, AnnotationRequest, Teacher, TeacherIdentity
+from refine_core import (Annotation, AnnotationRequest, Reasoning, TaskPlanning, Teacher, TeacherIdentity,
+    current_sub_actions, gripper_open, motion_phases)
 
 RULES_VERSION = "scripted-v1"  # bump when the generated wording changes
 
 _PICK_PLACE = re.compile(
     r"^(?:please\s+)?(?:put|place|move|stack|drop|set|transfer)\s+(?:the\s+)?(?P<target>.+?)\s+"
-    r"(?:on top of|onto|on|into|in|inside|to|next to|near)\s+(?:the\s+)?(?P<destination>.+?)\.?$", re.IGNORECASE)
+    r"(?:on top of|onto|on|into|in|inside|to|next to|near)\s+(?:the\s+)?(?P<destination>.+?)\.?$",
+    re.IGNORECASE)
 _PICK = re.compile(
     r"^(?:please\s+)?(?:pick up|pick|grab|grasp|take|lift)\s+(?:up\s+)?(?:the\s+)?(?P<target>.+?)"
     r"(?:\s+(?:and\s+)?(?:put|place|move|drop)\s+(?:it\s+)?(?:on top of|onto|on|into|in|to)\s+(?:the\s+)?"
@@ -54,7 +53,11 @@ def _runs(phases: Sequence[str]) -> list[tuple[int, str]]:
 
 def _plan_sentence(phase: str, target: str, destination: str, released: bool) -> str:
     if phase == "approach":
-        return f"Move the gripper away from the {destination}." if released else f"Move the gripper toward the {target}."
+        return (
+            f"Move the gripper away from the {destination}."
+            if released
+            else f"Move the gripper toward the {target}."
+        )
     return {
         "descend": f"Lower the gripper to the {target}.",
         "grasp": f"Close the gripper on the {target}.",
@@ -95,7 +98,8 @@ class ScriptedTeacher(Teacher):
     def reason(self, request: AnnotationRequest) -> Reasoning:
         actions = request.episode_actions
         if actions is None or len(actions) == 0:
-            actions = np.asarray(request.action if request.action is not None else np.ones(7), np.float32)[None]
+            actions = np.asarray(request.action if request.action is not None else np.ones(7),
+                                 np.float32)[None]
             t = 0
         else:
             t = min(max(request.step_index, 0), len(actions) - 1)
@@ -106,7 +110,6 @@ class ScriptedTeacher(Teacher):
         phases = motion_phases(actions)
         is_open = gripper_open(actions)
         holding = not is_open[t] and any(p == "grasp" for p in phases[: t + 1])
-        released = any(p == "release" for p in phases[: t + 1]) and is_open[t]
 
         observation = self._observation(request, meta, target, holding, bool(is_open[t]))
         runs = _runs(phases)
@@ -127,16 +130,21 @@ class ScriptedTeacher(Teacher):
             if not steps or steps[-1] != sentence:
                 steps.append(sentence)
         return Reasoning(observation=observation, situation_analysis=situation, spatial_reasoning=spatial,
-                         task_planning=TaskPlanning(logical_steps=steps, sub_action=current_sub_actions(actions)[t]))
+                         task_planning=TaskPlanning(logical_steps=steps,
+                                                    sub_action=current_sub_actions(actions)[t]))
 
-    def _observation(self, request: AnnotationRequest, meta: dict, target: str, holding: bool, is_open: bool) -> str:
+    def _observation(self, request: AnnotationRequest, meta: dict, target: str, holding: bool,
+                     is_open: bool) -> str:
         names = [str(o.get("name")) for o in meta.get("objects", []) if isinstance(o, dict) and o.get("name")]
-        scene = (f"The {request.primary_camera} camera shows " + _join([f"the {n}" for n in names]) + " on the table"
+        scene = (f"The {request.primary_camera} camera shows " + _join([f"the {n}" for n in names]) + " on "
+                                                                                                      "the "
+                                                                                                      "table"
                  if names else f"The {request.primary_camera} camera shows the workspace of the task")
         grip = f"holding the {target}" if holding else ("open" if is_open else "closed")
         return f"{scene}; the gripper is {grip}."
 
-    def _spatial(self, meta: dict, actions: np.ndarray, t: int, target: str, destination: str, holding: bool) -> str:
+    def _spatial(self, meta: dict, actions: np.ndarray, t: int, target: str, destination: str,
+                 holding: bool) -> str:
         positions = {str(o.get("name")): o.get("position") for o in meta.get("objects", [])
                      if isinstance(o, dict) and o.get("name") and o.get("position") is not None}
         gripper = meta.get("gripper_position")
@@ -155,7 +163,8 @@ class ScriptedTeacher(Teacher):
         ahead = actions[t:end, :3].sum(axis=0)
         words = _direction_words(ahead)
         if not words:
-            return f"The gripper is already at the {goal}; no further translation is needed before the next gripper action."
+            return (f"The gripper is already at the {goal}; no further translation is needed before the next "
+                    "gripper action.")
         return f"The {goal} lies {' and '.join(words)} of the gripper, judging by the motion still to come."
 
 

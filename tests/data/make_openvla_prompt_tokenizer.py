@@ -10,7 +10,8 @@ It builds the fast tokenizer the way OpenVLA's was made (converted from the sent
 then `<PAD>` added as prismatic does), records the ids upstream's `predict_action` feeds the model
 for each instruction (README prompt without the trailing space, 29871 appended when missing), and
 tokenises one training sequence as upstream's data pipeline writes it (prompt, the action's
-characters, `</s>`), and keeps the BPE vocabulary and merges restricted to pieces that occur inside those prompts. BPE only
+characters, `</s>`), and keeps the BPE vocabulary and merges restricted to pieces that occur inside
+those prompts. BPE only
 ever merges adjacent symbols into a piece of the text, so the restricted tokenizer encodes these
 prompts exactly as the full one does, and the test stays offline and small.
 """
@@ -38,7 +39,8 @@ def main(tokenizer_dir: str) -> None:
     import transformers
     from transformers import LlamaTokenizerFast
 
-    tok = LlamaTokenizerFast(vocab_file=str(Path(tokenizer_dir) / "tokenizer.model"), legacy=True, from_slow=True)
+    tok = LlamaTokenizerFast(vocab_file=str(Path(tokenizer_dir) / "tokenizer.model"), legacy=True,
+                             from_slow=True)
     tok.add_special_tokens({"pad_token": "<PAD>"})
     prompts = {}
     for instruction in INSTRUCTIONS:
@@ -54,12 +56,14 @@ def main(tokenizer_dir: str) -> None:
 
     full = json.loads(tok.backend_tokenizer.to_str())
     # the legacy normaliser turns spaces into "▁" and prepends one; pieces are looked up in that form
-    texts = ["▁" + f"In: What action should the robot take to {i}?\nOut: ".replace(" ", "▁") for i in INSTRUCTIONS]
+    texts = ["▁" + f"In: What action should the robot take to {i}?\nOut: ".replace(" ",
+                                                                                   "▁") for i in INSTRUCTIONS]
     wanted = set().union(*map(substrings, texts))
     vocab = full["model"]["vocab"]
     # <unk> <s> </s>, the 256 byte pieces and the 256 action pieces stay whole
     kept = {piece: i for piece, i in vocab.items() if piece in wanted or i < 259 or i >= 31744}
-    merges = [m for m in full["model"]["merges"] if "".join(m if isinstance(m, list) else m.split(" ")) in kept]
+    merges = [m for m in full["model"]["merges"] if "".join(m if isinstance(m,
+                                                                            list) else m.split(" ")) in kept]
     full["model"]["vocab"], full["model"]["merges"] = kept, merges
     OUT.write_text(json.dumps({
         "about": f"Llama-2 tokenizer restricted to the pieces of these prompts; ids from transformers "

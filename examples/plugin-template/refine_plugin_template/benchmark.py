@@ -1,8 +1,7 @@
 """A minimal `Benchmark`: teacher-forced action-token accuracy on held-out episodes."""
 from __future__ import annotations
 
-from refine_core import Benchmark, BenchmarkResult, EvalContext
-from refine_core import SampleStream, episode_samples
+from refine_core import Benchmark, BenchmarkResult, EvalContext, SampleStream, episode_samples
 
 
 class AccuracyBenchmark(Benchmark):

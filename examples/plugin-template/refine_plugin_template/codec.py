@@ -11,8 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from refine_core import ActionCodec, ActionDecodeError
-from refine_core import UsageError
+from refine_core import ActionCodec, ActionDecodeError, UsageError
 
 LEVELS = np.array([-0.5, 0.0, 0.5])
 

@@ -15,7 +15,8 @@ def fixed_reasoning(sub_action: str) -> Reasoning:
         observation="A robot arm above a table.",
         situation_analysis="The task has not started.",
         spatial_reasoning="The target is in front of the gripper.",
-        task_planning=TaskPlanning(logical_steps=["Approach the target.", "Finish the task."], sub_action=sub_action),
+        task_planning=TaskPlanning(logical_steps=["Approach the target.", "Finish the task."],
+                                   sub_action=sub_action),
     )
 
 
@@ -43,7 +44,10 @@ class LineDataset(RobotDataset):
     @property
     def identity(self) -> str:
         o = self.options
-        return "template-line-" + hashlib.sha1(f"{o.episodes}-{o.steps}-{o.image_size}".encode()).hexdigest()[:12]
+        return (
+            "template-line-"
+            + hashlib.sha1(f"{o.episodes}-{o.steps}-{o.image_size}".encode()).hexdigest()[:12]
+        )
 
     def episodes(self, split: str = "train") -> Iterator[Episode]:
         o = self.options

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from refine_core import ActionCodecSpec, BenchmarkSpec, DatasetSpec, TeacherSpec, hookimpl
-from refine_core import CodecOptions
+from refine_core import ActionCodecSpec, BenchmarkSpec, CodecOptions, DatasetSpec, TeacherSpec, hookimpl
 
 
 class FixedTeacherOptions(BaseModel):
@@ -54,7 +53,8 @@ def refine_commands(app):
 
 
 class SignCodecOptions(CodecOptions):  # codec options extend the shared chunk_size / binarize_gripper
-    deadband: float = Field(0.1, ge=0, lt=1, description="Normalised values within ±deadband encode as 'still'.")
+    deadband: float = Field(0.1, ge=0, lt=1,
+                            description="Normalised values within ±deadband encode as 'still'.")
 
 
 class AccuracyBenchmarkOptions(BaseModel):
