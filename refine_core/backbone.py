@@ -33,6 +33,7 @@ def model_dtype(name: str):
 
 
 AllowedIds = Callable[[int], "Sequence[int] | np.ndarray | None"]  # new-token index → allowed ids (None: any)
+StopRow = Callable[[int, list[int]], bool]  # (row, its new ids so far) → end that row now (a decoding guard)
 Decoder = Literal["auto", "dynamic", "static", "graph"]
 
 
@@ -237,25 +238,44 @@ class Backbone(ABC):
     def generate_ids(self, image: np.ndarray, instruction: str, max_new_tokens: int,
                      prefix_ids: Sequence[int] = (), allowed: AllowedIds | None = None) -> list[int]:
         """Greedy continuation of the prompt (plus `prefix_ids`), eos excluded. `allowed(i)` (when
-        given) lists the ids the i-th new token may take, None meaning any (constrained decoding).
-        Runs the model in eval mode without gradients, restoring its mode after."""
+        given) lists the ids the i-th new token may take, None meaning any (constrained decoding)."""
+        return self.generate_ids_batch([image], [instruction], max_new_tokens, [prefix_ids], allowed)[0]
+
+    def generate_ids_batch(self, images: Sequence[np.ndarray], instructions: Sequence[str],
+                           max_new_tokens: int,
+                           prefix_ids: Sequence[Sequence[int]] | None = None,
+                           allowed: AllowedIds | None = None,
+                           stop: StopRow | None = None) -> list[list[int]]:
+        """`generate_ids` for several observations in one batched generation (prompts left-padded,
+        one forward per new token for the batch); row i equals `generate_ids` of row i alone.
+        `stop(row, ids)` ends a row early. Runs the model in eval mode without gradients."""
         import torch
 
+        prefixes = [list(p) for p in (prefix_ids or [()] * len(images))]
+        if type(self).greedy_continuation is Backbone.greedy_continuation:
+            if type(self).generate_ids is Backbone.generate_ids:
+                raise NotImplementedError(f"{type(self).__name__} implements neither greedy_continuation "
+                                          "nor generate_ids")
+            # a backbone written before batched generation: one row at a time
+            return [self.generate_ids(image, instruction, max_new_tokens, prefix, allowed)
+                    for image, instruction, prefix in zip(images, instructions, prefixes)]
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad():
-                new = self.greedy_continuation(image, instruction, max_new_tokens, list(prefix_ids), allowed)
+                rows = self.greedy_continuation(list(images), list(instructions), max_new_tokens, prefixes,
+                                                allowed, stop)
         finally:
             self.model.train(was_training)
-        return new[: new.index(self.eos_id)] if self.eos_id in new else new
+        return [row[: row.index(self.eos_id)] if self.eos_id in row else row for row in rows]
 
-    def greedy_continuation(self, image: np.ndarray, instruction: str, max_new_tokens: int,
-                            prefix_ids: list[int], allowed: AllowedIds | None) -> list[int]:
-        """The model's greedy new ids after prompt + `prefix_ids` (up to `max_new_tokens`; may run past
-        eos, which `generate_ids` cuts). A backbone implements this or overrides `generate_ids`."""
-        raise NotImplementedError(f"{type(self).__name__} implements neither greedy_continuation nor "
-                                  "generate_ids")
+    def greedy_continuation(self, images: list[np.ndarray], instructions: list[str], max_new_tokens: int,
+                            prefix_ids: list[list[int]], allowed: AllowedIds | None,
+                            stop: StopRow | None) -> list[list[int]]:
+        """The model's greedy new ids after each prompt + its prefix, batched (up to
+        `max_new_tokens` per row; rows may run past eos, which `generate_ids_batch` cuts). A backbone
+        implements this, or (one row at a time) overrides `generate_ids`."""
+        raise NotImplementedError
 
     def split_generated(self, ids: Sequence[int]) -> tuple[list[int], list[int]]:
         """(reasoning ids, action ids) of a reason-then-act continuation."""

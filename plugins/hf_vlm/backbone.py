@@ -13,8 +13,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from refine_core import (AllowedIds, Backbone, PaliGemmaPrompt, UsageError, choose_decoder, greedy_decode,
-    model_dtype, static_decoder, to_pixel_values)
+from refine_core import (AllowedIds, Backbone, PaliGemmaPrompt, StopRow, UsageError, choose_decoder,
+    greedy_decode, left_padded, model_dtype, static_decoder, to_pixel_values)
 
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 SUPPORTED_MODEL_TYPES = ("paligemma",)
@@ -116,42 +116,58 @@ class HFVLMBackbone(PaliGemmaPrompt, Backbone):
         return ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
     # -- inference ------------------------------------------------------------------------------
-    def greedy_continuation(self, image: np.ndarray, instruction: str, max_new_tokens: int,
-                            prefix_ids: list[int], allowed: AllowedIds | None) -> list[int]:
-        prompt = self.prompt_ids(instruction)
+    def greedy_continuation(self, images: list[np.ndarray], instructions: list[str], max_new_tokens: int,
+                            prefix_ids: list[list[int]], allowed: AllowedIds | None,
+                            stop: StopRow | None) -> list[list[int]]:
         device = self.model.device
-        ids = torch.tensor([prompt + prefix_ids], device=device)
-        token_types = torch.tensor([[0] * len(prompt) + [1] * len(prefix_ids)], device=device)
-        pixels = self.image_inputs([image])["pixel_values"].to(device)
+        prompts = [self.prompt_ids(instruction) for instruction in instructions]
+        ids, mask = left_padded([p + s for p, s in zip(prompts, prefix_ids)], self.pad_id, device)
+        # token type 0 on the prompt (the prefix-LM's bidirectional part) and on padding, 1 on the suffix
+        token_types = left_padded([[0] * len(p) + [1] * len(s) for p, s in zip(prompts, prefix_ids)], 0,
+                                  device)[0]
+        pixels = self.image_inputs(images)["pixel_values"].to(device)
         decoder = choose_decoder(self.options.decoder, device.type == "cuda", self.model.config,
                                  ids.shape[1] + max_new_tokens)
-        if decoder == "dynamic":
-            return self._generate_dynamic(ids, token_types, pixels, max_new_tokens, allowed)
-        cached = static_decoder(self.model, self.model, 1, ids.shape[1] + max_new_tokens,
+        if decoder == "dynamic" or not bool(mask.all()):  # the static cache takes unpadded rows
+            return self._generate_dynamic(ids, mask, token_types, pixels, max_new_tokens, allowed, stop)
+        cached = static_decoder(self.model, self.model, len(images), ids.shape[1] + max_new_tokens,
                                 graph=decoder == "graph" and device.type == "cuda", position_offset=1)
         # PaliGemma merges the image and masks the prefix itself
         first = cached.prefill(input_ids=ids, pixel_values=pixels, token_type_ids=token_types)
         length = ids.shape[1]
         return greedy_decode(first, lambda tokens, step: cached.step(tokens, length + step - 1),
-                             max_new_tokens, self.eos_id, allowed)[0][0].tolist()
+                             max_new_tokens, self.eos_id, allowed, stop)[0].tolist()
 
-    def _generate_dynamic(self, ids, token_types, pixels, max_new_tokens: int,
-                          allowed: AllowedIds | None) -> list[int]:
-        """transformers' generate (dynamic cache); `allowed` through prefix_allowed_tokens_fn."""
+    def _generate_dynamic(self, ids, mask, token_types, pixels, max_new_tokens: int,
+                          allowed: AllowedIds | None,
+                          stop: StopRow | None) -> list[list[int]]:
+        """transformers' generate (dynamic cache, left-padded rows); `allowed` through
+        prefix_allowed_tokens_fn, `stop` as a stopping criterion (a stopped row is filled with eos)."""
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        start = ids.shape[1]
         constraint = None
         if allowed is not None:
             every = list(range(self.model.get_output_embeddings().out_features))
 
             def constraint(batch_id: int, sequence: torch.Tensor) -> list[int]:
-                chosen = allowed(sequence.shape[-1] - ids.shape[1])
+                chosen = allowed(sequence.shape[-1] - start)
                 return every if chosen is None else [int(i) for i in chosen]
+
+        criteria = None
+        if stop is not None:
+            class Guard(StoppingCriteria):
+                def __call__(self, input_ids, scores, **kwargs):
+                    return torch.tensor([stop(row,
+                                              seq[start:].tolist()) for row, seq in enumerate(input_ids)],
+                                        dtype=torch.bool, device=input_ids.device)
+            criteria = StoppingCriteriaList([Guard()])
         out = self.model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=token_types,
-            pixel_values=pixels,
+            input_ids=ids, attention_mask=mask, token_type_ids=token_types, pixel_values=pixels,
             max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.eos_id,
-            pad_token_id=self.pad_id,
-            use_cache=True, prefix_allowed_tokens_fn=constraint)
-        return out[0, ids.shape[1]:].tolist()
+            pad_token_id=self.eos_id,  # what finished rows are filled with: cut there
+            use_cache=True, prefix_allowed_tokens_fn=constraint, stopping_criteria=criteria)
+        return out[:, start:].tolist()
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from refine_core import (AllowedIds, Backbone, Statistics, UsageError, model_dtype, read_tokenizer,
+from refine_core import (AllowedIds, StopRow, Backbone, Statistics, UsageError, model_dtype, read_tokenizer,
     resolve_checkpoint_dir, to_pixel_values)
 
 from .norm_stats import entry_from_statistics, resolve_unnorm_key, statistics_from_entry
@@ -149,13 +149,19 @@ class OpenVLABackbone(Backbone):
         return self.vision_modules() + [("projector", self.model.projector)] + self.blocks()
 
     # -- inference ------------------------------------------------------------------------------
-    def greedy_continuation(self, image: np.ndarray, instruction: str, max_new_tokens: int,
-                            prefix_ids: list[int], allowed: AllowedIds | None) -> list[int]:
+    def greedy_continuation(self, images: list[np.ndarray], instructions: list[str], max_new_tokens: int,
+                            prefix_ids: list[list[int]], allowed: AllowedIds | None,
+                            stop: StopRow | None) -> list[list[int]]:
         device = self.model.device
-        ids = torch.tensor([self.prompt_ids(instruction) + prefix_ids], device=device)
-        pixels = self.image_inputs([image])["pixel_values"].to(device)
-        return self.model.generate(ids, pixels, max_new_tokens, eos_token_id=self.eos_id, allowed=allowed,
-                                   decoder=self.options.decoder)[0].tolist()
+        rows = []
+        for row, (image, instruction, prefix) in enumerate(zip(images, instructions, prefix_ids)):
+            ids = torch.tensor([self.prompt_ids(instruction) + prefix], device=device)
+            pixels = self.image_inputs([image])["pixel_values"].to(device)
+            guard = None if stop is None else (lambda _, new, row=row: stop(row, new))
+            rows += self.model.generate(ids, pixels, max_new_tokens, eos_token_id=self.eos_id,
+                                        allowed=allowed,
+                                        decoder=self.options.decoder, stop=guard).tolist()
+        return rows
 
     # -- action statistics (upstream norm_stats) --------------------------------------------------
     def _codec_key(self) -> str | None:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from refine_core import AllowedIds, choose_decoder, greedy_decode, static_decoder, write_state_dict
+from refine_core import AllowedIds, StopRow, choose_decoder, greedy_decode, static_decoder, write_state_dict
 from refine_core import read_state_dict as read_weights
 
 from .config import OpenVLAConfig
@@ -126,7 +126,8 @@ class OpenVLAForActionPrediction(nn.Module):
     def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, max_new_tokens: int,
                  eos_token_id: int | None = None, attention_mask: torch.Tensor | None = None,
                  return_scores: bool = False, allowed: AllowedIds | None = None,
-                 decoder: str | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                 decoder: str | None = None,
+                 stop: StopRow | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Greedy decoding with a KV cache. Returns the new ids [B, n] (and their logits [B, n, V]).
 
         The prompt must be unpadded: patches go after position 0, which must be BOS in every row.
@@ -159,5 +160,5 @@ class OpenVLAForActionPrediction(nn.Module):
             def next_logits(tokens: torch.Tensor, step: int) -> torch.Tensor:
                 return cached.step(tokens, length + step - 1)
 
-        ids, scores = greedy_decode(first, next_logits, max_new_tokens, eos_token_id, allowed)
+        ids, scores = greedy_decode(first, next_logits, max_new_tokens, eos_token_id, allowed, stop)
         return (ids, scores) if return_scores else ids

@@ -14,8 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from refine_core import (AllowedIds, Backbone, PaliGemmaPrompt, UsageError, model_dtype, read_tokenizer,
-    resolve_checkpoint_dir, to_pixel_values)
+from refine_core import (AllowedIds, StopRow, Backbone, PaliGemmaPrompt, UsageError, model_dtype,
+    read_tokenizer, resolve_checkpoint_dir, to_pixel_values)
 
 
 from .processor import ProcessorSettings
@@ -183,16 +183,22 @@ class SpatialVLABackbone(PaliGemmaPrompt, Backbone):
         return scope
 
     # -- inference ------------------------------------------------------------------------------
-    def greedy_continuation(self, image: np.ndarray, instruction: str, max_new_tokens: int,
-                            prefix_ids: list[int], allowed: AllowedIds | None) -> list[int]:
-        prompt = self.prompt_ids(instruction)
+    def greedy_continuation(self, images: list[np.ndarray], instructions: list[str], max_new_tokens: int,
+                            prefix_ids: list[list[int]], allowed: AllowedIds | None,
+                            stop: StopRow | None) -> list[list[int]]:
         device = self.model.device
-        ids = torch.tensor([prompt + prefix_ids], device=device)
-        token_types = torch.tensor([[0] * len(prompt) + [1] * len(prefix_ids)], device=device)
-        inputs = self.image_inputs([image])
-        return self.model.generate(ids, inputs["pixel_values"].to(device), inputs["intrinsic"].to(device),
-                                   max_new_tokens, eos_token_id=self.eos_id, token_type_ids=token_types,
-                                   allowed=allowed, decoder=self.options.decoder)[0].tolist()
+        rows = []
+        for row, (image, instruction, prefix) in enumerate(zip(images, instructions, prefix_ids)):
+            prompt = self.prompt_ids(instruction)
+            ids = torch.tensor([prompt + prefix], device=device)
+            token_types = torch.tensor([[0] * len(prompt) + [1] * len(prefix)], device=device)
+            inputs = self.image_inputs([image])
+            guard = None if stop is None else (lambda _, new, row=row: stop(row, new))
+            rows += self.model.generate(ids, inputs["pixel_values"].to(device),
+                                        inputs["intrinsic"].to(device),
+                                        max_new_tokens, eos_token_id=self.eos_id, token_type_ids=token_types,
+                                        allowed=allowed, decoder=self.options.decoder, stop=guard).tolist()
+        return rows
 
     def predict_action(self, image: np.ndarray, instruction: str, reasoning: bool = False) -> np.ndarray:
         """The next action chunk [chunk, 7] in refine's convention (gripper 1 = open), the action

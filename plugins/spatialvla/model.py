@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from refine_core import (AllowedIds, choose_decoder, greedy_decode, read_state_dict, static_decoder,
+from refine_core import (AllowedIds, StopRow, choose_decoder, greedy_decode, read_state_dict, static_decoder,
     write_state_dict)
 
 from .config import SpatialVLAConfig
@@ -229,7 +229,7 @@ class SpatialVLAForConditionalGeneration(nn.Module):
     def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, intrinsic: torch.Tensor | None,
                  max_new_tokens: int, eos_token_id: int | None = None,
                  token_type_ids: torch.Tensor | None = None, allowed: AllowedIds | None = None,
-                 decoder: str | None = None, return_scores: bool = False):
+                 decoder: str | None = None, return_scores: bool = False, stop: StopRow | None = None):
         """Greedy decoding with a KV cache; the prompt is unpadded. Returns the new ids [B, n] (and
         their logits [B, n, V]); `allowed(i)` restricts the i-th new token (constrained action
         decoding). `decoder` as OpenVLA's: "dynamic", "static" or "graph" (default on CUDA); a
@@ -264,7 +264,7 @@ class SpatialVLAForConditionalGeneration(nn.Module):
             def next_logits(tokens: torch.Tensor, step: int) -> torch.Tensor:
                 return cached.step(tokens, length + step - 1)
 
-        ids, scores = greedy_decode(first, next_logits, max_new_tokens, eos_token_id, allowed)
+        ids, scores = greedy_decode(first, next_logits, max_new_tokens, eos_token_id, allowed, stop)
         return (ids, scores) if return_scores else ids
 
 

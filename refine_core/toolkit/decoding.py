@@ -13,12 +13,12 @@ must not synchronise with the host); `position_offset` shifts positions (1-index
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from refine_core.backbone import AllowedIds
+from refine_core.backbone import AllowedIds, StopRow
 
 CACHE_BUCKET = 256  # cache lengths are rounded up to this, so nearby prompt lengths share one graph
 
@@ -154,6 +154,15 @@ def static_decoder(owner: Any, language_model: Any, batch: int, needed_len: int,
     return owner._static_decoder
 
 
+def left_padded(rows: Sequence[Sequence[int]], pad_id: int, device: Any = None) -> tuple[Any, Any]:
+    """(ids [B, L], attention mask [B, L]) of id lists of any lengths, padded on the left so every
+    row's last token is at the end (where generation continues)."""
+    length = max(len(row) for row in rows)
+    ids = torch.tensor([[pad_id] * (length - len(row)) + list(row) for row in rows], device=device)
+    mask = torch.tensor([[0] * (length - len(row)) + [1] * len(row) for row in rows], device=device)
+    return ids, mask
+
+
 def greedy_token(logits, allowed: AllowedIds | None = None, index: int = 0):
     """argmax over the last dimension of `logits` [B, V], restricted to `allowed(index)` when given."""
     ids = allowed(index) if allowed is not None else None
@@ -164,17 +173,25 @@ def greedy_token(logits, allowed: AllowedIds | None = None, index: int = 0):
 
 
 def greedy_decode(first_logits, next_logits: Callable[[Any, int], Any], max_new_tokens: int,
-                  eos_token_id: int | None = None, allowed: AllowedIds | None = None):
+                  eos_token_id: int | None = None, allowed: AllowedIds | None = None,
+                  stop: StopRow | None = None):
     """The KV-cached greedy loop backbones with their own models share: `first_logits` [B, V] come
     from the prompt, `next_logits(tokens [B], step)` feeds the previous tokens through the cache.
-    Rows that emitted eos keep emitting it; stops when every row has. Returns (ids [B, n], logits
-    [B, n, V] in fp32)."""
+    Rows that emitted eos keep emitting it; stops when every row has. `stop(row, ids)` (with an
+    eos id) ends a row early: it emits eos after the token that made `stop` true (a decoding guard,
+    e.g. a repetition detector). Returns (ids [B, n], logits [B, n, V] in fp32)."""
     scores = [first_logits.float()]
     tokens = [greedy_token(scores[-1], allowed, 0)]
     finished = torch.zeros_like(tokens[0], dtype=torch.bool)
+    rows: list[list[int]] = [[] for _ in range(tokens[0].shape[0])] if stop is not None else []
     for step in range(1, max_new_tokens):
         if eos_token_id is not None:
             finished |= tokens[-1] == eos_token_id
+            if rows:  # the host looks at the ids only when a guard asks to
+                for row, token in enumerate(tokens[-1].tolist()):
+                    rows[row].append(token)
+                    if not finished[row] and stop(row, rows[row]):
+                        finished[row] = True
             if bool(finished.all()):
                 break
         scores.append(next_logits(tokens[-1], step).float())
