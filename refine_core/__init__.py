@@ -29,7 +29,11 @@ Backbones, and the toolkit a backbone author builds with
 Training objective
     reasoning_aware_loss, LossOutput
 Benchmarks
-    Benchmark, EvalContext, BenchmarkResult, SampleStream, episode_samples
+    Benchmark, EvalContext, BenchmarkResult, SampleStream, episode_samples; closed loop through
+    vla-eval: ClosedLoopBenchmark (subclass it naming a vla-eval benchmark), ClosedLoopOptions,
+    wilson_interval
+Acting (closed loop)
+    Policy, PolicySettings, PolicySession, ActionChunk
 Files
     atomic_write (a file a reader sees whole or not at all; durable before it counts)
 """
@@ -70,6 +74,8 @@ for _module, _names in {
     "refine_core.loss": "LossOutput reasoning_aware_loss",
     "refine_core.benchmark": "Benchmark BenchmarkResult EvalContext",
     "refine_core.data.samples": "SampleStream episode_samples",
+    "refine_core.policy": "ActionChunk Policy PolicySession PolicySettings",
+    "refine_core.evaluate.closed_loop": "ClosedLoopBenchmark ClosedLoopOptions wilson_interval",
 }.items():
     for _name in _names.split():
         _EXPORTS[_name] = _module

@@ -50,6 +50,7 @@ OPTIONAL_MODULES: dict[str, str] = {
     "google": "gemini", "openai": "openai",
     "accelerate": "train", "peft": "train",
     "matplotlib": "plots",
+    "vla_eval": "eval", "msgpack": "eval", "websockets": "eval",
 }
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from refine_core import DatasetSpec, hookimpl
+from refine_core import BenchmarkSpec, ClosedLoopOptions, DatasetSpec, hookimpl
 
 
 class DemoOptions(BaseModel):
@@ -57,4 +57,19 @@ def refine_datasets():
                 "RLDS",
         factory="refine_plugins.demo.dataset:DemoDataset",
         options=DemoOptions,
+    )
+
+
+class DemoSimOptions(ClosedLoopOptions):
+    pick_only_fraction: float = Field(0.25, ge=0, le=1, description="Share of 'pick up the X' scenes.")
+
+
+@hookimpl
+def refine_benchmarks():
+    yield BenchmarkSpec(
+        name="demo-sim",
+        summary="Closed loop in the demo's simulator through vla-eval: success with Wilson intervals per "
+                "reasoning mode, beside do-nothing and random baselines",
+        factory="refine_plugins.demo.closed_loop:DemoSimClosedLoop",
+        options=DemoSimOptions,
     )

@@ -8,11 +8,12 @@ far apart when open and close together when closed; a held object is drawn betwe
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
 import numpy as np
 
-from .scene import COLOURS, GRID, DemoEpisode
+from .scene import COLOURS, GRASPABLE, GRID, DemoEpisode, SceneObject
 
 IMAGE_SIZE = 256
 CELL_PX = 24
@@ -81,29 +82,24 @@ def _object(canvas: np.ndarray, kind: str, colour: str, row: float, col: float, 
         raise ValueError(f"unknown object kind {kind!r}")
 
 
-def render_frame(episode: DemoEpisode, t: int) -> np.ndarray:
-    """uint8 [256, 256, 3] RGB of the state before step t."""
-    canvas = _table(episode.table_tint)
-    held = episode.held[t]
-    by_name = {obj.name: obj for obj in episode.objects}
-    placed_from = episode.extra.get("placed_from")
+def draw_state(table_tint: tuple[int, int, int], objects: Sequence[SceneObject],
+               cells: Mapping[str, tuple[int, int]], held: str | None,
+               gripper: Sequence[float], is_open: bool) -> np.ndarray:
+    """uint8 [256, 256, 3] RGB of one state: each object at `cells[name]` (the held one, if any, between
+    the fingers instead), the gripper at cell `gripper` (x, y, z) with its fingers open or closed."""
+    canvas = _table(table_tint)
     # containers first so a placed object lies on top of its plate
-    for obj in sorted(episode.objects, key=lambda o: o.kind in ("block", "cup")):
-        if obj.name == episode.target and held:
-            continue
-        x, y = obj.cell
-        if obj.name == episode.target and placed_from is not None and t >= placed_from:
-            x, y = episode.extra["placed_cell"]
-        _object(canvas, obj.kind, obj.colour, *cell_centre(x, y))
-    gx, gy, gz = (float(v) for v in episode.cells[t])
+    for obj in sorted(objects, key=lambda o: o.kind in GRASPABLE):
+        if obj.name != held:
+            _object(canvas, obj.kind, obj.colour, *cell_centre(*cells[obj.name]))
+    gx, gy, gz = (float(v) for v in gripper)
     row, col = cell_centre(gx, gy)
     canvas[_disc(row + 2, col, 12, squash=0.6)] *= 0.55  # the shadow, on the table under the gripper
     scale = 1.0 + GROWTH * gz
     row -= LIFT_PX * gz
-    if held:
-        target = by_name[episode.target]
-        _object(canvas, target.kind, target.colour, row, col, scale)
-    is_open = episode.gripper_opening()[t] > 0.5
+    if held is not None:
+        in_hand = next(obj for obj in objects if obj.name == held)
+        _object(canvas, in_hand.kind, in_hand.colour, row, col, scale)
     colour = GRIPPER_OPEN if is_open else GRIPPER_CLOSED
     gap = (16 if is_open else 11) * scale  # finger centres from the middle
     for side in (-1, 1):
@@ -113,6 +109,16 @@ def render_frame(episode: DemoEpisode, t: int) -> np.ndarray:
     _paint(canvas, _box(row - 12 * scale, col, 3.5 * scale, gap + 3 * scale), colour)  # the palm joining them
     _paint(canvas, _disc(row - 12 * scale, col, 3 * scale), WRIST)
     return np.clip(canvas, 0, 255).astype(np.uint8)
+
+
+def render_frame(episode: DemoEpisode, t: int) -> np.ndarray:
+    """uint8 [256, 256, 3] RGB of the state before step t."""
+    placed_from = episode.extra.get("placed_from")
+    cells = {obj.name: obj.cell for obj in episode.objects}
+    if placed_from is not None and t >= placed_from:
+        cells[episode.target] = episode.extra["placed_cell"]
+    return draw_state(episode.table_tint, episode.objects, cells, episode.target if episode.held[t] else None,
+                      episode.cells[t], bool(episode.gripper_opening()[t] > 0.5))
 
 
 def render_episode(episode: DemoEpisode) -> np.ndarray:

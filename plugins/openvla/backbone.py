@@ -32,8 +32,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from refine_core import (AllowedIds, StopRow, Backbone, Statistics, UsageError, model_dtype, read_tokenizer,
-    resolve_checkpoint_dir, to_pixel_values)
+from refine_core import (AllowedIds, StopRow, Backbone, Statistics, UsageError, left_padded, model_dtype,
+    read_tokenizer, resolve_checkpoint_dir, to_pixel_values)
 
 from .norm_stats import entry_from_statistics, resolve_unnorm_key, statistics_from_entry
 
@@ -153,15 +153,12 @@ class OpenVLABackbone(Backbone):
                             prefix_ids: list[list[int]], allowed: AllowedIds | None,
                             stop: StopRow | None) -> list[list[int]]:
         device = self.model.device
-        rows = []
-        for row, (image, instruction, prefix) in enumerate(zip(images, instructions, prefix_ids)):
-            ids = torch.tensor([self.prompt_ids(instruction) + prefix], device=device)
-            pixels = self.image_inputs([image])["pixel_values"].to(device)
-            guard = None if stop is None else (lambda _, new, row=row: stop(row, new))
-            rows += self.model.generate(ids, pixels, max_new_tokens, eos_token_id=self.eos_id,
-                                        allowed=allowed,
-                                        decoder=self.options.decoder, stop=guard).tolist()
-        return rows
+        # prompt + prefix per row, left-padded: one forward per new token for the whole batch
+        rows = [self.prompt_ids(text) + prefix for text, prefix in zip(instructions, prefix_ids)]
+        ids, mask = left_padded(rows, self.pad_id, device)
+        pixels = self.image_inputs(images)["pixel_values"].to(device)
+        return self.model.generate(ids, pixels, max_new_tokens, eos_token_id=self.eos_id, attention_mask=mask,
+                                   allowed=allowed, decoder=self.options.decoder, stop=stop).tolist()
 
     # -- action statistics (upstream norm_stats) --------------------------------------------------
     def _codec_key(self) -> str | None:

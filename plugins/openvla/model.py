@@ -29,6 +29,18 @@ def upstream_key(key: str) -> str:
     return key
 
 
+def leading_pads(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, 1]: how many masked-out slots precede each row's first token (0 unless left-padded)."""
+    return (attention_mask.cumsum(-1) == 0).sum(-1, keepdim=True)
+
+
+def padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Llama positions (0-based) counting each row's own tokens: left padding shifts a row's
+    positions back to 0; unpadded and right-padded rows (training batches) keep 0, 1, 2…"""
+    slots = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return (slots - leading_pads(attention_mask)).clamp(min=0)
+
+
 def read_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
     return read_weights(directory, rename=upstream_key)
 
@@ -103,23 +115,39 @@ class OpenVLAForActionPrediction(nn.Module):
     def multimodal_inputs(
         self, input_ids: torch.Tensor, pixel_values: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Token embeddings with the projected patches inserted after BOS (position 0)."""
+        """Token embeddings with the projected patches inserted after each row's BOS: its first
+        attended token (position 0 unless the row is left-padded, then the pads stay in front)."""
         embeds = self.get_input_embeddings()(input_ids)
         patches = self.project_patches(pixel_values)
-        embeds = torch.cat([embeds[:, :1], patches, embeds[:, 1:]], dim=1)
+        dtype = torch.promote_types(embeds.dtype, patches.dtype)  # what torch.cat gives (under autocast)
+        embeds, patches = embeds.to(dtype), patches.to(dtype)
+        batch, length, n = input_ids.shape[0], input_ids.shape[1], patches.shape[1]
+        lead = leading_pads(attention_mask) if attention_mask is not None else input_ids.new_zeros(batch, 1)
+        # a gather rather than per-row slicing: slot j of the merged row takes token j up to BOS, then
+        # patch k (at length + k of the concatenation), then token j - n
+        slot = torch.arange(length + n, device=input_ids.device).expand(batch, -1)
+        after_bos = torch.where(slot <= lead + n, slot - lead - 1 + length, slot - n)
+        source = torch.where(slot <= lead, slot, after_bos)
+        merged = torch.cat([embeds, patches], dim=1)
+        embeds = merged.gather(1, source.unsqueeze(-1).expand(-1, -1, merged.shape[-1]))
         if attention_mask is not None:
-            ones = attention_mask.new_ones(attention_mask.shape[0], patches.shape[1])
-            attention_mask = torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], dim=1)
+            ones = attention_mask.new_ones(batch, n)
+            attention_mask = torch.cat([attention_mask, ones], dim=1).gather(1, source)
         return embeds, attention_mask
 
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
         """The language model's output over [BOS, patches…, rest of the prompt] (or text only
-        when `pixel_values` is None); kwargs go to LlamaForCausalLM (cache, attentions…)."""
+        when `pixel_values` is None); kwargs go to LlamaForCausalLM (cache, attentions…).
+        Left-padded rows (by `attention_mask`) get positions counting their own tokens from 0."""
         if pixel_values is None:
-            return self.language_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        embeds, attention_mask = self.multimodal_inputs(input_ids, pixel_values, attention_mask)
-        return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+            inputs = {"input_ids": input_ids}
+        else:
+            embeds, attention_mask = self.multimodal_inputs(input_ids, pixel_values, attention_mask)
+            inputs = {"inputs_embeds": embeds}
+        if attention_mask is not None and "position_ids" not in kwargs:
+            kwargs["position_ids"] = padded_positions(attention_mask)
+        return self.language_model(**inputs, attention_mask=attention_mask, **kwargs)
 
     # -- generation -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -130,24 +158,35 @@ class OpenVLAForActionPrediction(nn.Module):
                  stop: StopRow | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Greedy decoding with a KV cache. Returns the new ids [B, n] (and their logits [B, n, V]).
 
-        The prompt must be unpadded: patches go after position 0, which must be BOS in every row.
-        Cached steps get explicit positions that count the inserted patch tokens; `allowed(i)`
-        restricts the i-th new token (constrained action decoding). `decoder`: "dynamic"
-        (transformers' DynamicCache), "static" (a preallocated cache, refine_core.toolkit.decoding) or
-        "graph" (static, each step replayed as a CUDA graph on CUDA); default graph on CUDA, else dynamic."""
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError("OpenVLA generation takes unpadded prompts (BOS first in every row)")
+        Rows may be left-padded (`attention_mask` 0 on the pads; each row starts with BOS): the
+        patches go after each row's BOS and positions count each row's own tokens, so every row
+        gets the logits it has alone. Cached steps get explicit positions that count the inserted
+        patch tokens; `allowed(i)` restricts the i-th new token (constrained action decoding),
+        `stop(row, ids)` ends a row early. `decoder`: "dynamic" (transformers' DynamicCache),
+        "static" (a preallocated cache, refine_core.toolkit.decoding) or "graph" (static, each step
+        replayed as a CUDA graph on CUDA); default graph on CUDA, else dynamic. Padded rows always
+        take the dynamic cache: the static decoder feeds one position to every row."""
+        padded = attention_mask is not None and not bool(attention_mask.all())
         decoder = choose_decoder(decoder, input_ids.is_cuda, self.language_model.config,
                                  input_ids.shape[1] + self.num_patches + max_new_tokens)
-        if decoder == "dynamic":
-            out = self.forward(input_ids, pixel_values, use_cache=True)
-            state = {"cache": out.past_key_values}
-            first, length = out.logits[:, -1], out.logits.shape[1]  # prompt + patches
+        if decoder == "dynamic" or padded:
+            # unpadded rows keep transformers' own causal mask and positions (as upstream)
+            embeds, mask = self.multimodal_inputs(input_ids, pixel_values, attention_mask if padded else None)
+            positions = padded_positions(mask) if padded else None
+            out = self.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                      use_cache=True)
+            state = {"cache": out.past_key_values, "mask": mask}
+            first = out.logits[:, -1]
+            # each row's next position is the number of its own tokens (patches included)
+            length = mask.sum(-1, keepdim=True) if padded else embeds.shape[1]
 
             def next_logits(tokens: torch.Tensor, step: int) -> torch.Tensor:
-                positions = torch.full_like(tokens[:, None], length + step - 1)
+                positions = torch.zeros_like(tokens[:, None]) + (length + step - 1)
+                if state["mask"] is not None:  # the new token is a real one in every row
+                    state["mask"] = torch.cat([state["mask"], state["mask"].new_ones(len(tokens), 1)], dim=1)
                 step_out = self.language_model(input_ids=tokens[:, None], past_key_values=state["cache"],
-                                               use_cache=True, position_ids=positions)
+                                               attention_mask=state["mask"], use_cache=True,
+                                               position_ids=positions)
                 state["cache"] = step_out.past_key_values
                 return step_out.logits[:, -1]
         else:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from refine_core import (AllowedIds, StopRow, Backbone, PaliGemmaPrompt, UsageError, model_dtype,
+from refine_core import (AllowedIds, StopRow, Backbone, PaliGemmaPrompt, UsageError, left_padded, model_dtype,
     read_tokenizer, resolve_checkpoint_dir, to_pixel_values)
 
 
@@ -187,18 +187,16 @@ class SpatialVLABackbone(PaliGemmaPrompt, Backbone):
                             prefix_ids: list[list[int]], allowed: AllowedIds | None,
                             stop: StopRow | None) -> list[list[int]]:
         device = self.model.device
-        rows = []
-        for row, (image, instruction, prefix) in enumerate(zip(images, instructions, prefix_ids)):
-            prompt = self.prompt_ids(instruction)
-            ids = torch.tensor([prompt + prefix], device=device)
-            token_types = torch.tensor([[0] * len(prompt) + [1] * len(prefix)], device=device)
-            inputs = self.image_inputs([image])
-            guard = None if stop is None else (lambda _, new, row=row: stop(row, new))
-            rows += self.model.generate(ids, inputs["pixel_values"].to(device),
-                                        inputs["intrinsic"].to(device),
-                                        max_new_tokens, eos_token_id=self.eos_id, token_type_ids=token_types,
-                                        allowed=allowed, decoder=self.options.decoder, stop=guard).tolist()
-        return rows
+        # prompt + prefix per row, left-padded: one forward per new token for the whole batch; the
+        # prompt is the prefix-LM's bidirectional part (type 0, pads too: the mask hides them)
+        prompts = [self.prompt_ids(instruction) for instruction in instructions]
+        ids, mask = left_padded([p + s for p, s in zip(prompts, prefix_ids)], self.pad_id, device)
+        types = left_padded([[0] * len(p) + [1] * len(s) for p, s in zip(prompts, prefix_ids)], 0, device)[0]
+        inputs = self.image_inputs(images)
+        return self.model.generate(ids, inputs["pixel_values"].to(device), inputs["intrinsic"].to(device),
+                                   max_new_tokens, eos_token_id=self.eos_id, token_type_ids=types,
+                                   allowed=allowed, decoder=self.options.decoder, stop=stop,
+                                   attention_mask=mask).tolist()
 
     def predict_action(self, image: np.ndarray, instruction: str, reasoning: bool = False) -> np.ndarray:
         """The next action chunk [chunk, 7] in refine's convention (gripper 1 = open), the action

@@ -215,11 +215,15 @@ class SpatialVLAForConditionalGeneration(nn.Module):
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
                 intrinsic: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, **kwargs: Any) -> Any:
-        """The Gemma-2 causal-LM output over the merged sequence; kwargs go to Gemma2ForCausalLM."""
+        """The Gemma-2 causal-LM output over the merged sequence; kwargs go to Gemma2ForCausalLM.
+        Left-padded rows (by `attention_mask`) get positions counting their own tokens from 1."""
         embeds = self.input_embeddings(input_ids, pixel_values, intrinsic)
         length = input_ids.shape[1]
         bias = self.attention_bias(attention_mask, token_type_ids, length, embeds.dtype)
-        positions = torch.arange(1, length + 1, device=self.device).unsqueeze(0)
+        if attention_mask is None:
+            positions = torch.arange(1, length + 1, device=self.device).unsqueeze(0)
+        else:
+            positions = padded_positions(attention_mask.to(self.device))
         return self.language_model(inputs_embeds=embeds, position_ids=positions,
                                    attention_mask={"full_attention": bias, "sliding_attention": bias},
                                    **kwargs)
@@ -229,25 +233,35 @@ class SpatialVLAForConditionalGeneration(nn.Module):
     def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, intrinsic: torch.Tensor | None,
                  max_new_tokens: int, eos_token_id: int | None = None,
                  token_type_ids: torch.Tensor | None = None, allowed: AllowedIds | None = None,
-                 decoder: str | None = None, return_scores: bool = False, stop: StopRow | None = None):
-        """Greedy decoding with a KV cache; the prompt is unpadded. Returns the new ids [B, n] (and
-        their logits [B, n, V]); `allowed(i)` restricts the i-th new token (constrained action
-        decoding). `decoder` as OpenVLA's: "dynamic", "static" or "graph" (default on CUDA); a
-        cache longer than Gemma-2's sliding window falls back to the dynamic one."""
+                 decoder: str | None = None, return_scores: bool = False, stop: StopRow | None = None,
+                 attention_mask: torch.Tensor | None = None):
+        """Greedy decoding with a KV cache. Returns the new ids [B, n] (and their logits [B, n, V]);
+        `allowed(i)` restricts the i-th new token (constrained action decoding), `stop(row, ids)`
+        ends a row early. Rows may be left-padded (`attention_mask` 0 on the pads, which may sit
+        before the image placeholders): each row keeps its own positions and prefix-LM mask, so it
+        gets the logits it has alone. `decoder` as OpenVLA's: "dynamic", "static" or "graph"
+        (default on CUDA); padded rows, and a cache longer than Gemma-2's sliding window, take the
+        dynamic one."""
         length = input_ids.shape[1]
+        padded = attention_mask is not None and not bool(attention_mask.all())
         decoder = choose_decoder(decoder, input_ids.is_cuda, self.language_model.config,
                                  length + max_new_tokens)
-        if decoder == "dynamic":
-            out = self.forward(input_ids, pixel_values, intrinsic, token_type_ids=token_type_ids,
-                               use_cache=True)
-            state = {"cache": out.past_key_values}
+        if decoder == "dynamic" or padded:
+            mask = attention_mask.to(self.device) if padded else None
+            out = self.forward(input_ids, pixel_values, intrinsic, attention_mask=mask,
+                               token_type_ids=token_type_ids, use_cache=True)
+            state = {"cache": out.past_key_values, "mask": mask}
             first = out.logits[:, -1]
+            # 1-indexed: a row's n tokens sit at 1..n, its first new one at n + 1
+            count = mask.sum(-1, keepdim=True) if padded else length
 
             def next_logits(tokens: torch.Tensor, step: int) -> torch.Tensor:
-                positions = torch.full_like(tokens[:, None], length + step)  # 1-indexed: prompt is 1..length
+                positions = torch.zeros_like(tokens[:, None]) + (count + step)
+                if state["mask"] is not None:  # 2D: transformers derives the full and sliding-window masks
+                    state["mask"] = torch.cat([state["mask"], state["mask"].new_ones(len(tokens), 1)], dim=1)
                 step_out = self.language_model(inputs_embeds=self.token_embeddings(tokens[:, None]),
                                                past_key_values=state["cache"], use_cache=True,
-                                               position_ids=positions)
+                                               attention_mask=state["mask"], position_ids=positions)
                 state["cache"] = step_out.past_key_values
                 return step_out.logits[:, -1]
         else:
@@ -266,6 +280,14 @@ class SpatialVLAForConditionalGeneration(nn.Module):
 
         ids, scores = greedy_decode(first, next_logits, max_new_tokens, eos_token_id, allowed, stop)
         return (ids, scores) if return_scores else ids
+
+
+def padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """PaliGemma positions (1-indexed) counting each row's own tokens: left padding shifts a row's
+    positions back to 1; unpadded and right-padded rows (training batches) keep 1, 2, 3…"""
+    lead = (attention_mask.cumsum(-1) == 0).sum(-1, keepdim=True)
+    slots = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return (slots - lead).clamp(min=0) + 1
 
 
 def _drop_tied_head(module, state, prefix, local_metadata):

@@ -15,7 +15,7 @@ from refine_core import __version__
 from refine_core.errors import RefineError, missing_extra
 from refine_core.cli import (annotate_cmds, config_cmds, data_cmds, eval_cmds, registry_cmds, run_cmds,
     train_cmds)
-from refine_core.cli import attention_cmds, report_cmds, sweep_cmds
+from refine_core.cli import attention_cmds, report_cmds, serve_cmds, sweep_cmds
 from refine_core.cli.output import print_error
 
 _state = {"debug": False}
@@ -54,6 +54,7 @@ def build_app() -> typer.Typer:
     attention_cmds.register(app)
     report_cmds.register(app)
     sweep_cmds.register(app)
+    serve_cmds.register(app)
     get_registry().add_commands(app)
     return app
 

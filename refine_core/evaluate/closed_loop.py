@@ -1,0 +1,240 @@
+"""Closed-loop evaluation through vla-eval: a policy acts in a simulator, episode after episode.
+
+refine does not run simulators itself. For each policy to evaluate (the model in each reasoning
+mode, and the baselines) it serves the policy in this process (`PolicyModelServer` on vla-eval's
+protocol) and lets vla-eval's real orchestrator run the benchmark against it: in this process, or
+in `shards` `vla-eval run` processes sharing vla-eval's work queue. vla-eval records every episode
+in its SQLite recording; refine exports it (`vla_eval.results.export`), joins each episode with
+the server's own record of it (latency, tokens, forced spans) and writes one record per episode.
+
+Layout of OUT (the benchmark's output directory):
+    <policy>/                 one per evaluated policy, e.g. model-every_k, do-nothing
+        vla-eval.yaml         the vla-eval config that ran (its benchmark entry and shards)
+        recording-<id>.sqlite vla-eval's recording: its work queue makes a killed run resumable
+        policy_log.jsonl      the server's per-episode records (appended as episodes end)
+        episodes.jsonl        the joined records, written once every episode is done
+
+A killed evaluation is run again with the same OUT: finished policies are read back, an
+unfinished one continues where vla-eval's queue stopped (its finished episodes are kept).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from refine_core.files import atomic_write
+
+Baseline = Literal["do-nothing", "random"]
+EPISODES_FILE, LOG_FILE = "episodes.jsonl", "policy_log.jsonl"
+
+
+class ClosedLoopOptions(BaseModel):
+    """Options every closed-loop benchmark takes (a plugin's options extend these)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    episodes: int = Field(24, ge=1, description="Episodes per task for every evaluated policy.")
+    modes: list[Literal["every_step", "every_k", "never"]] = Field(
+        ["every_step", "every_k", "never"], description="Reasoning modes the model is evaluated in.")
+    every: int = Field(5, ge=1, description="K of the every_k mode.")
+    max_reasoning_tokens: int = Field(256, ge=1)
+    baselines: list[Baseline] = Field(["do-nothing", "random"],
+                                      description="Baseline policies beside the model.")
+    shards: int = Field(1, ge=1, description="vla-eval processes running episodes in parallel.")
+    max_batch_size: int = Field(8, ge=1, description="Sessions the server batches into one generation.")
+    seed: int = Field(0, description="Seed of the benchmark's episodes and of the random baseline.")
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of a success rate (95% by default); (0, 1) with no trials."""
+    if trials == 0:
+        return 0.0, 1.0
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def run_policy(policy: Any, entry: dict[str, Any], out: Path, shards: int = 1, max_batch_size: int = 8,
+               protocol: dict[str, Any] | None = None, camera: str | None = None) -> list[dict[str, Any]]:
+    """Every episode of the vla-eval benchmark `entry` with `policy`, as joined records (resumes
+    from `out`; reads the records back when `out` already holds them all)."""
+    done = out / EPISODES_FILE
+    if done.is_file():
+        return [json.loads(line) for line in done.read_text().splitlines() if line.strip()]
+    from vla_eval.api import serve_background
+
+    from refine_core.serve.model_server import PolicyModelServer
+
+    out.mkdir(parents=True, exist_ok=True)
+    eval_id = re.sub(r"[^\w.-]", "_", out.name)
+    config = {"benchmarks": [entry], "output_dir": str(out), "render": "cpu"}
+    atomic_write(out / "vla-eval.yaml", json.dumps({**config, "shards": shards}, indent=2))
+    server = PolicyModelServer(policy, max_batch_size=max_batch_size, camera=camera, log_path=out / LOG_FILE)
+    with serve_background(server) as handle:
+        if shards == 1:
+            _run_here(config, handle.url, eval_id)
+        else:
+            _run_shards(out, handle.url, eval_id, shards)
+    rows = _export(out, eval_id)
+    records = _join(rows, out / LOG_FILE, policy.describe(), protocol or {})
+    if rows and not any(r["partial"] for r in rows):  # vla-eval's queue says every episode is done
+        atomic_write(done, "".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def _run_here(config: dict[str, Any], url: str, eval_id: str) -> None:
+    """vla-eval's orchestrator in this process, as one shard of one (its resumable work queue)."""
+    import anyio
+    from vla_eval.orchestrator import Orchestrator
+
+    orchestrator = Orchestrator({**config, "server": {"url": url, "timeout": 600}}, shard_id=0, num_shards=1,
+                                eval_id=eval_id)
+    anyio.run(orchestrator.run)
+
+
+def _run_shards(out: Path, url: str, eval_id: str, shards: int) -> None:
+    """`shards` `vla-eval run` processes on one work queue, all talking to this process's server."""
+    config = json.loads((out / "vla-eval.yaml").read_text())
+    config.pop("shards", None)
+    atomic_write(out / "vla-eval-run.yaml", json.dumps({**config, "server": {"url": url, "timeout": 600}}))
+    command = [sys.executable, "-m", "vla_eval.cli.main", "run", "--no-docker", "-c",
+               str(out / "vla-eval-run.yaml"),
+               "--eval-id", eval_id, "--output-dir", str(out), "--num-shards", str(shards)]
+    processes = [subprocess.Popen([*command, "--shard-id", str(i)], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True) for i in range(shards)]
+    failed = []
+    for process in processes:
+        _, err = process.communicate()
+        if process.returncode != 0:
+            failed.append(err.strip().splitlines()[-1] if err.strip() else f"exit {process.returncode}")
+    if failed:
+        from refine_core.errors import RefineError
+
+        raise RefineError(f"a vla-eval shard failed: {failed[0]}; run again to resume the unfinished "
+                          "episodes")
+
+
+def _export(out: Path, eval_id: str) -> list[dict[str, Any]]:
+    from vla_eval.results.export import export_eval
+
+    rows = []
+    for body in export_eval(out, eval_id):
+        for task in body.get("tasks", []):
+            for episode in task.get("episodes", []):
+                rows.append({**episode, "task": task.get("task"), "partial": bool(body.get("partial")),
+                             "vla_eval_version": body.get("harness_version")})
+    return rows
+
+
+def _join(rows: list[dict[str, Any]], log: Path, description: dict[str, Any],
+          protocol: dict[str, Any]) -> list[dict[str, Any]]:
+    logged = {}
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a kill: that episode is not in vla-eval's results either
+            logged[(record["sid"], record["eid"])] = record
+    from refine_core import __version__
+
+    out = []
+    for row in sorted(rows, key=lambda r: (str(r.get("task")), int(r.get("episode_id", 0)))):
+        server = logged.get((row.get("sid"), row.get("eid")), {})
+        metrics = row.get("metrics") or {}
+        out.append({
+            "task": row.get("task"), "episode": row.get("episode_id"), **{k: v for k, v in metrics.items()},
+            "success": bool(metrics.get("success")), "grasp": bool(metrics.get("grasp")),
+            "steps": row.get("steps"), "failure_reason": row.get("failure_reason"),
+            "latency_per_action_s": server.get("latency_per_action_s"),
+            "tokens_per_query": server.get("tokens_per_query"), "queries": server.get("queries"),
+            "forced": server.get("forced"), "repetition_stopped": server.get("repetition_stopped"),
+            "reasoning_sample": server.get("reasoning_sample"),
+            "protocol": {**protocol, "policy": description, "refine_version": __version__,
+                         "vla_eval_version": row.get("vla_eval_version")},
+        })
+    return out
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Success and grasp rates with Wilson 95% intervals, trials, latency and tokens."""
+    trials = len(records)
+    wins, grasps = sum(r["success"] for r in records), sum(r["grasp"] for r in records)
+    latencies = [r["latency_per_action_s"] for r in records if r.get("latency_per_action_s") is not None]
+    tokens = [r["tokens_per_query"] for r in records if r.get("tokens_per_query") is not None]
+    queries = sum(r.get("queries") or 0 for r in records)
+    return {
+        "trials": trials, "success_rate": wins / trials if trials else None,
+        "success_ci95": list(wilson_interval(wins, trials)),
+        "grasp_rate": grasps / trials if trials else None,
+        "grasp_ci95": list(wilson_interval(grasps, trials)),
+        "latency_per_action_s": sum(latencies) / len(latencies) if latencies else None,
+        "tokens_per_query": sum(tokens) / len(tokens) if tokens else None,
+        "forced_rate": sum(r.get("forced") or 0 for r in records) / queries if queries else None,
+        "errors": sum(1 for r in records if r.get("failure_reason")),
+    }
+
+
+class ClosedLoopBenchmark:
+    """A vla-eval benchmark as a refine benchmark: the trained model in each reasoning mode, and the
+    baselines, each through the served-policy path above. A plugin subclasses it, naming the
+    vla-eval benchmark class (`vla_benchmark`, an import string) and the params it takes."""
+
+    name = "closed-loop"
+    vla_benchmark = ""
+    camera: str | None = None  # the observation image the policy sees (None: the first)
+
+    def __init__(self, options: ClosedLoopOptions):
+        self.options = options
+
+    def params(self) -> dict[str, Any]:
+        """Constructor params of the vla-eval benchmark."""
+        return {"seed": self.options.seed}
+
+    def entry(self) -> dict[str, Any]:
+        return {"benchmark": self.vla_benchmark, "name": self.name,
+                "episodes_per_task": self.options.episodes,
+                "params": self.params()}
+
+    def protocol(self) -> dict[str, Any]:
+        """What a result needs to say about how the episodes were run (beside the policy's own)."""
+        return {"benchmark": self.name, "vla_benchmark": self.vla_benchmark, "params": self.params(),
+                "episodes_per_task": self.options.episodes, "adapter": "identity (refine's convention)"}
+
+    def policies(self, context: Any) -> list[tuple[str, str | None, Any]]:
+        """(name, reasoning mode or None, policy) for the model's modes and the baselines."""
+        from refine_core.evaluate.baselines import DoNothingPolicy, RandomPolicy
+        from refine_core.policy import Policy, PolicySettings
+
+        options = self.options
+        out: list[tuple[str, str | None, Any]] = []
+        for mode in options.modes:
+            settings = PolicySettings(reasoning=mode, every=options.every, order=context.reasoning_order,
+                                      max_reasoning_tokens=options.max_reasoning_tokens)
+            out.append((f"model-{mode}", mode, Policy(context.backbone, settings)))
+        baselines = {"do-nothing": lambda: DoNothingPolicy(),
+                     "random": lambda: RandomPolicy(context.backbone.codec.stats, seed=options.seed)}
+        out += [(name, None, baselines[name]()) for name in options.baselines]
+        return out
+
+    def evaluate(self, context: Any):
+        from refine_core.benchmark import BenchmarkResult
+
+        records: list[dict[str, Any]] = []
+        table: dict[str, Any] = {}
+        for name, mode, policy in self.policies(context):
+            rows = run_policy(policy, self.entry(), Path(context.out_dir) / "closed_loop" / name,
+                              shards=self.options.shards, max_batch_size=self.options.max_batch_size,
+                              protocol=self.protocol(), camera=self.camera)
+            records += [{"policy": name, "mode": mode, **row} for row in rows]
+            table[name] = {"mode": mode, **summarise(rows)}
+        return BenchmarkResult(records=records, summary={"benchmark": self.name, "policies": table,
+                                                         "episodes": len(records)})
