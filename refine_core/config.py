@@ -27,7 +27,7 @@ class Component(BaseModel):
     """`name` plus the component's own options (validated against its spec at start)."""
 
     model_config = ConfigDict(extra="allow")
-    name: str
+    name: str | None = None  # None: the slot's default component (codec, closed_loop), decided at resolution
 
     @property
     def options(self) -> dict[str, Any]:
@@ -50,7 +50,9 @@ class TrainSettings(Section):
     save_every: int = Field(100, ge=1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     reasoning_order: Literal["reason_then_act", "act_then_reason"] = "reason_then_act"
-    reasoning_dropout: float = Field(0.0, ge=0, le=1)
+    # share of samples trained without their reasoning (prompt | actions), as ECoT-Lite's reasoning
+    # dropout: the policy then also acts without reasoning (closed-loop mode `never`)
+    reasoning_dropout: float = Field(0.5, ge=0, le=1)
     reasoning_format: str = (
         DEFAULT_FORMAT  # training text of the reasoning: refinevla | ecot (reasoning_formats.py)
     )
@@ -124,6 +126,9 @@ class RunConfig(BaseModel):
     backbone: Component = Component(name="hf_vlm", preset="tiny")
     # unset: the backbone's own codec (BackboneSpec.default_codec), else bins; `resolve_components` decides
     codec: Component | None = None
+    # the closed-loop benchmark run beside `benchmark` in the eval stage; unset: the one the
+    # dataset's spec names (demo → demo-sim), else none; name "none" skips it
+    closed_loop: Component | None = None
     teacher: Component = Component(name="scripted")
     dataset: Component = Component(name="demo")
     benchmark: Component = Component(name="offline")
@@ -140,6 +145,9 @@ class RunConfig(BaseModel):
 
 
 COMPONENTS = tuple(KINDS)  # backbone, codec, teacher, dataset, benchmark
+# config keys that hold a component (a `name` and its options), and the kind each one is
+SLOTS: dict[str, str] = {**{kind: kind for kind in KINDS}, "closed_loop": "benchmark"}
+NO_COMPONENT = "none"
 
 
 # -- loading -------------------------------------------------------------------------------
@@ -190,7 +198,7 @@ def _merge_component(current: dict[str, Any], update: Any, where: str) -> dict[s
 
 def _apply(data: dict[str, Any], keys: list[str], value: Any) -> None:
     head = keys[0]
-    if head in COMPONENTS and keys[1:] in ([], ["name"]):
+    if head in SLOTS and keys[1:] in ([], ["name"]):
         update = value if len(keys) == 1 else {"name": value}
         data[head] = _merge_component(data.get(head) or {}, update, head)
         return
@@ -215,7 +223,7 @@ def resolve_config(
     if config_file:
         file_data = read_config_file(config_file)
         for key, value in file_data.items():
-            if key in COMPONENTS:
+            if key in SLOTS:
                 data[key] = _merge_component(data[key] or {}, value, f"{key} in {config_file}")
             elif isinstance(value, dict) and isinstance(data.get(key), dict):
                 data[key] = {**data[key], **value}
@@ -233,25 +241,32 @@ def resolve_config(
         raise UsageError(explain_validation(exc, RunConfig)) from None
 
 
-def resolve_components(config: RunConfig, registry, kinds: tuple[str, ...] = COMPONENTS) -> RunConfig:
-    """The config with its codec decided (when unset: the backbone's `default_codec`, else bins),
-    after checking that the components of `kinds` exist and their options are valid, before any
-    work starts. The one place a codec left unset is chosen."""
-    if config.codec is None:
-        config = config.model_copy(
-            update={"codec": Component(name=registry.default_codec(config.backbone.name))}
-        )
-    for kind in kinds:
-        component = getattr(config, kind)
-        registry.validate_options(kind, component.name, component.options)
+def resolve_components(config: RunConfig, registry, slots: tuple[str, ...] = COMPONENTS) -> RunConfig:
+    """The config with its unset components decided — the codec (the backbone's `default_codec`,
+    else bins) and the closed-loop benchmark (the dataset's `closed_loop`, else none) — after
+    checking that the components of `slots` exist and their options are valid, before any work
+    starts. The one place these choices are made."""
+    defaults = {"codec": lambda: registry.default_codec(config.backbone.name),
+                "closed_loop": lambda: registry.default_closed_loop(config.dataset.name) or NO_COMPONENT}
+    update = {}
+    for slot, default in defaults.items():
+        component = getattr(config, slot)
+        if component is None or component.name is None:  # options may come without a name
+            update[slot] = Component(name=default(), **(component.options if component else {}))
+    config = config.model_copy(update=update) if update else config
+    for slot in slots:
+        component = getattr(config, slot)
+        if component.name != NO_COMPONENT or slot != "closed_loop":
+            registry.validate_options(SLOTS[slot], component.name, component.options)
     return config
 
 
 def config_difference(saved: dict[str, Any], current: dict[str, Any],
                       ignore: frozenset[str] = frozenset()) -> tuple[str, Any, Any] | None:
     """The first setting (dotted key, saved value, current value; keys sorted) that differs between
-    two configs, outside `ignore`. Both are re-validated first, so a setting added to refine after
-    `saved` was written counts as its default rather than as a change."""
+    two configs, outside `ignore` (dotted keys, or a key's prefix: "closed_loop" covers
+    "closed_loop.name"). Both are re-validated first, so a setting added to refine after `saved`
+    was written counts as its default rather than as a change."""
     try:
         saved, current = (
             RunConfig.model_validate(saved).to_dict(),
@@ -261,7 +276,8 @@ def config_difference(saved: dict[str, Any], current: dict[str, Any],
         pass
     old, new = _flatten(saved), _flatten(current)
     for key in sorted(set(old) | set(new)):
-        if key not in ignore and old.get(key) != new.get(key):
+        ignored = key in ignore or any(key.startswith(prefix + ".") for prefix in ignore)
+        if not ignored and old.get(key) != new.get(key):
             return key, old.get(key), new.get(key)
     return None
 

@@ -178,6 +178,12 @@ class Registry:
         """The component's options model built from `options`; unknown or invalid keys → UsageError."""
         return self.get(kind, name).spec.validate_options(options)
 
+    def default_closed_loop(self, dataset: str) -> str | None:
+        """The closed-loop benchmark a dataset's spec names, when it is registered."""
+        table = self._components["dataset"]
+        name = getattr(table[dataset].spec, "closed_loop", None) if dataset in table else None
+        return name if name in self._components["benchmark"] else None
+
     def default_codec(self, backbone: str) -> str:
         """The codec a backbone uses when none is named: its spec's `default_codec`, else bins
         (also for a backbone that is not registered: that is reported where it is built)."""

@@ -91,6 +91,10 @@ class TeacherSpec(ComponentSpec):
 
 @dataclass(frozen=True)
 class DatasetSpec(ComponentSpec):
+    # the closed-loop benchmark that simulates this dataset's task (the demo's: demo-sim), run in
+    # the eval stage unless the config names another
+    closed_loop: str | None = None
+
     kind: ClassVar[str] = "dataset"
 
 

@@ -57,6 +57,7 @@ def refine_datasets():
                 "RLDS",
         factory="refine_plugins.demo.dataset:DemoDataset",
         options=DemoOptions,
+        closed_loop="demo-sim",  # its task, simulated
     )
 
 

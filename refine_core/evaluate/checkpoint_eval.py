@@ -6,7 +6,7 @@ from typing import Any
 
 from refine_core.data.annotation_set import AnnotationSet
 from refine_core.benchmark import BenchmarkResult, EvalContext, write_results
-from refine_core.config import RunConfig
+from refine_core.config import Component, RunConfig
 
 
 def checkpoint_config(checkpoint: str | Path) -> RunConfig:
@@ -17,8 +17,10 @@ def checkpoint_config(checkpoint: str | Path) -> RunConfig:
 
 
 def evaluate_checkpoint(checkpoint: str | Path, out: str | Path, config: RunConfig | None = None,
-                        annotations_dir: str | Path | None = None, registry: Any = None) -> BenchmarkResult:
-    """Load `checkpoint`, run the configured benchmark on the configured dataset, write OUT.
+                        annotations_dir: str | Path | None = None, registry: Any = None,
+                        benchmark: Component | None = None) -> BenchmarkResult:
+    """Load `checkpoint`, run the configured benchmark (or `benchmark`) on the configured dataset,
+    write OUT.
 
     `config` (default: the run's own, stored in the checkpoint) chooses the benchmark and may
     point the dataset elsewhere (e.g. another data_dir on this machine).
@@ -31,7 +33,8 @@ def evaluate_checkpoint(checkpoint: str | Path, out: str | Path, config: RunConf
         registry = get_registry()
     backbone, saved = load_checkpoint(checkpoint, registry)
     config = config or saved
-    benchmark = registry.build("benchmark", config.benchmark.name, config.benchmark.options)
+    chosen = benchmark or config.benchmark
+    benchmark = registry.build("benchmark", chosen.name, chosen.options)
     dataset = registry.build("dataset", config.dataset.name, config.dataset.options)
     annotations = None
     if annotations_dir is not None:

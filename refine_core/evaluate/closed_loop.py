@@ -231,7 +231,7 @@ class ClosedLoopBenchmark:
         records: list[dict[str, Any]] = []
         table: dict[str, Any] = {}
         for name, mode, policy in self.policies(context):
-            rows = run_policy(policy, self.entry(), Path(context.out_dir) / "closed_loop" / name,
+            rows = run_policy(policy, self.entry(), Path(context.out_dir) / name,
                               shards=self.options.shards, max_batch_size=self.options.max_batch_size,
                               protocol=self.protocol(), camera=self.camera)
             records += [{"policy": name, "mode": mode, **row} for row in rows]

@@ -4,6 +4,7 @@
 - `training_curves`: loss, action loss, reasoning loss, action accuracy against the step
   (the paper's Figure 4), one 2×2 figure.
 - `sweep_figure`: a metric against a swept config value (the paper's Figure 8).
+- `closed_loop_figure`: closed-loop success per policy with its interval, and latency per action.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ TRAINING_PANELS = (
     ("action_accuracy", "action token accuracy", "accuracy"),
 )
 HEAT_ALPHA = 0.7
+MODEL_COLOUR, BASELINE_COLOUR = "tab:blue", "tab:gray"
 
 
 def _pyplot():
@@ -145,5 +147,58 @@ def sweep_figure(key: str, series: dict[str, Sequence[tuple[Any, float | None]]]
     title = f"{metric.replace('_', ' ')} vs {key}"
     ax.set_title(title + (" (×: no result)" if missing else ""))
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _finite(value: Any) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def closed_loop_figure(benchmark: str, policies: dict[str, dict[str, Any]], path: str | Path) -> Path:
+    """Two panels over the policies of a closed-loop summary: success rate (%) as bars with the
+    95% interval as error bars, and mean latency per action (ms). Model modes are coloured,
+    baselines (mode None) grey; a value that is missing is written "n/a" where its bar would be."""
+    plt = _pyplot()
+    names = list(policies)
+    colours = [BASELINE_COLOUR if policies[n].get("mode") is None else MODEL_COLOUR for n in names]
+    fig, (success_ax, latency_ax) = plt.subplots(1, 2, figsize=(max(8.0, 1.9 * len(names) + 3), 4.2))
+    for x, name in enumerate(names):
+        stats = policies[name]
+        rate = _finite(stats.get("success_rate"))
+        if rate is None:
+            success_ax.text(x, 2, "n/a", ha="center", color="gray", fontsize=8)
+            continue
+        ci = stats.get("success_ci95")
+        low, high = (_finite(ci[0]), _finite(ci[1])) if isinstance(ci, (list, tuple)) and len(ci) == 2 \
+            else (None, None)
+        # matplotlib wants distances from the bar's top, never negative
+        error = ([[max(0.0, rate - low) * 100], [max(0.0, high - rate) * 100]]
+                 if low is not None and high is not None else None)
+        success_ax.bar(x, rate * 100, color=colours[x], yerr=error, capsize=5, ecolor="black")
+        success_ax.annotate(f"{rate * 100:.0f}%", (x, rate * 100), textcoords="offset points", xytext=(8, 2),
+                            fontsize=8)
+    success_ax.set_ylim(0, 105)
+    success_ax.set_ylabel("success rate (%)")
+    success_ax.set_title("success, 95% Wilson interval")
+    for x, name in enumerate(names):
+        latency = _finite(policies[name].get("latency_per_action_s"))
+        if latency is None:
+            latency_ax.text(x, 0, "n/a", ha="center", va="bottom", color="gray", fontsize=8)
+        else:
+            latency_ax.bar(x, latency * 1000, color=colours[x])
+            # baselines answer in about a millisecond: their bars vanish beside the model's, the value not
+            latency_ax.annotate(f"{latency * 1000:.3g}", (x, latency * 1000), textcoords="offset points",
+                                xytext=(0, 2), ha="center", fontsize=8)
+    latency_ax.set_ylabel("ms")
+    latency_ax.set_title("latency per action")
+    for ax in (success_ax, latency_ax):
+        ax.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    trials = sorted({t for t in (policies[n].get("trials") for n in names) if isinstance(t, int)})
+    counted = (f"{trials[0]} trials per policy" if len(trials) == 1
+               else f"{trials[0]}–{trials[-1]} trials per policy" if trials else "trials unknown")
+    fig.suptitle(f"Closed loop: {benchmark} ({counted})")
     fig.tight_layout()
     return _save(fig, path)

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import yaml
 
-from refine_core.config import RunConfig, config_difference, dump_yaml, resolve_components
+from refine_core.config import NO_COMPONENT, RunConfig, config_difference, dump_yaml, resolve_components
 from refine_core.files import atomic_write
 from refine_core.errors import UsageError
 
@@ -52,16 +52,19 @@ def saved_config(out: Path) -> RunConfig | None:
     return RunConfig.model_validate(yaml.safe_load(path.read_text()))
 
 
-def claim_run_dir(out: Path, config: RunConfig) -> None:
-    """Create OUT with this config, or accept OUT holding the same config; refuse another run's."""
+def claim_run_dir(out: Path, config: RunConfig, registry: Any = None) -> None:
+    """Create OUT with this config, or accept OUT holding the same config; refuse another run's.
+    A saved config's unset components are decided as today's (a run written before a component
+    slot existed continues)."""
     saved = saved_config(out)
     if saved is not None:
+        if registry is not None:
+            saved = resolve_components(saved, registry, ())
         difference = config_difference(saved.to_dict(), config.to_dict())
         if difference:
             key, old, new = difference
             raise UsageError(f"{out} holds a different run ({key}: {old!r} → {new!r}); choose a new --out, "
-                             "or run "
-                             f"`refine run --out {out}` with no settings to continue it")
+                             f"or run `refine run --out {out}` with no settings to continue it")
         return
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} is not empty and holds no refine run; choose a new --out")
@@ -91,10 +94,10 @@ def run_pipeline(config: RunConfig, out: str | Path, stages: tuple[str, ...] = S
 
         registry = get_registry()
     kinds = {"annotate": ("dataset", "teacher"), "train": ("backbone", "codec", "dataset"),
-             "eval": ("dataset", "benchmark")}
+             "eval": ("dataset", "benchmark", "closed_loop")}
     config = resolve_components(config, registry,
                                 tuple(dict.fromkeys(k for s in stages for k in kinds.get(s, ()))))
-    claim_run_dir(out, config)
+    claim_run_dir(out, config, registry)
     state, outcome = RunState(out), RunOutcome()
     for stage in stages:
         if state.done(stage):
@@ -143,17 +146,32 @@ def _train(config: RunConfig, out: Path, registry: Any, log) -> tuple[str, bool]
 
 
 def _eval(config: RunConfig, out: Path, registry: Any, log) -> tuple[str, bool]:
+    """The configured benchmark into OUT/eval, then the closed-loop one into OUT/eval/<name>; a
+    benchmark whose summary is already written is not run again (an interrupted stage resumes)."""
     from refine_core.evaluate.checkpoint_eval import evaluate_checkpoint
 
     annotations = out / "annotations"
-    result = evaluate_checkpoint(out / "train", out / "eval", config,
-                                 annotations if (annotations / "manifest.json").is_file() else None, registry)
-    summary = result.summary
+    annotations_dir = annotations if (annotations / "manifest.json").is_file() else None
+    summary_file = out / "eval" / "summary.json"
+    if summary_file.is_file():
+        summary = json.loads(summary_file.read_text())
+    else:
+        summary = evaluate_checkpoint(out / "train", out / "eval", config, annotations_dir, registry).summary
     accuracy = summary.get("action_token_accuracy")
     chance = summary.get("action_token_chance")
     text = f"{summary.get('episodes')} held-out episodes"
     if accuracy is not None:
         text += f", action token accuracy {accuracy:.3f}" + (f" (chance {chance:.4f})" if chance else "")
+    closed = config.closed_loop
+    if closed is not None and closed.name != NO_COMPONENT:
+        log(f"[eval] closed loop: {closed.name}")
+        result = evaluate_checkpoint(out / "train", out / "eval" / closed.name, config, annotations_dir,
+                                     registry, benchmark=closed)
+        policies = result.summary.get("policies", {})
+        rates = [f"{name} {row['success_rate']:.0%} [{low:.0%}, {high:.0%}]"
+                 for name, row in policies.items() if row.get("success_rate") is not None
+                 for low, high in [row["success_ci95"]]]
+        text += f"; {closed.name} success: " + ", ".join(rates)
     return text, True
 
 

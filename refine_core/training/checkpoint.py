@@ -45,7 +45,7 @@ FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d{7,})$")
 # Settings a resumed run may change: they do not alter what is computed.
 RESUMABLE_CHANGES = frozenset({"train.max_steps", "train.log_every", "train.save_every",
-                               "train.keep_checkpoints"})
+                               "train.keep_checkpoints", "closed_loop"})  # evaluation, not training
 
 
 def step_dir_name(step: int) -> str:

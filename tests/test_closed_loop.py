@@ -1,0 +1,153 @@
+"""Closed-loop evaluation: vla-eval's real orchestrator drives refine's served policies in demo-sim;
+Wilson intervals, per-session errors, per-episode records, and a killed evaluation resuming."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import numpy as np
+import pytest
+
+from refine_core import Statistics
+from refine_core.benchmark import EvalContext
+from refine_core.evaluate.baselines import DoNothingPolicy
+from refine_core.evaluate.closed_loop import run_policy, summarise, wilson_interval
+from refine_core.policy import Policy, PolicySettings
+from refine_core.registry import Registry
+
+ENTRY = {"benchmark": "refine_plugins.demo.vla_benchmark:DemoSimBenchmark", "name": "demo-sim",
+         "episodes_per_task": 3, "params": {"seed": 0}}
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    registry = Registry(entry_points=False)
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(-0.04, 0.04, size=(100, 7))
+    actions[:, 6] = rng.integers(0, 2, 100)
+    model = registry.build("backbone", "hf_vlm", {"preset": "tiny"})
+    return model.attach_codec(registry.build("codec", "bins", {}), Statistics.from_array(actions))
+
+
+@pytest.mark.parametrize("wins, trials, low, high", [
+    (0, 10, 0.0, 0.2775), (5, 10, 0.2366, 0.7634), (10, 10, 0.7225, 1.0), (19, 20, 0.7639, 0.9911),
+])
+def test_wilson_intervals_match_hand_computed_values(wins, trials, low, high):
+    assert wilson_interval(wins, trials) == pytest.approx((low, high), abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_the_orchestrator_drives_the_served_model_and_each_episode_is_recorded(backbone, tmp_path):
+    policy = Policy(backbone, PolicySettings(reasoning="every_k", every=3, max_reasoning_tokens=8))
+    records = run_policy(policy, ENTRY, tmp_path / "model", max_batch_size=4, camera="image_0",
+                         protocol={"adapter": "identity"})
+    assert [r["episode"] for r in records] == [0, 1, 2] and {r["task"] for r in records} == {"demo"}
+    for record in records:
+        assert record["failure_reason"] is None
+        assert record["steps"] == record["step_limit"] == record["queries"]  # untrained: never succeeds
+        assert not record["success"] and record["latency_per_action_s"] > 0
+        # every 3rd query reasons (8 tokens + a 1-token span, or a forced one); the others only act
+        fresh = -(-record["queries"] // 3)
+        assert record["tokens_per_query"] * record["queries"] >= fresh * 8 + record["queries"]
+        assert record["protocol"]["adapter"] == "identity"
+        assert record["protocol"]["vla_eval_version"] == "0.8.0"
+        assert record["protocol"]["policy"]["reasoning"] == "every_k"
+    summary = summarise(records)
+    assert summary["trials"] == 3 and summary["success_rate"] == 0.0
+    assert summary["success_ci95"] == pytest.approx(list(wilson_interval(0, 3)))
+    # a finished evaluation is read back, not run again
+    assert run_policy(policy, ENTRY, tmp_path / "model") == records
+
+
+def test_a_bad_observation_fails_only_its_own_session(backbone):
+    from vla_eval.api import serve_background
+    from vla_eval.connection import Connection
+
+    from refine_core.serve.model_server import PolicyModelServer
+
+    frame = np.zeros((64, 64, 3), np.uint8)
+    good = {"images": {"image_0": frame}, "task_description": "pick up the cup"}
+
+    async def exchange(url):
+        first, second = Connection(url, timeout=120), Connection(url, timeout=120)
+        await first.connect()
+        await second.connect()
+        for conn in (first, second):
+            await conn.start_episode({"task": {"name": "demo"}})
+        errors = []
+        for bad in ({"task_description": "pick up the cup"},
+                    {"images": {"image_0": frame.astype(np.float32)}, "task_description": "pick up the cup"},
+                    {"images": {"image_0": frame}}):
+            with pytest.raises(RuntimeError) as caught:
+                await first.act(bad)
+            errors.append(str(caught.value))
+        action = await second.act(good)
+        again = await first.act(good)
+        for conn in (first, second):
+            await conn.close()
+        return errors, action, again, first.server_info
+
+    server = PolicyModelServer(Policy(backbone, PolicySettings(reasoning="never")), camera="image_0")
+    with serve_background(server) as handle:
+        errors, action, again, info = anyio.run(exchange, handle.url)
+    assert "observation_failed: ValueError: the observation has no 'images'" in errors[0]
+    assert "the image must be an HxWx3 uint8 array, got (64, 64, 3) float32" in errors[1]
+    assert "the observation has no 'task_description'" in errors[2]
+    assert np.asarray(action["actions"]).shape == (7,) and np.asarray(again["actions"]).shape == (7,)
+    described = json.loads(info["action_spec"]["refine"]["description"])
+    assert described["backbone"] == "hf_vlm" and described["reasoning"] == "never"
+
+
+class SlowDoNothing(DoNothingPolicy):
+    def act_batch(self, sessions, images):
+        time.sleep(0.01)
+        return super().act_batch(sessions, images)
+
+
+def _evaluate_slowly(out: str) -> None:  # the process the resume test kills
+    entry = {**ENTRY, "episodes_per_task": 12}
+    run_policy(SlowDoNothing(), entry, Path(out), camera="image_0")
+
+
+def test_a_killed_evaluation_resumes_without_rerunning_finished_episodes(tmp_path):
+    out = tmp_path / "do-nothing"
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); " \
+           f"from test_closed_loop import _evaluate_slowly; _evaluate_slowly({str(out)!r})"
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL,
+                               env={**os.environ, "REFINE_CACHE_DIR": str(tmp_path / "cache")})
+    log = out / "policy_log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.is_file() or len(log.read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = len(log.read_text().splitlines())
+    assert 3 <= before < 12 and not (out / "episodes.jsonl").exists()
+    records = run_policy(SlowDoNothing(), {**ENTRY, "episodes_per_task": 12}, out, camera="image_0")
+    assert sorted(r["episode"] for r in records) == list(range(12))
+    assert all(r["queries"] == r["steps"] for r in records)  # every record joined with the server's
+    rerun = len(log.read_text().splitlines()) - before
+    assert rerun <= 12 - before + 1  # at most the episode in flight at the kill runs twice
+
+
+def test_demo_sim_benchmark_evaluates_every_mode_and_the_baselines(backbone, tmp_path):
+    from refine_core import get_registry
+
+    benchmark = get_registry().build("benchmark", "demo-sim", {"episodes": 2, "modes": ["every_k", "never"],
+                                                               "max_reasoning_tokens": 6})
+    context = EvalContext(backbone=backbone, dataset=None, out_dir=tmp_path)
+    result = benchmark.evaluate(context)
+    table = result.summary["policies"]
+    assert list(table) == ["model-every_k", "model-never", "do-nothing", "random"]
+    assert {name: row["trials"] for name, row in table.items()} == dict.fromkeys(table, 2)
+    assert table["model-never"]["tokens_per_query"] == backbone.codec.span_length
+    assert table["do-nothing"]["tokens_per_query"] == 0 and table["do-nothing"]["success_rate"] == 0.0
+    assert len(result.records) == 8 and {r["mode"] for r in result.records} == {"every_k", "never", None}
+    assert all(r["protocol"]["benchmark"] == "demo-sim" for r in result.records)
