@@ -1,21 +1,29 @@
 """P5 -- closed-loop latency per executed action by reasoning mode (every step, every K, never).
 
-Run: ``python perf/closed_loop_latency.py [--checkpoint PATH] [--episodes 6] [--every 5]
+Run: ``python perf/closed_loop_latency.py [--checkpoint PATH] [--episodes 6] [--rounds 2] [--every 5]
 [--max-reasoning-tokens 64] [--threads 1]`` (about 2 minutes with the tiny model).
 
 The same policy acts in demo-sim three times in one run, once per reasoning mode, through refine's
 real closed-loop path: ``run_policy`` serves it (``PolicyModelServer`` on vla-eval's protocol) and
-vla-eval's orchestrator runs the episodes against it, one at a time. Each mode gets its own fresh
-temporary output directory, so nothing is resumed or read back. Numbers come from
-``summarise(records)``, i.e. from the server's per-episode records:
+vla-eval's orchestrator runs the episodes against it, one at a time. The episodes are split into
+``--rounds`` rounds; round r uses demo-sim seed ``--seed`` + r (its own scenes, the same for all three
+modes) and runs the modes in alternating order (every_step, every_k, never, then never, every_k,
+every_step, ...), so a shared machine's load drifts hit every mode alike. Each mode of each round gets
+its own fresh temporary output directory, so nothing is resumed or read back. Numbers come from
+``summarise(records)`` over all rounds, i.e. from the server's per-episode records:
 
 - latency per action = the wall time of the policy's generations in an episode divided by the
   actions it executed, averaged over episodes (the simulator's own time is not included);
 - tokens per query = tokens generated per query (reasoning + action span; a reused every_k
   reasoning is a forced prefix, not generated, so it is not counted);
 - success with its Wilson 95% interval.
-Besides, ``policy.act_batch`` is wrapped to count the queries that reasoned anew ("fresh"): all of
-them every step, about 1 in K every K, none never.
+Besides, ``policy.act_batch`` is wrapped to record every query: whether it reasoned anew ("fresh":
+all queries every step, ideally 1 in K every K, none never), its generation time and its actions.
+every_k can only reuse a reasoning that is not empty: where the model's free generation starts with
+an action id, its reasoning is empty, nothing is stored, and the next query reasons anew too. So the
+fresh queries of every_k are counted per episode, and the latency of its fresh and of its reusing
+queries is printed, with what they would give at exactly one fresh query in K -- a projection from
+measured query latencies, labelled as such, not a measurement.
 
 The policy is the checkpoint given (``Policy.from_checkpoint``), else the tiny ``hf_vlm`` preset
 with a ``bins`` codec over fixed statistics, untrained: it reasons until the repetition guard or
@@ -51,34 +59,25 @@ def tiny_backbone():
     return model.attach_codec(registry.build("codec", "bins", {}), Statistics.from_array(actions))
 
 
-def per_episode(policy, mode: str) -> list[dict]:
-    """Wrap `policy.act_batch` to record, per session (one per episode, in the order they start), its
-    queries, the queries that reasoned anew, actions and generation time."""
+def record_queries(policy, mode: str) -> list[dict]:
+    """Wrap `policy.act_batch` to record each query: its session (one per episode), whether it
+    reasoned anew, its actions and its generation time (the wall time of the batch it was in)."""
     act_batch = policy.act_batch
-    episodes: list[dict] = []
-    index: dict[int, int] = {}  # id(session) -> position; the entries keep the sessions alive
+    queries: list[dict] = []
 
-    def counted(sessions, images):
+    def recorded(sessions, images):
         chunks = act_batch(sessions, images)
-        for session, chunk in zip(sessions, chunks):
-            if id(session) not in index:
-                index[id(session)] = len(episodes)
-                episodes.append({"session": session, "queries": 0, "fresh": 0, "actions": 0,
-                                 "latency_s": 0.0})
-            episode = episodes[index[id(session)]]
-            episode["queries"] += 1
-            episode["fresh"] += int(mode != "never" and not chunk.reasoning_reused)
-            episode["actions"] += len(chunk.actions)
-            episode["latency_s"] += chunk.latency_s
+        queries.extend({"session": session, "fresh": mode != "never" and not chunk.reasoning_reused,
+                        "actions": len(chunk.actions), "latency_s": chunk.latency_s}
+                       for session, chunk in zip(sessions, chunks))
         return chunks
 
-    policy.act_batch = counted
-    return episodes
+    policy.act_batch = recorded
+    return queries
 
 
-def mean_latency(episodes: list[dict], which: list[int]) -> float:
-    """Latency per action averaged over the episodes `which` (as `summarise` averages)."""
-    return sum(episodes[i]["latency_s"] / episodes[i]["actions"] for i in which) / len(which)
+def per_action_ms(queries: list[dict]) -> float:
+    return 1e3 * sum(q["latency_s"] for q in queries) / max(sum(q["actions"] for q in queries), 1)
 
 
 def main() -> None:
@@ -86,12 +85,13 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="a refine run directory, training OUT or step-* directory; "
                              "default: the tiny untrained hf_vlm preset")
-    parser.add_argument("--episodes", type=int, default=6, help="demo-sim episodes per mode")
+    parser.add_argument("--episodes", type=int, default=6, help="demo-sim episodes per mode, all rounds")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of alternating mode order")
     parser.add_argument("--every", type=int, default=5, help="K of every_k")
     parser.add_argument("--max-reasoning-tokens", type=int, default=64)
     parser.add_argument("--max-batch-size", type=int, default=8,
                         help="the server's batch limit (episodes run one at a time, so batches are 1)")
-    parser.add_argument("--seed", type=int, default=0, help="demo-sim seed of the episodes' scenes")
+    parser.add_argument("--seed", type=int, default=0, help="demo-sim seed of the first round's scenes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args()
 
@@ -111,25 +111,30 @@ def main() -> None:
         backbone, trained_order = tiny_backbone(), "reason_then_act"
         source = ("tiny hf_vlm preset, UNTRAINED (bins codec over fixed statistics): reasoning runs to the "
                   "repetition guard or the token budget, so latency is an upper bound and success is 0")
-    entry = {**ENTRY, "episodes_per_task": args.episodes, "params": {"seed": args.seed}}
+    if args.episodes % args.rounds:
+        parser.error("--episodes must be a multiple of --rounds")
 
-    rows = {}
+    policies, records, walls = {}, {mode: [] for mode in MODES}, {mode: 0.0 for mode in MODES}
+    for mode in MODES:
+        settings = PolicySettings(reasoning=mode, every=args.every,
+                                  max_reasoning_tokens=args.max_reasoning_tokens)
+        policies[mode] = Policy(backbone, settings, trained_order=trained_order)
+    queries = {mode: record_queries(policies[mode], mode) for mode in MODES}
     with tempfile.TemporaryDirectory(prefix="refine-p5-") as work:
-        for mode in MODES:
-            settings = PolicySettings(reasoning=mode, every=args.every,
-                                      max_reasoning_tokens=args.max_reasoning_tokens)
-            policy = Policy(backbone, settings, trained_order=trained_order)
-            episodes = per_episode(policy, mode)
-            start = time.perf_counter()
-            with contextlib.redirect_stdout(io.StringIO()):  # vla-eval's per-benchmark summary box
-                records = run_policy(policy, entry, Path(work) / mode, max_batch_size=args.max_batch_size,
-                                     camera="image_0")
-            if [e["queries"] for e in episodes] != [r["queries"] for r in records]:
-                raise RuntimeError("the sessions seen do not line up with vla-eval's episodes")
-            rows[mode] = (summarise(records), episodes, time.perf_counter() - start)
+        for r in range(args.rounds):
+            entry = {**ENTRY, "episodes_per_task": args.episodes // args.rounds,
+                     "params": {"seed": args.seed + r}}
+            for mode in MODES if r % 2 == 0 else MODES[::-1]:
+                start = time.perf_counter()
+                with contextlib.redirect_stdout(io.StringIO()):  # vla-eval's per-benchmark summary box
+                    records[mode] += run_policy(policies[mode], entry, Path(work) / f"{mode}-{r}",
+                                                max_batch_size=args.max_batch_size, camera="image_0")
+                walls[mode] += time.perf_counter() - start
+    rows = {mode: (summarise(records[mode]), queries[mode], walls[mode]) for mode in MODES}
 
     print(f"policy: {source}")
-    print(f"demo-sim seed {args.seed}, {args.episodes} episodes per mode, K={args.every}, "
+    print(f"demo-sim seeds {args.seed}..{args.seed + args.rounds - 1} ({args.rounds} rounds of "
+          f"{args.episodes // args.rounds} episodes), {args.episodes} episodes per mode, K={args.every}, "
           f"max_reasoning_tokens {args.max_reasoning_tokens}, order {trained_order}, torch threads "
           f"{args.threads}, torch {torch.__version__}, transformers {transformers.__version__}, "
           f"vla-eval {vla_eval.__version__}")
@@ -138,12 +143,11 @@ def main() -> None:
           "success [95% CI] | wall s |")
     print("|---|---:|---:|---:|---:|---|---:|")
     for mode in MODES:
-        summary, episodes, wall = rows[mode]
+        summary, queries, wall = rows[mode]
         low, high = summary["success_ci95"]
-        queries = sum(e["queries"] for e in episodes)
-        fresh = sum(e["fresh"] for e in episodes) / queries
+        fresh = sum(q["fresh"] for q in queries) / len(queries)
         print(f"| {mode} | {summary['trials']} | {summary['latency_per_action_s'] * 1e3:.1f} | "
-              f"{summary['tokens_per_query']:.1f} | {fresh:.0%} of {queries} | "
+              f"{summary['tokens_per_query']:.1f} | {fresh:.0%} of {len(queries)} | "
               f"{summary['success_rate']:.2f} [{low:.2f}, {high:.2f}] | {wall:.1f} |")
         if summary["errors"]:
             print(f"    ({summary['errors']} episodes of {mode} ended with an error)")
@@ -152,18 +156,24 @@ def main() -> None:
     print(f"every_step/every_k = {latency['every_step'] / latency['every_k']:.2f}x  (target >= 3x)")
     print(f"every_step/never   = {latency['every_step'] / latency['never']:.2f}x")
 
-    # every_k can only reuse a reasoning that is not empty: where the free generation starts with an
-    # action id the reasoning is empty, nothing is stored, and the next query reasons anew
-    every_k = rows["every_k"][1]
-    reused = [i for i, e in enumerate(every_k) if e["fresh"] < e["queries"]]
-    print(f"every_k reused its reasoning in {len(reused)} of {len(every_k)} episodes "
-          f"(episodes {reused}); in the others every query reasoned anew")
-    if reused and len(reused) < len(every_k):
-        same = {mode: mean_latency(rows[mode][1], reused) for mode in MODES}
-        print(f"  over those {len(reused)} episodes: " + ", ".join(
-            f"{mode} {same[mode] * 1e3:.1f} ms" for mode in MODES)
-            + f" per action; every_step/every_k = {same['every_step'] / same['every_k']:.2f}x")
-
+    # every_k reuses only a non-empty reasoning: how often it reasoned anew, episode by episode
+    queries = rows["every_k"][1]
+    episodes: dict[int, list[dict]] = {}  # by session (one per episode), in the order they ran
+    for q in queries:
+        episodes.setdefault(id(q["session"]), []).append(q)  # the records keep the sessions alive
+    counts = [(sum(q["fresh"] for q in episode), len(episode)) for episode in episodes.values()]
+    print("every_k fresh queries per episode: " + ", ".join(f"{f}/{n}" for f, n in counts)
+          + f"  (one in {args.every} would be {len(queries) / args.every:.0f} of {len(queries)})")
+    fresh = [q for q in queries if q["fresh"]]
+    reusing = [q for q in queries if not q["fresh"]]
+    if fresh and reusing:
+        k = args.every
+        projected = (per_action_ms(fresh) + (k - 1) * per_action_ms(reusing)) / k
+        every_step = per_action_ms(rows["every_step"][1])  # weighted by query, like the projection
+        print(f"every_k per action: fresh queries {per_action_ms(fresh):.1f} ms ({len(fresh)}), reusing "
+              f"queries {per_action_ms(reusing):.1f} ms ({len(reusing)}); at exactly 1 fresh in {k}: "
+              f"{projected:.1f} ms vs every_step {every_step:.1f} ms -> {every_step / projected:.2f}x "
+              "(projected from measured query latencies, not measured)")
 
 if __name__ == "__main__":
     main()
