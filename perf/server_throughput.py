@@ -21,9 +21,10 @@ the last action received (connections and episode starts excluded), and the mean
 server formed (``policy.act_batch`` is wrapped to count its calls and their sizes). A warm-up pass
 of each setting comes first, then the settings alternate in ABBA order over ``--rounds`` rounds so
 a shared machine's load drifts hit both alike; the throughput reported is all actions over all
-measured time of a setting. Target: batched/one-at-a-time >= 3x. ``--max-wait-time`` is how long
-a server waits for a batch to fill after each inference (PolicyModelServer's default, 5 ms, unless
-given).
+measured time of a setting. Target: batched/one-at-a-time >= 3x. ``--max-wait-time`` is how long a
+server waits for a batch to fill after each inference (PolicyModelServer's default, 5 ms, unless
+given). Last, the policy alone (no server, no clients): ``act_batch`` on a full batch's rows one by
+one and as one batch, median of 3 each -- the most that full batches can gain on this machine.
 """
 from __future__ import annotations
 
@@ -90,6 +91,15 @@ def drive(url: str, observations: list[list[dict]]) -> float:
         return elapsed
 
     return anyio.run(run)
+
+
+def median_seconds(act_batch, sessions, images, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        act_batch(sessions, images)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[repeats // 2]
 
 
 def main() -> None:
@@ -176,6 +186,14 @@ def main() -> None:
               f"{actions} actions in {seconds:.2f} s)")
     ratio = throughput["batched"] / throughput["one at a time"]
     print(f"batched / one at a time = {ratio:.2f}x  (target >= 3x)")
+
+    # the policy alone, no server: what full batches can gain at most on this machine
+    texts = [steps[0]["task_description"] for steps in observations[: args.batch]]
+    images = [steps[0]["images"]["image_0"] for steps in observations[: args.batch]]
+    alone = sum(median_seconds(act_batch, [policy.reset(t)], [i]) for t, i in zip(texts, images))
+    together = median_seconds(act_batch, [policy.reset(t) for t in texts], images)
+    print(f"policy.act_batch alone (median of 3): {len(texts)} rows one by one {alone * 1e3:.1f} ms, "
+          f"as one batch {together * 1e3:.1f} ms -> full batches gain at most {alone / together:.2f}x here")
 
 
 if __name__ == "__main__":

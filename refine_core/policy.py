@@ -252,9 +252,10 @@ class Policy:
             actions, error = self.hold(session), str(exc)
         reused = not row.fresh and self.settings.reasoning == "every_k" and session.reasoning_ids is not None
         text = None
-        if row.fresh and row.reasoning_ids:
-            text = self.backbone.tokenizer.decode(row.reasoning_ids, skip_special_tokens=True).strip() or None
-            session.reasoning_ids, session.reasoning_text = row.reasoning_ids, text
+        if row.fresh:  # an empty reasoning (the span came first) is still this query's, reused K times
+            decoded = self.backbone.tokenizer.decode(row.reasoning_ids, skip_special_tokens=True)
+            text = decoded.strip() or None if row.reasoning_ids else None
+            session.reasoning_ids, session.reasoning_text = list(row.reasoning_ids), text
             session.since_reasoning = 1
         elif reused:
             text = session.reasoning_text
