@@ -151,3 +151,49 @@ def test_demo_sim_benchmark_evaluates_every_mode_and_the_baselines(backbone, tmp
     assert table["do-nothing"]["tokens_per_query"] == 0 and table["do-nothing"]["success_rate"] == 0.0
     assert len(result.records) == 8 and {r["mode"] for r in result.records} == {"every_k", "never", None}
     assert all(r["protocol"]["benchmark"] == "demo-sim" for r in result.records)
+
+
+class SleepyDoNothing(DoNothingPolicy):
+    def act_batch(self, sessions, images):
+        time.sleep(3.0)  # a long generation
+        return super().act_batch(sessions, images)
+
+
+def test_health_and_new_sessions_are_answered_during_a_long_generation():
+    """Inference runs off the event loop (openpi#717 is the failure of the alternative)."""
+    import threading
+    import urllib.request
+
+    from vla_eval.api import serve_background
+    from vla_eval.connection import Connection
+
+    from refine_core.serve.model_server import PolicyModelServer
+
+    obs = {"images": {"image_0": np.zeros((32, 32, 3), np.uint8)}, "task_description": "pick up the cup"}
+
+    async def one_action(url):
+        conn = Connection(url, timeout=60)
+        await conn.connect()
+        await conn.start_episode({"task": {"name": "demo"}})
+        action = await conn.act(obs)
+        await conn.close()
+        return action
+
+    with serve_background(PolicyModelServer(SleepyDoNothing(), camera="image_0")) as handle:
+        slow = threading.Thread(target=lambda: anyio.run(one_action, handle.url))
+        slow.start()
+        time.sleep(0.5)  # the first session's generation is under way
+        started = time.perf_counter()
+        health = urllib.request.urlopen(f"http://{handle.host}:{handle.port}/health", timeout=2).read()
+        answered_in = time.perf_counter() - started
+
+        async def hello(url):  # a new session's handshake completes too
+            conn = Connection(url, timeout=2)
+            await conn.connect()
+            await conn.close()
+            return conn.server_info
+
+        info = anyio.run(hello, handle.url)
+        slow.join(30)
+    assert b"ok" in health and answered_in < 1.0
+    assert "refine" in info["action_spec"]
