@@ -29,7 +29,8 @@ Backbones, and the toolkit a backbone author builds with
 Training objective
     reasoning_aware_loss, LossOutput
 Benchmarks
-    Benchmark, EvalContext, BenchmarkResult, SampleStream, episode_samples; closed loop through
+    Benchmark, EvalContext, BenchmarkResult, SampleStream, episode_samples, get_reasoning_format
+    (a reasoning training format: its `opening`, render, parse); closed loop through
     vla-eval: ClosedLoopBenchmark (subclass it naming a vla-eval benchmark), ClosedLoopOptions,
     wilson_interval
 Acting (closed loop)
@@ -74,6 +75,7 @@ for _module, _names in {
     "refine_core.loss": "LossOutput reasoning_aware_loss",
     "refine_core.benchmark": "Benchmark BenchmarkResult EvalContext",
     "refine_core.data.samples": "SampleStream episode_samples",
+    "refine_core.data.reasoning_formats": "get_reasoning_format",
     "refine_core.policy": "ActionChunk Policy PolicySession PolicySettings",
     "refine_core.evaluate.closed_loop": "ClosedLoopBenchmark ClosedLoopOptions wilson_interval",
 }.items():

@@ -286,9 +286,11 @@ class Backbone(ABC):
 
     def predict(self, image: np.ndarray, instruction: str, reasoning: bool = True,
                 order: ReasoningOrder = "reason_then_act", max_new_tokens: int = 256,
-                constrain_actions: bool = True) -> Prediction:
+                constrain_actions: bool = True, reasoning_opening: str | None = None) -> Prediction:
         """Reasoning (optional) then actions, decoded in refine's action convention.
 
+        `reasoning_opening` (the reasoning format's opening tag) is forced at the start of the
+        reasoning: a model trained with reasoning dropout might otherwise act at once.
         With `constrain_actions` (and a codec that names its action ids) the action span is decoded
         under the codec's per-position id constraints, so it always decodes: when acting first, from
         the start; after reasoning, only if the free continuation did not end in a valid span — the
@@ -298,13 +300,14 @@ class Backbone(ABC):
         constraint = self._action_constraint() if constrain_actions else None
         forced = False
         if reasoning and order == "reason_then_act":
-            ids = self.generate_ids(image, instruction, max_new_tokens)
-            reasoning_ids, action_ids = self.split_generated(ids)
+            opening = self.reasoning_ids(reasoning_opening) if reasoning_opening else []
+            new = self.generate_ids(image, instruction, max_new_tokens, prefix_ids=opening)
+            reasoning_ids, action_ids = self.split_generated(new)
+            reasoning_ids, ids = opening + reasoning_ids, opening + list(new)
             if constraint is not None and not self._decodes(action_ids):
-                prefix = list(ids[: len(reasoning_ids)])
-                action_ids = self.generate_ids(image, instruction, span, prefix_ids=prefix,
+                action_ids = self.generate_ids(image, instruction, span, prefix_ids=reasoning_ids,
                                                allowed=constraint)
-                ids, forced = prefix + action_ids, True
+                ids, forced = reasoning_ids + action_ids, True
         else:  # the action span comes first: stop as soon as it is complete
             ids = self.generate_ids(image, instruction, span or max_new_tokens, allowed=constraint)
             reasoning_ids, action_ids = [], list(ids[:span] if span else ids)

@@ -26,6 +26,7 @@ class EvalContext:
     annotations: AnnotationSet | None = None
     val_fraction: float = 0.1
     reasoning_order: str = "reason_then_act"
+    reasoning_format: str = "refinevla"  # the training text of the reasoning (its opening is forced)
     reasoning_dropout: float = 0.0  # how often training dropped the reasoning (acting without it was taught)
     lambda_r: float = 0.3
     extra: dict[str, Any] = field(default_factory=dict)

@@ -17,6 +17,8 @@ Fast-ECoT reuse a plan):
 - `every_k`: fresh reasoning every `every` queries of a session; in between the last reasoning is
   fed back as a forced prefix and only the action span is generated;
 - `never`: the action span straight after the prompt (what training with reasoning dropout teaches).
+A query that reasons starts with the reasoning format's opening tag forced (`<Observation>:`): a
+model trained with reasoning dropout would otherwise often act at once and never reason.
 Decoding guards: at most `max_reasoning_tokens` of reasoning; a repetition guard ends reasoning
 that loops (its last `repetition_ngram` tokens seen `repetition_limit` times); the action span is
 decoded under the codec's constraints, so it always decodes. When free reasoning never reaches a
@@ -34,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from refine_core.action_codec import ActionDecodeError
 from refine_core.backbone import Backbone
+from refine_core.data.reasoning_formats import get_reasoning_format
 from refine_core.episode import ACTION_DIM, GRIPPER
 
 ReasoningMode = Literal["every_step", "every_k", "never"]
@@ -109,7 +112,7 @@ class _Row:
 
 class Policy:
     def __init__(self, backbone: Backbone, settings: PolicySettings | None = None,
-                 trained_order: str = "reason_then_act"):
+                 trained_order: str = "reason_then_act", reasoning_format: str = "refinevla"):
         if getattr(backbone, "codec", None) is None:
             raise ValueError("the backbone has no action codec attached: load a trained checkpoint")
         self.backbone = backbone
@@ -118,6 +121,8 @@ class Policy:
         self.codec = backbone.codec
         self.span = self.codec.span_length
         self.constraint = backbone._action_constraint() if self.settings.constrain_actions else None
+        # forced where reasoning starts: a model trained with reasoning dropout may otherwise act at once
+        self.opening = backbone.reasoning_ids(get_reasoning_format(reasoning_format).opening)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, settings: PolicySettings | None = None,
@@ -130,7 +135,8 @@ class Policy:
         if (directory / "train").is_dir() and not (directory / "checkpoints").is_dir():
             directory = directory / "train"  # a `refine run` directory
         backbone, config = load_checkpoint(directory, registry)
-        return cls(backbone, settings, trained_order=config.train.reasoning_order)
+        return cls(backbone, settings, trained_order=config.train.reasoning_order,
+                   reasoning_format=config.train.reasoning_format)
 
     @property
     def actions_per_query(self) -> int:
@@ -191,12 +197,15 @@ class Policy:
 
     def _reason_then_act(self, rows: list[_Row]) -> None:
         fresh = [r for r in rows if r.fresh]
+        for row in fresh:
+            row.prefix = list(self.opening)
         self._generate(fresh, self.settings.max_reasoning_tokens + (self.span or 0), constrained=False,
                        guard=True)
         spans = []
         for row in rows:
             if row.fresh:
-                row.reasoning_ids, row.action_ids = self.backbone.split_generated(row.generated)
+                reasoning, row.action_ids = self.backbone.split_generated(row.generated)
+                row.reasoning_ids = list(self.opening) + reasoning
                 if self.constraint is not None and not self._decodes(row.action_ids):
                     row.forced, row.prefix, row.action_ids = True, list(row.reasoning_ids), []
                     spans.append(row)
@@ -213,11 +222,11 @@ class Policy:
         self._generate(rows, self.span or self.settings.max_reasoning_tokens, constrained=True)
         for row in rows:
             row.action_ids = row.generated[: self.span or None]
-            row.prefix = list(row.action_ids)
+            row.prefix = list(row.action_ids) + list(self.opening)
         talkers = [r for r in rows if r.fresh]  # the reasoning that follows the actions, for the record
         self._generate(talkers, self.settings.max_reasoning_tokens, constrained=False, guard=True)
         for row in talkers:
-            row.reasoning_ids = row.generated[len(row.action_ids):]
+            row.reasoning_ids = list(self.opening) + row.generated[len(row.action_ids):]
 
     def _repetition_guard(self, rows: list[_Row]):
         n, limit = self.settings.repetition_ngram, self.settings.repetition_limit

@@ -73,6 +73,18 @@ def test_every_k_reasons_once_per_k_queries_and_reuses_it_as_a_prefix(hf_vlm):
     assert session.queries == 7
 
 
+def test_reasoning_starts_with_the_formats_opening_forced(hf_vlm):
+    """Trained with reasoning dropout, a model may act at once: asking for reasoning forces its start."""
+    policy = Policy(hf_vlm, PolicySettings(max_reasoning_tokens=8))
+    chunk = policy.act(policy.reset(INSTRUCTIONS[0]), frames(1)[0])
+    assert chunk.reasoning.startswith("<Observation>:")
+    ecot = Policy(hf_vlm, PolicySettings(max_reasoning_tokens=8), reasoning_format="ecot")
+    assert ecot.act(ecot.reset(INSTRUCTIONS[0]), frames(1)[0]).reasoning.startswith("TASK:")
+    first = hf_vlm.predict(frames(1)[0], INSTRUCTIONS[0], max_new_tokens=8,
+                           reasoning_opening="<Observation>:")
+    assert first.reasoning.startswith("<Observation>:")
+
+
 def test_never_generates_only_the_action_span(hf_vlm):
     policy = Policy(hf_vlm, PolicySettings(reasoning="never"))
     chunk = policy.act(policy.reset(INSTRUCTIONS[1]), frames(1)[0])

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from refine_core import (Benchmark, BenchmarkResult, EvalContext, GRIPPER, SampleStream, episode_samples,
-    reasoning_aware_loss)
+    get_reasoning_format, reasoning_aware_loss)
 
 MODES = {"with_reasoning": True, "without_reasoning": False}
 
@@ -31,6 +31,11 @@ class OfflineBenchmark(Benchmark):
 
     def __init__(self, options) -> None:
         self.options = options
+
+    @staticmethod
+    def opening(context: EvalContext) -> str:
+        """The opening of the reasoning the model was trained on, forced when it is asked to reason."""
+        return get_reasoning_format(context.reasoning_format).opening
 
     def evaluate(self, context: EvalContext) -> BenchmarkResult:
         backbone = context.backbone
@@ -95,7 +100,8 @@ class OfflineBenchmark(Benchmark):
             prediction = context.backbone.predict(sample.image, sample.instruction, reasoning=with_reasoning,
                                                   order=context.reasoning_order,
                                                   max_new_tokens=self.options.max_new_tokens,
-                                                  constrain_actions=self.options.constrain_actions)
+                                                  constrain_actions=self.options.constrain_actions,
+                                                  reasoning_opening=self.opening(context))
             forced += prediction.forced
             if with_reasoning and example is None and prediction.reasoning:
                 example = {"step": sample.key, "reasoning": prediction.reasoning}

@@ -39,6 +39,9 @@ DEFAULT_FORMAT = "refinevla"
 class ReasoningFormat(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
+    # what every training text of the format begins with; inference forces it when it asks for
+    # reasoning, since a model trained with reasoning dropout may otherwise act at once
+    opening: ClassVar[str]
 
     @abstractmethod
     def render(self, reasoning: Reasoning, instruction: str | None = None) -> str:
@@ -52,6 +55,7 @@ class ReasoningFormat(ABC):
 class RefineVLAFormat(ReasoningFormat):
     name = "refinevla"
     summary = "ReFineVLA's <Observation> <Situation Analysis> <Spatial Reasoning> <Task Planning> tags"
+    opening = "<Observation>:"
 
     def render(self, reasoning: Reasoning, instruction: str | None = None) -> str:
         return reasoning.render()
@@ -91,6 +95,7 @@ def _numbered_steps(text: str) -> list[str] | None:
 class ECoTFormat(ReasoningFormat):
     name = "ecot"
     summary = "Embodied-CoT's TASK: PLAN: VISIBLE OBJECTS: … MOVE REASONING: MOVE: tags"
+    opening = "TASK:"  # training samples carry their instruction, which the format restates first
 
     def render(self, reasoning: Reasoning, instruction: str | None = None) -> str:
         plan = reasoning.task_planning

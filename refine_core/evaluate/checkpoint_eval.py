@@ -43,6 +43,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out: str | Path, config: RunConf
         annotations = annotations.with_format(config.train.reasoning_format)  # the text the model learnt
     context = EvalContext(backbone=backbone, dataset=dataset, out_dir=Path(out), annotations=annotations,
                           val_fraction=config.data.val_fraction, reasoning_order=config.train.reasoning_order,
+                          reasoning_format=config.train.reasoning_format,
                           reasoning_dropout=config.train.reasoning_dropout, lambda_r=config.loss.lambda_r)
     result = benchmark.evaluate(context)
     write_results(out, result)

@@ -219,7 +219,8 @@ class ClosedLoopBenchmark:
         for mode in options.modes:
             settings = PolicySettings(reasoning=mode, every=options.every, order=context.reasoning_order,
                                       max_reasoning_tokens=options.max_reasoning_tokens)
-            out.append((f"model-{mode}", mode, Policy(context.backbone, settings)))
+            out.append((f"model-{mode}", mode, Policy(context.backbone, settings,
+                                                      reasoning_format=context.reasoning_format)))
         baselines = {"do-nothing": lambda: DoNothingPolicy(),
                      "random": lambda: RandomPolicy(context.backbone.codec.stats, seed=options.seed)}
         out += [(name, None, baselines[name]()) for name in options.baselines]
