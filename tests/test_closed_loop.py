@@ -14,12 +14,11 @@ import anyio
 import numpy as np
 import pytest
 
-from refine_core import Statistics
 from refine_core.benchmark import EvalContext
 from refine_core.evaluate.baselines import DoNothingPolicy
 from refine_core.evaluate.closed_loop import run_policy, summarise, wilson_interval
 from refine_core.policy import Policy, PolicySettings
-from refine_core.registry import Registry
+from tiny_policies import tiny_backbone
 
 ENTRY = {"benchmark": "refine_plugins.demo.vla_benchmark:DemoSimBenchmark", "name": "demo-sim",
          "episodes_per_task": 3, "params": {"seed": 0}}
@@ -27,12 +26,7 @@ ENTRY = {"benchmark": "refine_plugins.demo.vla_benchmark:DemoSimBenchmark", "nam
 
 @pytest.fixture(scope="module")
 def backbone():
-    registry = Registry(entry_points=False)
-    rng = np.random.default_rng(0)
-    actions = rng.uniform(-0.04, 0.04, size=(100, 7))
-    actions[:, 6] = rng.integers(0, 2, 100)
-    model = registry.build("backbone", "hf_vlm", {"preset": "tiny"})
-    return model.attach_codec(registry.build("codec", "bins", {}), Statistics.from_array(actions))
+    return tiny_backbone("hf_vlm")
 
 
 @pytest.mark.parametrize("wins, trials, low, high", [

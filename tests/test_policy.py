@@ -5,36 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from refine_core import Statistics
 from refine_core.policy import Policy, PolicySettings
-from refine_core.registry import Registry
+from tiny_policies import tiny_backbone
 
 INSTRUCTIONS = ["put the red block on the blue plate", "pick up the cup",
                 "put the green cup in the yellow bowl"]
 
 
 @pytest.fixture(scope="module")
-def registry():
-    return Registry(entry_points=False)
-
-
-@pytest.fixture(scope="module")
-def stats():
-    rng = np.random.default_rng(0)
-    actions = rng.uniform(-0.05, 0.05, size=(200, 7))
-    actions[:, 6] = rng.integers(0, 2, 200)
-    return Statistics.from_array(actions, mask=np.array([True] * 6 + [False]))
-
-
-def backbone_with_codec(registry, stats, name, codec=None):
-    backbone = registry.build("backbone", name, {"preset": "tiny"})
-    codec = codec or ("spatial" if name == "spatialvla" else "bins")
-    return backbone.attach_codec(registry.build("codec", codec, {}), stats)
-
-
-@pytest.fixture(scope="module")
-def hf_vlm(registry, stats):
-    return backbone_with_codec(registry, stats, "hf_vlm")
+def hf_vlm():
+    return tiny_backbone("hf_vlm")
 
 
 def frames(n, seed=0):
@@ -44,8 +24,8 @@ def frames(n, seed=0):
 
 @pytest.mark.parametrize("name", ["hf_vlm", "openvla", "spatialvla"])
 @pytest.mark.parametrize("mode", ["every_step", "every_k", "never"])
-def test_a_batch_of_sessions_acts_as_each_session_alone(registry, stats, name, mode):
-    backbone = backbone_with_codec(registry, stats, name)
+def test_a_batch_of_sessions_acts_as_each_session_alone(name, mode):
+    backbone = tiny_backbone(name)
     settings = PolicySettings(reasoning=mode, every=2, max_reasoning_tokens=12)
     batched, single = Policy(backbone, settings), Policy(backbone, settings)
     batch_sessions = [batched.reset(i) for i in INSTRUCTIONS]
@@ -116,8 +96,8 @@ def test_act_then_reason_decodes_actions_first(hf_vlm):
     assert chunk.tokens_generated == hf_vlm.codec.span_length + 6
 
 
-def test_a_chunk_is_executed_actions_per_query_steps_at_a_time(registry, stats):
-    backbone = backbone_with_codec(registry, stats, "spatialvla")
+def test_a_chunk_is_executed_actions_per_query_steps_at_a_time():
+    backbone = tiny_backbone("spatialvla")
     assert backbone.codec.chunk_size == 4
     whole = Policy(backbone, PolicySettings(reasoning="never"))
     one = Policy(backbone, PolicySettings(reasoning="never", actions_per_query=1))

@@ -16,9 +16,8 @@ import threading
 import numpy as np
 import pytest
 
-from refine_core import Statistics
 from refine_core.policy import Policy, PolicySettings
-from refine_core.registry import Registry
+from tiny_policies import tiny_backbone
 from refine_core.serve.openpi import OpenPIPolicyServer
 
 
@@ -34,13 +33,8 @@ def openpi_client(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served():
-    registry = Registry(entry_points=False)
-    rng = np.random.default_rng(0)
-    actions = rng.uniform(-0.05, 0.05, size=(100, 7))
-    actions[:, 6] = rng.integers(0, 2, 100)
-    backbone = registry.build("backbone", "hf_vlm", {"preset": "tiny"})
-    backbone.attach_codec(registry.build("codec", "bins", {}), Statistics.from_array(actions))
-    policy = Policy(backbone, PolicySettings(reasoning="every_k", every=2, max_reasoning_tokens=8))
+    policy = Policy(tiny_backbone("hf_vlm"), PolicySettings(reasoning="every_k", every=2,
+                                                            max_reasoning_tokens=8))
     server = OpenPIPolicyServer(policy)
     ready = threading.Event()
     port: list[int] = []

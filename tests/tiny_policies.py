@@ -1,0 +1,24 @@
+"""Untrained tiny backbones with an action codec attached: what the policy, serving and
+closed-loop tests act with (their actions are arbitrary but deterministic)."""
+from __future__ import annotations
+
+import numpy as np
+
+from refine_core import Statistics
+from refine_core.registry import Registry
+
+
+def action_statistics(rows: int = 200) -> Statistics:
+    """Statistics of small random deltas with an open/closed gripper (the gripper not normalised)."""
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(-0.05, 0.05, size=(rows, 7))
+    actions[:, 6] = rng.integers(0, 2, rows)
+    return Statistics.from_array(actions, mask=np.array([True] * 6 + [False]))
+
+
+def tiny_backbone(name: str = "hf_vlm", codec: str | None = None, registry: Registry | None = None):
+    """The backbone's tiny preset with its usual codec (spatial for SpatialVLA, bins otherwise)."""
+    registry = registry or Registry(entry_points=False)
+    backbone = registry.build("backbone", name, {"preset": "tiny"})
+    codec = codec or ("spatial" if name == "spatialvla" else "bins")
+    return backbone.attach_codec(registry.build("codec", codec, {}), action_statistics())
