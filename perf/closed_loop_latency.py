@@ -66,8 +66,8 @@ def record_queries(policy, mode: str) -> list[dict]:
     act_batch = policy.act_batch
     queries: list[dict] = []
 
-    def recorded(sessions, images):
-        chunks = act_batch(sessions, images)
+    def recorded(sessions, images, observations=None):
+        chunks = act_batch(sessions, images, observations)
         queries.extend({"session": session, "fresh": mode != "never" and not chunk.reasoning_reused,
                         "actions": len(chunk.actions), "latency_s": chunk.latency_s}
                        for session, chunk in zip(sessions, chunks))

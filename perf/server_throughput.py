@@ -132,9 +132,9 @@ def main() -> None:
     batch_sizes: list[int] = []
     act_batch = policy.act_batch
 
-    def counted(sessions, images):
+    def counted(sessions, images, observations=None):
         batch_sizes.append(len(sessions))
-        return act_batch(sessions, images)
+        return act_batch(sessions, images, observations)
 
     policy.act_batch = counted
 

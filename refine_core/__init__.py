@@ -32,7 +32,7 @@ Benchmarks
     Benchmark, EvalContext, BenchmarkResult, SampleStream, episode_samples, get_reasoning_format
     (a reasoning training format: its `opening`, render, parse); closed loop through
     vla-eval: ClosedLoopBenchmark (subclass it naming a vla-eval benchmark), ClosedLoopOptions,
-    wilson_interval
+    wilson_interval, ScriptedPolicy (a reference policy acting through the same server)
 Acting (closed loop)
     Policy, PolicySettings, PolicySession, ActionChunk
 Files
@@ -78,6 +78,7 @@ for _module, _names in {
     "refine_core.data.reasoning_formats": "get_reasoning_format",
     "refine_core.policy": "ActionChunk Policy PolicySession PolicySettings",
     "refine_core.evaluate.closed_loop": "ClosedLoopBenchmark ClosedLoopOptions wilson_interval",
+    "refine_core.evaluate.baselines": "ScriptedPolicy",
 }.items():
     for _name in _names.split():
         _EXPORTS[_name] = _module

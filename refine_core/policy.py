@@ -162,8 +162,10 @@ class Policy:
     def act(self, session: PolicySession, image: np.ndarray) -> ActionChunk:
         return self.act_batch([session], [image])[0]
 
-    def act_batch(self, sessions: Sequence[PolicySession], images: Sequence[np.ndarray]) -> list[ActionChunk]:
-        """One query for each session, generated together: equal to `act` on each alone."""
+    def act_batch(self, sessions: Sequence[PolicySession], images: Sequence[np.ndarray],
+                  observations: Sequence[Any] | None = None) -> list[ActionChunk]:
+        """One query for each session, generated together: equal to `act` on each alone.
+        (`observations`, the served ones, are for scripted policies; a model sees the image.)"""
         for image in images:
             _check_image(image)
         start = time.perf_counter()

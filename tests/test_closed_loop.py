@@ -99,9 +99,9 @@ def test_a_bad_observation_fails_only_its_own_session(backbone):
 
 
 class SlowDoNothing(DoNothingPolicy):
-    def act_batch(self, sessions, images):
+    def act_batch(self, sessions, images, observations=None):
         time.sleep(0.01)
-        return super().act_batch(sessions, images)
+        return super().act_batch(sessions, images, observations)
 
 
 def _evaluate_slowly(out: str) -> None:  # the process the resume test kills
@@ -139,18 +139,20 @@ def test_demo_sim_benchmark_evaluates_every_mode_and_the_baselines(backbone, tmp
     context = EvalContext(backbone=backbone, dataset=None, out_dir=tmp_path)
     result = benchmark.evaluate(context)
     table = result.summary["policies"]
-    assert list(table) == ["model-every_k", "model-never", "do-nothing", "random"]
+    assert list(table) == ["model-every_k", "model-never", "do-nothing", "random", "expert"]
     assert {name: row["trials"] for name, row in table.items()} == dict.fromkeys(table, 2)
+    assert [row["role"] for row in table.values()] == ["model", "model", "baseline", "baseline", "reference"]
     assert table["model-never"]["tokens_per_query"] == backbone.codec.span_length
     assert table["do-nothing"]["tokens_per_query"] == 0 and table["do-nothing"]["success_rate"] == 0.0
-    assert len(result.records) == 8 and {r["mode"] for r in result.records} == {"every_k", "never", None}
+    assert table["expert"]["success_rate"] == 1.0  # through the same server as the model
+    assert len(result.records) == 10 and {r["mode"] for r in result.records} == {"every_k", "never", None}
     assert all(r["protocol"]["benchmark"] == "demo-sim" for r in result.records)
 
 
 class SleepyDoNothing(DoNothingPolicy):
-    def act_batch(self, sessions, images):
+    def act_batch(self, sessions, images, observations=None):
         time.sleep(3.0)  # a long generation
-        return super().act_batch(sessions, images)
+        return super().act_batch(sessions, images, observations)
 
 
 def test_health_and_new_sessions_are_answered_during_a_long_generation():
@@ -191,3 +193,16 @@ def test_health_and_new_sessions_are_answered_during_a_long_generation():
         slow.join(30)
     assert b"ok" in health and answered_in < 1.0
     assert "refine" in info["action_spec"]
+
+
+def test_the_scripted_expert_succeeds_through_refines_policy_server(tmp_path):
+    """The reference the model is read against: the demo's expert, served like the model."""
+    from refine_plugins.demo.expert import DemoExpertPolicy
+
+    entry = {**ENTRY, "episodes_per_task": 40, "params": {"seed": 0, "send_privileged": True}}
+    records = run_policy(DemoExpertPolicy(), entry, tmp_path / "expert", max_batch_size=8, camera="image_0")
+    summary = summarise(records)
+    assert summary["trials"] == 40 and summary["errors"] == 0
+    assert summary["success_rate"] >= 0.95 and summary["grasp_rate"] >= summary["success_rate"]
+    assert all(r["queries"] == r["steps"] <= r["step_limit"] for r in records)
+

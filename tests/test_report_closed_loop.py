@@ -117,6 +117,14 @@ def test_interpretation_follows_the_numbers():
         "model-every_k: 50.0% [30.0, 70.0]; there is no baseline to compare it with. "
         "model-every_step: no success rate (no trials). "
         "Latency per action: every_step is 2.5× every_k (500.0 ms vs 200.0 ms).")
+    # a scripted reference (the demo's expert) is reported as what solving the task scores, not a floor
+    with_reference = {"model-never": policy("never", 0.05, 0.01, 0.2),
+                      "random": policy(None, 0.1, 0.03, 0.25),
+                      "expert": {**policy(None, 1.0, 0.86, 1.0), "role": "reference"}}
+    assert interpretation(with_reference) == (
+        "model-never: 5.0% [1.0, 20.0] overlaps the random baseline's interval. "
+        "expert (a scripted reference that reads the scene's state): 100.0% [86.0, 100.0]. "
+        "Overlapping intervals do not establish a difference at this number of trials.")
 
 
 def test_no_closed_loop_output_means_no_section(tmp_path):

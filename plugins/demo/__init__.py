@@ -63,6 +63,8 @@ def refine_datasets():
 
 class DemoSimOptions(ClosedLoopOptions):
     pick_only_fraction: float = Field(0.25, ge=0, le=1, description="Share of 'pick up the X' scenes.")
+    expert: bool = Field(True, description="Also run the scripted expert (it reads the scene's state): "
+                                           "what a policy that solves the task scores here.")
 
 
 @hookimpl

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from refine_core import ScriptedPolicy
+
 from .scene import CELL, GRASP, HOVER
 
 
@@ -53,3 +55,16 @@ def expert_action(privileged: dict[str, Any]) -> np.ndarray:
     action[:3] = move.astype(np.float32) * np.float32(CELL)
     action[6] = opening
     return action
+
+
+class DemoExpertPolicy(ScriptedPolicy):
+    """The expert behind refine's policy server: it reads `observation["privileged"]`, which the
+    benchmark sends when `send_privileged` is on."""
+
+    name = "expert"
+    role = "reference"
+
+    def action(self, session: Any, observation: Any) -> np.ndarray:
+        if not isinstance(observation, dict) or "privileged" not in observation:
+            raise ValueError("the expert needs the scene state: run demo-sim with send_privileged")
+        return expert_action(observation["privileged"])

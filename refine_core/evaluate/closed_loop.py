@@ -195,18 +195,17 @@ class ClosedLoopBenchmark:
     def __init__(self, options: ClosedLoopOptions):
         self.options = options
 
-    def params(self) -> dict[str, Any]:
-        """Constructor params of the vla-eval benchmark."""
+    def params(self, policy: str) -> dict[str, Any]:
+        """Constructor params of the vla-eval benchmark for the run of `policy` (a policy's name)."""
         return {"seed": self.options.seed}
 
-    def entry(self) -> dict[str, Any]:
+    def entry(self, policy: str) -> dict[str, Any]:
         return {"benchmark": self.vla_benchmark, "name": self.name,
-                "episodes_per_task": self.options.episodes,
-                "params": self.params()}
+                "episodes_per_task": self.options.episodes, "params": self.params(policy)}
 
-    def protocol(self) -> dict[str, Any]:
+    def protocol(self, policy: str) -> dict[str, Any]:
         """What a result needs to say about how the episodes were run (beside the policy's own)."""
-        return {"benchmark": self.name, "vla_benchmark": self.vla_benchmark, "params": self.params(),
+        return {"benchmark": self.name, "vla_benchmark": self.vla_benchmark, "params": self.params(policy),
                 "episodes_per_task": self.options.episodes, "adapter": "identity (refine's convention)"}
 
     def policies(self, context: Any) -> list[tuple[str, str | None, Any]]:
@@ -232,10 +231,11 @@ class ClosedLoopBenchmark:
         records: list[dict[str, Any]] = []
         table: dict[str, Any] = {}
         for name, mode, policy in self.policies(context):
-            rows = run_policy(policy, self.entry(), Path(context.out_dir) / name,
+            rows = run_policy(policy, self.entry(name), Path(context.out_dir) / name,
                               shards=self.options.shards, max_batch_size=self.options.max_batch_size,
-                              protocol=self.protocol(), camera=self.camera)
-            records += [{"policy": name, "mode": mode, **row} for row in rows]
-            table[name] = {"mode": mode, **summarise(rows)}
+                              protocol=self.protocol(name), camera=self.camera)
+            role = getattr(policy, "role", "model")  # model, baseline, or reference (a scripted expert)
+            records += [{"policy": name, "mode": mode, "role": role, **row} for row in rows]
+            table[name] = {"mode": mode, "role": role, **summarise(rows)}
         return BenchmarkResult(records=records, summary={"benchmark": self.name, "policies": table,
                                                          "episodes": len(records)})

@@ -117,7 +117,8 @@ class PolicyModelServer(PredictModelServer):
     def predict_batch(self, obs_batch: list[dict[str, Any]], ctx_batch: list[Any]) -> list[dict[str, Any]]:
         with self._lock:
             sessions = [self._session(obs, ctx.session_id) for obs, ctx in zip(obs_batch, ctx_batch)]
-        chunks = self.policy.act_batch(sessions, [self.observation_image(obs) for obs in obs_batch])
+        images = [self.observation_image(obs) for obs in obs_batch]
+        chunks = self.policy.act_batch(sessions, images, obs_batch)
         with self._lock:
             for chunk, ctx in zip(chunks, ctx_batch):
                 record = self.episodes.get(ctx.session_id)
