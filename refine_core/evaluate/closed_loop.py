@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from refine_core.benchmark import Benchmark, BenchmarkResult
 from refine_core.files import atomic_write
 
 Baseline = Literal["do-nothing", "random"]
@@ -183,7 +184,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-class ClosedLoopBenchmark:
+class ClosedLoopBenchmark(Benchmark):
     """A vla-eval benchmark as a refine benchmark: the trained model in each reasoning mode, and the
     baselines, each through the served-policy path above. A plugin subclasses it, naming the
     vla-eval benchmark class (`vla_benchmark`, an import string) and the params it takes."""
@@ -225,9 +226,7 @@ class ClosedLoopBenchmark:
         out += [(name, None, baselines[name]()) for name in options.baselines]
         return out
 
-    def evaluate(self, context: Any):
-        from refine_core.benchmark import BenchmarkResult
-
+    def evaluate(self, context: Any) -> BenchmarkResult:
         records: list[dict[str, Any]] = []
         table: dict[str, Any] = {}
         for name, mode, policy in self.policies(context):
