@@ -297,14 +297,14 @@ class Backbone(ABC):
         span is then generated again after the reasoning, constrained, and the prediction is marked
         `forced` (the reasoning never reached a valid action by itself)."""
         span = self.codec.span_length
-        constraint = self._action_constraint() if constrain_actions else None
+        constraint = self.action_constraint() if constrain_actions else None
         forced = False
         if reasoning and order == "reason_then_act":
             opening = self.reasoning_ids(reasoning_opening) if reasoning_opening else []
             new = self.generate_ids(image, instruction, max_new_tokens, prefix_ids=opening)
             reasoning_ids, action_ids = self.split_generated(new)
             reasoning_ids, ids = opening + reasoning_ids, opening + list(new)
-            if constraint is not None and not self._decodes(action_ids):
+            if constraint is not None and not self.decodes(action_ids):
                 action_ids = self.generate_ids(image, instruction, span, prefix_ids=reasoning_ids,
                                                allowed=constraint)
                 ids, forced = reasoning_ids + action_ids, True
@@ -321,7 +321,7 @@ class Backbone(ABC):
         return Prediction(actions=actions, reasoning=text, generated_ids=list(ids), action_ids=action_ids,
                           error=error, forced=forced)
 
-    def _action_constraint(self) -> AllowedIds | None:
+    def action_constraint(self) -> AllowedIds | None:
         """`allowed` for generate_ids over an action span, when the codec and backbone support it."""
         span = self.codec.span_length
         if not span or self.codec.allowed_ids_at(0) is None:
@@ -331,7 +331,8 @@ class Backbone(ABC):
         table = [self.codec.allowed_ids_at(i) for i in range(span)]
         return lambda i: table[i] if i < span else None
 
-    def _decodes(self, action_ids: Sequence[int]) -> bool:
+    def decodes(self, action_ids: Sequence[int]) -> bool:
+        """Whether `action_ids` decode to an action chunk under the attached codec."""
         try:
             self.codec.decode(action_ids)
         except ActionDecodeError:

@@ -120,7 +120,7 @@ class Policy:
         self.order = self.settings.order or trained_order
         self.codec = backbone.codec
         self.span = self.codec.span_length
-        self.constraint = backbone._action_constraint() if self.settings.constrain_actions else None
+        self.constraint = backbone.action_constraint() if self.settings.constrain_actions else None
         # forced where reasoning starts: a model trained with reasoning dropout may otherwise act at once
         self.opening = backbone.reasoning_ids(get_reasoning_format(reasoning_format).opening)
 
@@ -208,7 +208,7 @@ class Policy:
             if row.fresh:
                 reasoning, row.action_ids = self.backbone.split_generated(row.generated)
                 row.reasoning_ids = list(self.opening) + reasoning
-                if self.constraint is not None and not self._decodes(row.action_ids):
+                if self.constraint is not None and not self.backbone.decodes(row.action_ids):
                     row.forced, row.prefix, row.action_ids = True, list(row.reasoning_ids), []
                     spans.append(row)
             else:  # every_k between reasonings: the stored reasoning as a forced prefix; never: none
@@ -244,13 +244,6 @@ class Policy:
             return False
 
         return stop
-
-    def _decodes(self, ids: list[int]) -> bool:
-        try:
-            self.codec.decode(ids)
-        except ActionDecodeError:
-            return False
-        return True
 
     # -- results --------------------------------------------------------------------------------
     def _finish(self, row: _Row, latency: float, batch_size: int) -> ActionChunk:

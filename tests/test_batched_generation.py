@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from refine_core import Statistics, left_padded
+from refine_core import left_padded
 from refine_core.registry import Registry
+from tiny_policies import action_statistics, tiny_backbone
 
 BACKBONES = ("openvla", "spatialvla", "hf_vlm")
 CODECS = {"openvla": "bins", "spatialvla": "spatial", "hf_vlm": "bins"}
@@ -21,20 +22,12 @@ NEW_TOKENS = 6
 
 @pytest.fixture(scope="module")
 def stats():
-    rng = np.random.default_rng(0)
-    actions = rng.normal(0.0, 0.02, size=(200, 7))
-    actions[:, 6] = rng.integers(0, 2, 200)
-    return Statistics.from_array(actions)
+    return action_statistics()
 
 
 @pytest.fixture(scope="module")
-def backbones(stats):
-    registry = Registry(entry_points=False)
-    built = {}
-    for name in BACKBONES:
-        backbone = registry.build("backbone", name, {"preset": "tiny", "dtype": "float32"})
-        built[name] = backbone.attach_codec(registry.build("codec", CODECS[name], {}), stats)
-    return built
+def backbones():
+    return {name: tiny_backbone(name, CODECS[name]) for name in BACKBONES}
 
 
 def frames(n=3):
@@ -57,18 +50,18 @@ def test_padded_rows_equal_their_single_row_generation(backbones, name):
 @pytest.mark.parametrize("name", BACKBONES)
 def test_constrained_rows_equal_their_single_row_generation(backbones, name):
     backbone = backbones[name]
-    allowed = backbone._action_constraint()
+    allowed = backbone.action_constraint()
     span = backbone.codec.span_length
     batched = backbone.generate_ids_batch(frames(), INSTRUCTIONS, span, PREFIXES, allowed=allowed)
     assert batched == one_by_one(backbone, span, allowed)
-    assert all(len(row) == span and backbone._decodes(row) for row in batched)
+    assert all(len(row) == span and backbone.decodes(row) for row in batched)
 
 
 @pytest.mark.parametrize("name", BACKBONES)
 def test_a_stopped_row_ends_while_the_others_continue(backbones, name):
     backbone = backbones[name]
     # under the action constraint no row can end at eos by itself, so row 1 is cut by the guard only
-    allowed = backbone._action_constraint()
+    allowed = backbone.action_constraint()
     span = backbone.codec.span_length
     free = one_by_one(backbone, span, allowed)
     guarded = backbone.generate_ids_batch(frames(), INSTRUCTIONS, span, PREFIXES, allowed=allowed,
@@ -90,7 +83,7 @@ def test_the_batch_takes_one_language_model_forward_per_new_token(backbones, nam
     try:
         span = backbone.codec.span_length  # constrained: no row stops early
         backbone.generate_ids_batch(frames(), INSTRUCTIONS, span, PREFIXES,
-                                    allowed=backbone._action_constraint())
+                                    allowed=backbone.action_constraint())
     finally:
         handle.remove()
     assert sizes == [3] * span

@@ -206,3 +206,11 @@ def test_the_scripted_expert_succeeds_through_refines_policy_server(tmp_path):
     assert summary["success_rate"] >= 0.95 and summary["grasp_rate"] >= summary["success_rate"]
     assert all(r["queries"] == r["steps"] <= r["step_limit"] for r in records)
 
+
+
+def test_shards_are_vla_eval_processes_sharing_one_work_queue(tmp_path):
+    records = run_policy(DoNothingPolicy(), {**ENTRY, "episodes_per_task": 6}, tmp_path / "sharded", shards=2,
+                         camera="image_0")
+    assert sorted(r["episode"] for r in records) == list(range(6))  # each episode once, across both shards
+    assert all(r["queries"] == r["steps"] for r in records)  # joined with this process's server records
+    assert (tmp_path / "sharded" / "episodes.jsonl").is_file()

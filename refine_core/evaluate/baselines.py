@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from abc import ABC, abstractmethod
 from typing import Any, Sequence
 
 import numpy as np
@@ -18,7 +19,7 @@ from refine_core.policy import ActionChunk, PolicySession, _check_image
 from refine_core.statistics import Statistics
 
 
-class ScriptedPolicy:
+class ScriptedPolicy(ABC):
     """One action per query from `action(session, observation)` (the observation is the served
     one, e.g. vla-eval's dict: a scripted policy may read more than the image)."""
 
@@ -48,9 +49,9 @@ class ScriptedPolicy:
             chunk.latency_s = latency
         return out
 
+    @abstractmethod
     def action(self, session: PolicySession, observation: Any) -> np.ndarray:
         """float32[7] in refine's convention."""
-        raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
         return {"policy": self.name, "role": self.role, "actions_per_query": self.actions_per_query}

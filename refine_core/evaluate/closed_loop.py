@@ -83,7 +83,7 @@ def run_policy(policy: Any, entry: dict[str, Any], out: Path, shards: int = 1, m
         if shards == 1:
             _run_here(config, handle.url, eval_id)
         else:
-            _run_shards(out, handle.url, eval_id, shards)
+            _run_shards(config, out, handle.url, eval_id, shards)
     rows = _export(out, eval_id)
     records = _join(rows, out / LOG_FILE, policy.describe(), protocol or {})
     if rows and not any(r["partial"] for r in rows):  # vla-eval's queue says every episode is done
@@ -101,10 +101,8 @@ def _run_here(config: dict[str, Any], url: str, eval_id: str) -> None:
     anyio.run(orchestrator.run)
 
 
-def _run_shards(out: Path, url: str, eval_id: str, shards: int) -> None:
+def _run_shards(config: dict[str, Any], out: Path, url: str, eval_id: str, shards: int) -> None:
     """`shards` `vla-eval run` processes on one work queue, all talking to this process's server."""
-    config = json.loads((out / "vla-eval.yaml").read_text())
-    config.pop("shards", None)
     atomic_write(out / "vla-eval-run.yaml", json.dumps({**config, "server": {"url": url, "timeout": 600}}))
     command = [sys.executable, "-m", "vla_eval.cli.main", "run", "--no-docker", "-c",
                str(out / "vla-eval-run.yaml"),

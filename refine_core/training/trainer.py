@@ -115,19 +115,17 @@ class Trainer:
         self.setup, self.config, self.settings = setup, setup.config, setup.config.train
         self.backbone = setup.backbone
         self.out, self.resume = Path(out), resume
-        self.accelerator = accelerator or Accelerator(
-            mixed_precision=mixed_precision(self.settings.precision)
-        )
+        precision = mixed_precision(self.settings.precision)
+        self.accelerator = accelerator or Accelerator(mixed_precision=precision)
         if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
             raise UsageError("refine train checkpoints single-process and DDP runs; FSDP/DeepSpeed shard the "
                              "optimizer state, which refine checkpoints do not gather yet: launch with DDP")
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched != self.accelerator.num_processes:  # e.g. --multi_gpu on a CPU machine without --cpu
-            raise UsageError(f"{launched} processes were launched but accelerate runs "
-                             f"{self.accelerator.num_processes}"
-                             f" (each would train alone into the same --out); for CPU processes set "
-                             "ACCELERATE_USE_CPU=1 with `accelerate launch --multi_gpu --num_processes "
-                             f"{launched}`")
+            runs = self.accelerator.num_processes
+            raise UsageError(f"{launched} processes were launched but accelerate runs {runs} (each would "
+                             "train alone into the same --out); for CPU processes set ACCELERATE_USE_CPU=1 "
+                             f"with `accelerate launch --multi_gpu --num_processes {launched}`")
         quiet = not self.accelerator.is_main_process
         self.console = console or Console(quiet=quiet)
         self.err_console = err_console or Console(stderr=True, quiet=quiet)
@@ -174,9 +172,8 @@ class Trainer:
         data = self.config.data
         self.stream = SampleStream(
             self.setup.dataset, chunk_size=self.backbone.codec.chunk_size, split="train",
-            val_fraction=data.val_fraction, max_episodes=data.max_episodes,
-            shuffle_buffer=data.shuffle_buffer,
-            seed=self.settings.seed, annotations=self.setup.annotations,
+            val_fraction=data.val_fraction, max_episodes=data.max_episodes, seed=self.settings.seed,
+            shuffle_buffer=data.shuffle_buffer, annotations=self.setup.annotations,
             missing_annotation=data.missing_annotation)
 
     def _restore(self, checkpoint: Path) -> None:
