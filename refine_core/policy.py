@@ -75,12 +75,6 @@ class ActionChunk:
     repetition_stopped: bool = False  # the repetition guard ended the reasoning
     error: str | None = None  # the span did not decode (codecs without reserved ids only)
 
-    def as_record(self) -> dict[str, Any]:
-        return {"reasoning": self.reasoning, "reasoning_reused": self.reasoning_reused,
-                "tokens_generated": self.tokens_generated, "latency_s": round(self.latency_s, 6),
-                "batch_size": self.batch_size, "forced": self.forced,
-                "repetition_stopped": self.repetition_stopped, "error": self.error}
-
 
 @dataclass
 class PolicySession:
