@@ -209,6 +209,15 @@ def test_config_show_json_is_the_resolved_config(site, tmp_path):
     assert resolved["backbone"] == {"name": "fake-bb"}
 
 
+def test_config_show_with_the_defaults_shows_the_components_a_run_would_use():
+    result = run_refine("config", "show", "--json", "--check")
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout)
+    assert resolved["backbone"]["name"] == "hf_vlm" and resolved["dataset"]["name"] == "demo"
+    assert resolved["codec"]["name"] == "bins"  # hf_vlm's default codec, decided as a run decides it
+    assert resolved["closed_loop"]["name"] == "demo-sim"  # the demo dataset's simulated task
+
+
 def test_bad_usage_exits_2():
     assert run_refine("list", "gizmo").returncode == 2
     assert "Unknown kind 'gizmo'. Available: backbone, codec, teacher, dataset, benchmark" in run_refine(

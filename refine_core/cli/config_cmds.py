@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from refine_core.config import COMPONENTS, dump_yaml
+from refine_core.config import NO_COMPONENT, SLOTS, dump_yaml, resolve_components
 from refine_core.errors import UnknownComponent
 from refine_core.registry import get_registry
 from refine_core.cli.options import (BackboneOpt, BenchmarkOpt, CodecOpt, ConfigOpt, DatasetOpt, JsonOpt,
@@ -34,10 +34,14 @@ def show(
     Options of registered components are always validated. A component that is not installed
     is a warning (the commands that use it fail at start anyway), or with --check an error.
     """
-    cfg = load_config(config, set_, backbone, codec, teacher, dataset, benchmark)
     registry = get_registry()
-    for kind in COMPONENTS:
-        component = getattr(cfg, kind)
+    # The components a run would use, unset ones decided (the codec, the closed-loop benchmark).
+    cfg = resolve_components(load_config(config, set_, backbone, codec, teacher, dataset, benchmark),
+                             registry, slots=())
+    for slot, kind in SLOTS.items():
+        component = getattr(cfg, slot)
+        if slot == "closed_loop" and component.name == NO_COMPONENT:
+            continue
         try:
             registry.validate_options(kind, component.name, component.options)
         except UnknownComponent as exc:
