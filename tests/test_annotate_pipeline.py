@@ -21,6 +21,7 @@ from refine_core.errors import RefineError, UsageError
 from refine_core.reasoning import Reasoning, TaskPlanning
 from refine_core.teacher import (Annotation, AnnotationRequest, MalformedAnswer, Teacher, TeacherIdentity,
     TokenUsage, TransientTeacherError)
+from refine_teachers.scripted import ScriptedOptions
 from refine_teachers.scripted.teacher import ScriptedTeacher, objects_from_instruction
 
 
@@ -299,8 +300,11 @@ def test_answers_that_are_not_reasoning_are_malformed():
             reasoning_from_answer(bad)
 
 
+FULL = ScriptedOptions(style="full")
+
+
 def test_scripted_teacher_reads_metadata_instruction_and_motion(tmp_path):
-    stats = annotate_dataset(CodedDataset(1, 16, metadata=True), ScriptedTeacher(), tmp_path, _settings())
+    stats = annotate_dataset(CodedDataset(1, 16, metadata=True), ScriptedTeacher(FULL), tmp_path, _settings())
     assert stats.answered == 16
     texts = AnnotationSet.load(tmp_path)
     step3 = Reasoning.parse(texts.text("ep0", 3))
@@ -313,7 +317,8 @@ def test_scripted_teacher_reads_metadata_instruction_and_motion(tmp_path):
     assert "holding the red block" in step10.observation
     assert step10.task_planning.logical_steps[0] == "Lower the red block onto the blue plate."
     # Deterministic: a second run writes identical text.
-    annotate_dataset(CodedDataset(1, 16, metadata=True), ScriptedTeacher(), tmp_path / "again", _settings())
+    annotate_dataset(CodedDataset(1, 16, metadata=True), ScriptedTeacher(FULL), tmp_path / "again",
+                     _settings())
     assert AnnotationSet.load(tmp_path / "again").texts == texts.texts
 
 
@@ -321,12 +326,39 @@ def test_scripted_teacher_without_metadata_uses_instruction_and_remaining_motion
     actions = pick_place_actions(16)
     request = AnnotationRequest(instruction="Pick up the green cup and put it in the sink", images={},
                                 primary_camera="wrist", step_index=0, episode_actions=actions)
-    reasoning = ScriptedTeacher().reason(request)
+    reasoning = ScriptedTeacher(FULL).reason(request)
     assert reasoning.spatial_reasoning.startswith("The green cup lies forward and down of the gripper")
     assert reasoning.task_planning.logical_steps[0] == "Move the gripper toward the green cup."
     assert objects_from_instruction("put the red block on the blue plate") == ("red block", "blue plate")
     assert objects_from_instruction("wave hello") == (None, None)
-    assert ScriptedTeacher().reason(request) == reasoning
+    assert ScriptedTeacher(FULL).reason(request) == reasoning
+
+
+def test_compact_scripted_reasoning_describes_the_frame_in_a_few_learnable_words(tmp_path):
+    annotate_dataset(CodedDataset(1, 16, metadata=True), ScriptedTeacher(), tmp_path, _settings())
+    texts = AnnotationSet.load(tmp_path)
+    assert texts.teacher.endswith("scripted-compact-v1")  # full-style annotations are told apart
+    actions = pick_place_actions(16)
+    phases = motion_phases(actions)
+    for t in range(16):
+        step = Reasoning.parse(texts.text("ep0", t))
+        following = next((p for p in phases[t:] if p != phases[t]), None)
+        assert step.situation_analysis == f"{phases[t]} phase; " + (f"next {following}" if following
+                                                                    else "last phase")
+        assert step.task_planning.sub_action.startswith(phases[t] + ":")
+        # the instruction's fixed plan, whatever the step
+        assert step.task_planning.logical_steps == ["reach the red block", "grasp the red block",
+                                                    "carry it to the blue plate", "release it"]
+    grasp = phases.index("grasp")
+    # the frame of the grasp step still shows the open gripper; the one after it holds the block
+    assert Reasoning.parse(texts.text("ep0", grasp)).observation.endswith("the gripper is open")
+    after = Reasoning.parse(texts.text("ep0", grasp + 1))
+    assert after.observation == "the gripper holds the red block; the blue plate on the table"
+    assert after.spatial_reasoning.startswith("the blue plate is")  # carrying: the goal is the destination
+    descend = phases.index("descend")
+    # metadata: block at x 0.4, z 0.02; gripper at x 0.3 + 0.01 t, z 0.2 → ahead of it and below
+    assert 0.4 - (0.3 + 0.01 * descend) >= 0.01
+    assert Reasoning.parse(texts.text("ep0", descend)).spatial_reasoning == "the red block is forward down"
 
 
 def test_runstats_failures_do_not_raise_in_library_use(tmp_path):

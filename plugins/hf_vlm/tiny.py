@@ -44,6 +44,16 @@ def _corpus():
         yield f"{tag} the gripper is open {tag}"
     for i in range(-1000, 1001, 7):
         yield f"[{i / 1000:.3f}, {-i / 1000:.3f}, {i}]"
+    # Short per-phase reasoning (the scripted teacher's compact style), so its words are single tokens.
+    phases = ("approach", "descend", "grasp", "lift", "move", "place", "release")
+    moves = ("move forward", "move back", "move left", "move right", "move up", "move down", "hold position")
+    for i, (colour, obj) in enumerate(itertools.product(_COLOURS[:6], _OBJECTS[:6])):
+        phase, nxt, move = phases[i % 7], phases[(i + 1) % 7], moves[i % 7]
+        yield (f"<Observation>: the gripper holds the {colour} {obj}; the {obj} is on the table, the "
+               f"{colour} {obj} too; the gripper is open <Situation Analysis>: {phase} phase; next {nxt}; "
+               f"last phase <Spatial Reasoning>: the {colour} {obj} is forward left down at the gripper "
+               f"<Task Planning>: <logical_steps> <1> reach the {obj} <2> grasp the {obj} <3> carry it to "
+               f"the {obj} <4> release it <3> lift the {obj} <sub_action> {phase}: {move} back right up")
 
 
 @functools.lru_cache(maxsize=1)

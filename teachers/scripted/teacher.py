@@ -12,6 +12,12 @@ Sources, in order of preference:
   place, release) and each step's primitive move from its action deltas, as Embodied-CoT
   derives primitive moves (`refine_core.annotate.motion`).
 
+Two styles (option `style`). `full`: sentences with distances in metres and the whole remaining
+plan. `compact` (default): the same four sections as a short template per phase — what is on the
+table and in the gripper, the phase and the next one, the direction of the current goal in words,
+the instruction's fixed plan and the sub-action — about 60 tokens, so a small model learns to
+write it in minutes (the demo's default run) while it stays ReFineVLA-shaped.
+
 The same inputs always give the same text: no model, no network, no randomness.
 """
 from __future__ import annotations
@@ -24,7 +30,7 @@ import numpy as np
 from refine_core import (Annotation, AnnotationRequest, Reasoning, TaskPlanning, Teacher, TeacherIdentity,
     current_sub_actions, gripper_open, motion_phases)
 
-RULES_VERSION = "scripted-v1"  # bump when the generated wording changes
+RULES_VERSION = {"full": "scripted-v1", "compact": "scripted-compact-v1"}  # bump on a wording change
 
 _PICK_PLACE = re.compile(
     r"^(?:please\s+)?(?:put|place|move|stack|drop|set|transfer)\s+(?:the\s+)?(?P<target>.+?)\s+"
@@ -35,6 +41,8 @@ _PICK = re.compile(
     r"(?:\s+(?:and\s+)?(?:put|place|move|drop)\s+(?:it\s+)?(?:on top of|onto|on|into|in|to)\s+(?:the\s+)?"
     r"(?P<destination>.+?))?\.?$", re.IGNORECASE)
 _AXIS_WORDS = (("in front of", "behind"), ("to the left of", "to the right of"), ("above", "below"))
+_COMPACT_WORDS = (("forward", "back"), ("left", "right"), ("up", "down"))
+_NEAR = 0.01  # metres: a compact offset smaller than this reads as "at the gripper"
 
 
 def objects_from_instruction(instruction: str) -> tuple[str | None, str | None]:
@@ -87,10 +95,11 @@ class ScriptedTeacher(Teacher):
 
     def __init__(self, options: Any = None) -> None:
         self.decimals = getattr(options, "decimals", 2)
+        self.style = getattr(options, "style", "compact")
 
     @property
     def identity(self) -> TeacherIdentity:
-        return TeacherIdentity(teacher="scripted", model="rules", prompt_version=RULES_VERSION)
+        return TeacherIdentity(teacher="scripted", model="rules", prompt_version=RULES_VERSION[self.style])
 
     async def annotate(self, request: AnnotationRequest) -> Annotation:
         return Annotation(reasoning=self.reason(request))
@@ -111,10 +120,17 @@ class ScriptedTeacher(Teacher):
         is_open = gripper_open(actions)
         holding = not is_open[t] and any(p == "grasp" for p in phases[: t + 1])
 
-        observation = self._observation(request, meta, target, holding, bool(is_open[t]))
         runs = _runs(phases)
         current = max(i for i, (start, _) in enumerate(runs) if start <= t)
         done = [p for _, p in runs[:current]]
+        if self.style == "compact":
+            # what the frame shows: the state before step t's command (the full style reads the command)
+            was_open = bool(is_open[t - 1]) if t > 0 else True
+            in_hand = not was_open and "grasp" in phases[:t]
+            released = "release" in phases[:t]
+            return _compact(meta, actions, t, target, meta.get("destination") or parsed_destination, in_hand,
+                            released, was_open, runs, current)
+        observation = self._observation(request, meta, target, holding, bool(is_open[t]))
         situation = (f"Step {t + 1} of {len(actions)} of \"{' '.join(request.instruction.split())}\": "
                      f"the robot is in the {phases[t]} phase"
                      + (f" after {', '.join(done)}." if done else ", at the start of the task.")
@@ -174,3 +190,38 @@ def _direction_words(delta: np.ndarray) -> list[str]:
         return []
     names = (("forward", "backward"), ("left", "right"), ("up", "down"))
     return [names[i][0 if delta[i] > 0 else 1] for i in range(3) if abs(delta[i]) >= 0.5 * size]
+
+
+def _compact(meta: dict, actions: np.ndarray, t: int, target: str, destination: str | None, holding: bool,
+             released: bool, is_open: bool, runs: list[tuple[int, str]], current: int) -> Reasoning:
+    """The compact style (see the module docstring): only words the instruction and the frame decide."""
+    phase = runs[current][1]
+    where = f"the {destination} on the table" if destination else "the table"
+    if holding:
+        observation = f"the gripper holds the {target}; {where}"
+    elif released and destination:
+        observation = f"the {target} is on the {destination}; the gripper is open"
+    else:
+        observation = f"the {target} on the table" + (f", the {destination} too" if destination else "") + (
+            "; the gripper is open" if is_open else "; the gripper is closed")
+    following = runs[current + 1][1] if current + 1 < len(runs) else None
+    situation = f"{phase} phase; " + (f"next {following}" if following else "last phase")
+    goal = destination if holding and destination else target
+    positions = {str(o.get("name")): o.get("position") for o in meta.get("objects", [])
+                 if isinstance(o, dict) and o.get("name") and o.get("position") is not None}
+    gripper = meta.get("gripper_position")
+    if gripper is not None and positions.get(goal) is not None:
+        offset = np.asarray(positions[goal], np.float64)[:3] - np.asarray(gripper, np.float64)[:3]
+        if holding:
+            offset[2] = 0.0  # a held object is below the fingers by construction: only where to carry it
+        words = [pair[0 if v > 0 else 1] for v, pair in zip(offset, _COMPACT_WORDS) if abs(v) >= _NEAR]
+    else:  # no positions: the motion still to come until the next gripper change
+        opened = gripper_open(actions)
+        end = next((k for k in range(t + 1, len(actions)) if opened[k] != opened[t]), len(actions))
+        words = _direction_words(actions[t:end, :3].sum(axis=0))
+    spatial = f"the {goal} is " + (" ".join(words) if words else "at the gripper")
+    plan = [f"reach the {target}", f"grasp the {target}"]
+    plan += [f"carry it to the {destination}", "release it"] if destination else [f"lift the {target}"]
+    return Reasoning(observation=observation, situation_analysis=situation, spatial_reasoning=spatial,
+                     task_planning=TaskPlanning(logical_steps=plan,
+                                                sub_action=current_sub_actions(actions)[t]))
