@@ -30,7 +30,8 @@ Training objective
     reasoning_aware_loss, LossOutput
 Benchmarks
     Benchmark, EvalContext, BenchmarkResult, SampleStream, episode_samples, get_reasoning_format
-    (a reasoning training format: its `opening`, render, parse); closed loop through
+    (a reasoning training format: its `opening`, render, parse); free-running reasoning against
+    the teacher's, per section: compare_reasoning, summarise_reasoning; closed loop through
     vla-eval: ClosedLoopBenchmark (subclass it naming a vla-eval benchmark), ClosedLoopOptions,
     wilson_interval, ScriptedPolicy (a reference policy acting through the same server)
 Acting (closed loop)
@@ -79,6 +80,7 @@ for _module, _names in {
     "refine_core.policy": "ActionChunk Policy PolicySession PolicySettings",
     "refine_core.evaluate.closed_loop": "ClosedLoopBenchmark ClosedLoopOptions wilson_interval",
     "refine_core.evaluate.baselines": "ScriptedPolicy",
+    "refine_core.evaluate.reasoning_quality": "compare_reasoning summarise_reasoning",
 }.items():
     for _name in _names.split():
         _EXPORTS[_name] = _module

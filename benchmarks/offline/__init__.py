@@ -11,7 +11,7 @@ class OfflineOptions(BaseModel):
 
     max_episodes: int | None = Field(8, ge=1, description="Held-out episodes to evaluate (None: all).")
     batch_size: int = Field(8, ge=1, description="Teacher-forced batch size.")
-    free_running_steps: int = Field(2, ge=0, description="Steps per episode predicted free-running "
+    free_running_steps: int = Field(4, ge=0, description="Steps per episode predicted free-running "
                                                          "(evenly spaced; 0 = teacher-forced only).")
     max_new_tokens: int = Field(512, ge=1, description="Generation budget for reasoning + actions "
                                                         "(a teacher's reasoning is often 200-400 tokens).")

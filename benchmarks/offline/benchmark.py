@@ -5,7 +5,9 @@ Per episode:
   data the model never trained on), with the annotations' reasoning when given;
 - free-running: at `free_running_steps` evenly spaced steps, generate with and without
   reasoning, decode, and compare the first action of the chunk with the ground truth:
-  per-dimension L1 (in the dataset's units), gripper accuracy, and the decode-failure rate.
+  per-dimension L1 (in the dataset's units), gripper accuracy, and the decode-failure rate;
+  with reasoning, the generated reasoning against the teacher's for that step, section by
+  section (exact match, token F1, the sub-action's phase: `compare_reasoning`).
 """
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ import math
 import numpy as np
 import torch
 
-from refine_core import (Benchmark, BenchmarkResult, EvalContext, GRIPPER, SampleStream, episode_samples,
-    get_reasoning_format, reasoning_aware_loss)
+from refine_core import (Benchmark, BenchmarkResult, EvalContext, GRIPPER, SampleStream, compare_reasoning,
+    episode_samples, get_reasoning_format, reasoning_aware_loss, summarise_reasoning)
 
 MODES = {"with_reasoning": True, "without_reasoning": False}
 
@@ -95,7 +97,8 @@ class OfflineBenchmark(Benchmark):
         return record
 
     def _free_running(self, context: EvalContext, samples, with_reasoning: bool) -> dict:
-        errors, grippers, failures, forced, example = [], [], 0, 0, None
+        errors, grippers, failures, forced, example, scores = [], [], 0, 0, None, []
+        reasoning_format = get_reasoning_format(context.reasoning_format)
         for sample in samples:
             prediction = context.backbone.predict(sample.image, sample.instruction, reasoning=with_reasoning,
                                                   order=context.reasoning_order,
@@ -105,6 +108,8 @@ class OfflineBenchmark(Benchmark):
             forced += prediction.forced
             if with_reasoning and example is None and prediction.reasoning:
                 example = {"step": sample.key, "reasoning": prediction.reasoning}
+            if with_reasoning and sample.reasoning and context.reasoning_order == "reason_then_act":
+                scores.append(compare_reasoning(prediction.reasoning, sample.reasoning, reasoning_format))
             if prediction.actions is None:
                 failures += 1
                 continue
@@ -117,7 +122,7 @@ class OfflineBenchmark(Benchmark):
             "l1_per_dim": l1.tolist() if l1 is not None else None,
             "l1_mean": float(np.mean(l1[:GRIPPER])) if l1 is not None else None,
             "gripper_accuracy": float(np.mean(grippers)) if grippers else None,
-            "example": example,
+            "example": example, "reasoning_scores": scores,
         }
 
     @staticmethod
@@ -152,4 +157,7 @@ class OfflineBenchmark(Benchmark):
                 if decoded
                 else None,
             }
+        summary["reasoning_quality"] = summarise_reasoning(
+            score for r in records if r.get("with_reasoning")
+            for score in r["with_reasoning"]["reasoning_scores"])
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}
