@@ -24,7 +24,12 @@ the state the step's frame shows — the scripted teacher reads it:
 - `target`: the object to pick (`"red block"`); `destination`: where it goes (`"blue plate"`,
   or None for pick-only tasks);
 - `phase`: the phase of the step's action, one of approach, descend, grasp, lift, move, place,
-  release.
+  release;
+- `boxes`: `{"red block": [top, left, bottom, right], …}`, every object's drawn extent in the
+  step's (primary) frame as fractions 0..1 of its height and width, parts hidden behind the
+  gripper included; a held object's box is where it is drawn, between the fingers. Not stored:
+  computed when the sidecar is read, from the positions with the renderer's geometry
+  (`render.object_boxes`). A generic key: the attention measurement reads it from any dataset.
 """
 from __future__ import annotations
 

@@ -25,12 +25,14 @@ import numpy as np
 
 from refine_core import DatasetStatistics, Episode, RobotDataset, UsageError, cache_dir
 
-from .render import IMAGE_SIZE, render_episode
-from .scene import CELL, DemoEpisode, generate_episodes
+from .render import IMAGE_SIZE, object_boxes, render_episode
+from .scene import CELL, DemoEpisode, SceneObject, generate_episodes
 
 # Bump whenever scenes, rendering or the on-disk layout change: it is part of the cache key.
 GENERATOR_VERSION = 2
 METADATA_FILE = "demo_metadata.json"
+# the state before these actions has the target between the fingers (grasp closes on it, release opens)
+HELD_PHASES = ("lift", "move", "place", "release")
 
 
 def generator_identity(options) -> str:
@@ -68,6 +70,28 @@ def sidecar_steps(episode: DemoEpisode) -> list[dict[str, Any]]:
     """Metadata per recorded step (index = the bridge reader's `source_step`)."""
     first = {**episode.metadata(0), "phase": "start"}
     return [first] + [episode.metadata(t) for t in range(episode.num_steps + 1)]
+
+
+def held_object(metadata: dict[str, Any]) -> str | None:
+    """The object in the gripper in the state a sidecar entry describes (the sidecar predates a `held`
+    key, so it is read from the phase: after the grasp and until the release; a pick-only task ends
+    holding it)."""
+    phase = metadata.get("phase")
+    if phase in HELD_PHASES or (phase == "done" and metadata.get("destination") is None):
+        return metadata.get("target")
+    return None
+
+
+def metadata_boxes(metadata: dict[str, Any]) -> dict[str, list[float]]:
+    """The `boxes` step metadata: each object's drawn extent in the step's frame (render geometry)."""
+    objects, cells = [], {}
+    for entry in metadata["objects"]:
+        colour, kind = entry["name"].split(" ", 1)  # names are "<colour> <kind>" (SceneObject.name)
+        x, y, _ = entry["position"]
+        objects.append(SceneObject(colour, kind, (round(x / CELL), round(y / CELL))))
+        cells[entry["name"]] = objects[-1].cell
+    gripper = [round(v / CELL) for v in metadata["gripper_position"]]
+    return object_boxes(objects, cells, held_object(metadata), gripper)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -186,6 +210,7 @@ class DemoDataset(RobotDataset):
                 source = step.metadata["source_step"]
                 if source < len(steps_meta):
                     step.metadata.update(steps_meta[source])
+                    step.metadata["boxes"] = metadata_boxes(steps_meta[source])
             episode.metadata["dataset"] = self.name
             yield episode
 

@@ -8,6 +8,7 @@ far apart when open and close together when closed; a held object is drawn betwe
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
@@ -25,6 +26,8 @@ TABLE = np.array((196, 168, 128), np.float32)
 GRIPPER_OPEN = np.array((240, 240, 245), np.float32)
 GRIPPER_CLOSED = np.array((30, 30, 40), np.float32)
 WRIST = np.array((230, 40, 200), np.float32)
+# half-size in pixels (at scale 1) of each kind's outer shape: `_object` paints it, `object_boxes` reports it
+EXTENT = {"block": 10, "cup": 10, "plate": 17, "bowl": 17}
 
 
 @lru_cache(maxsize=2)
@@ -66,20 +69,45 @@ def _table(tint: tuple[int, int, int]) -> np.ndarray:
 
 def _object(canvas: np.ndarray, kind: str, colour: str, row: float, col: float, scale: float = 1.0) -> None:
     base = np.asarray(COLOURS[colour], np.float32)
+    if kind not in EXTENT:  # pragma: no cover - scene.py only makes the kinds in EXTENT
+        raise ValueError(f"unknown object kind {kind!r}")
+    outer = EXTENT[kind] * scale
     if kind == "block":
-        _paint(canvas, _box(row, col, 10 * scale, 10 * scale), base * 0.6)
+        _paint(canvas, _box(row, col, outer, outer), base * 0.6)
         _paint(canvas, _box(row, col, 8 * scale, 8 * scale), base)
     elif kind == "cup":
-        _paint(canvas, _disc(row, col, 10 * scale), base)
+        _paint(canvas, _disc(row, col, outer), base)
         _paint(canvas, _disc(row, col, 5 * scale), base * 0.45)
     elif kind == "plate":
-        _paint(canvas, _disc(row, col, 17 * scale), base)
+        _paint(canvas, _disc(row, col, outer), base)
         _paint(canvas, _disc(row, col, 12 * scale), base * 0.5 + 127)
-    elif kind == "bowl":
-        _paint(canvas, _disc(row, col, 17 * scale), base * 0.8)
+    else:  # bowl
+        _paint(canvas, _disc(row, col, outer), base * 0.8)
         _paint(canvas, _disc(row, col, 12 * scale), base * 0.45)
-    else:  # pragma: no cover - scene.py only makes the kinds above
-        raise ValueError(f"unknown object kind {kind!r}")
+
+
+def _in_hand(gripper: Sequence[float]) -> tuple[float, float, float]:
+    """(row, col, scale) where the gripper at cell (x, y, z), and whatever it holds, is drawn."""
+    gx, gy, gz = (float(v) for v in gripper)
+    row, col = cell_centre(gx, gy)
+    return row - LIFT_PX * gz, col, 1.0 + GROWTH * gz
+
+
+def object_boxes(objects: Sequence[SceneObject], cells: Mapping[str, tuple[int, int]], held: str | None,
+                 gripper: Sequence[float]) -> dict[str, list[float]]:
+    """{name: [top, left, bottom, right]}: each object's drawn extent in `draw_state`'s frame for the same
+    arguments, as fractions (0..1) of the frame's height and width; bottom/right are the far edges of
+    the last painted pixel row/column. Parts hidden behind the gripper or its shadow still count."""
+    boxes = {}
+    for obj in objects:
+        row, col, scale = _in_hand(gripper) if obj.name == held else (*cell_centre(*cells[obj.name]), 1.0)
+        half = EXTENT[obj.kind] * scale
+        # painted pixels p satisfy |p - centre| <= half (the slack absorbs float32 rounding at scale 1)
+        first_row, last_row = math.ceil(row - half - 1e-6), math.floor(row + half + 1e-6)
+        first_col, last_col = math.ceil(col - half - 1e-6), math.floor(col + half + 1e-6)
+        edges = (first_row, first_col, last_row + 1, last_col + 1)
+        boxes[obj.name] = [min(max(edge / IMAGE_SIZE, 0.0), 1.0) for edge in edges]
+    return boxes
 
 
 def draw_state(table_tint: tuple[int, int, int], objects: Sequence[SceneObject],
@@ -92,11 +120,9 @@ def draw_state(table_tint: tuple[int, int, int], objects: Sequence[SceneObject],
     for obj in sorted(objects, key=lambda o: o.kind in GRASPABLE):
         if obj.name != held:
             _object(canvas, obj.kind, obj.colour, *cell_centre(*cells[obj.name]))
-    gx, gy, gz = (float(v) for v in gripper)
-    row, col = cell_centre(gx, gy)
-    canvas[_disc(row + 2, col, 12, squash=0.6)] *= 0.55  # the shadow, on the table under the gripper
-    scale = 1.0 + GROWTH * gz
-    row -= LIFT_PX * gz
+    shadow_row, shadow_col = cell_centre(*(float(v) for v in gripper[:2]))
+    canvas[_disc(shadow_row + 2, shadow_col, 12, squash=0.6)] *= 0.55  # the shadow, on the table below
+    row, col, scale = _in_hand(gripper)
     if held is not None:
         in_hand = next(obj for obj in objects if obj.name == held)
         _object(canvas, in_hand.kind, in_hand.colour, row, col, scale)

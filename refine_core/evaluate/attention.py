@@ -24,6 +24,12 @@ For one sample:
 5. Patch grid: n_image must be a square g²; patch index i → (row i // g, column i % g).
 6. Upsampled (bilinear) to the frame's height × width. Backbones resize frames to their square
    input without cropping, so the grid covers the whole frame.
+7. Share on objects (`box_share`): boxes [top, left, bottom, right] in fractions of the frame
+   (step metadata `boxes`) select the patches whose cell overlaps a box with positive area (a
+   patch token sees its whole cell, so a patch showing any of the object counts). share = the
+   un-normalised fused map's mass on those patches / its total mass; chance = those patches'
+   count / g², the share a uniform map would give them. With `mean` fusion the share is exactly
+   the fraction of the selected heads' image attention that lands on the boxes.
 """
 from __future__ import annotations
 
@@ -53,6 +59,7 @@ class AttentionMap:
     image_share: float = 0.0  # mean image mass of the selected heads (before normalisation)
     focus: float = 0.0  # share of the fused map held by its 10% most attended patches
     target_tokens: int = 0  # how many target tokens were averaged
+    raw: np.ndarray | None = None  # [g, g] the fused attention before normalisation (attention mass)
 
 
 # -- the math (numpy only, tested on hand-built tensors) -----------------------------------------
@@ -126,6 +133,33 @@ def patch_grid(fused: np.ndarray) -> np.ndarray:
     return np.asarray(fused).reshape(side, side)
 
 
+def box_cells(boxes: Sequence[Sequence[float]], side: int) -> np.ndarray:
+    """[side, side] bool: the cells of a row-major patch grid over the frame that overlap a box.
+
+    A box is [top, left, bottom, right] in fractions of the frame; cell (r, c) spans [r/side, (r+1)/side)
+    × [c/side, (c+1)/side). Overlap must have positive area: a box edge on a cell border does not
+    reach into the next cell.
+    """
+    edges = np.arange(side + 1) / side
+    cells = np.zeros((side, side), dtype=bool)
+    for top, left, bottom, right in boxes:
+        rows = (top < edges[1:]) & (bottom > edges[:-1])
+        cols = (left < edges[1:]) & (right > edges[:-1])
+        cells |= rows[:, None] & cols[None, :]
+    return cells
+
+
+def box_share(mass: np.ndarray, boxes: Sequence[Sequence[float]]) -> tuple[float, float]:
+    """(share, chance): the share of a [g, g] attention-mass grid on the cells the boxes overlap, and
+    the share a uniform map would put there (the overlapped cells' fraction of the grid)."""
+    mass = np.asarray(mass, dtype=np.float64)
+    cells = box_cells(boxes, mass.shape[0])
+    total = float(mass.sum())
+    if total <= 0:
+        raise ValueError("the attention map holds no mass")
+    return float(mass[cells].sum() / total), float(cells.mean())
+
+
 def upsample(grid: np.ndarray, height: int, width: int) -> np.ndarray:
     """[height, width] bilinear upsampling of a patch grid (cell centres at patch centres)."""
     import torch
@@ -143,7 +177,8 @@ def fused_map(maps: np.ndarray, frame: np.ndarray, top_k: int, mode: Fusion,
     grid = patch_grid(normalise(fused))
     share = float(np.mean([maps[layer, head].sum() for layer, head in heads]))
     return AttentionMap(frame=frame, grid=grid, heat=upsample(grid, frame.shape[0], frame.shape[1]),
-                        heads=heads, image_share=share, focus=focus(fused), target_tokens=target_tokens)
+                        heads=heads, image_share=share, focus=focus(fused), target_tokens=target_tokens,
+                        raw=patch_grid(fused))
 
 
 # -- running a backbone ----------------------------------------------------------------------------
@@ -165,12 +200,13 @@ def _ensure_eager(backbone: Any) -> None:
         model.set_attn_implementation("eager")
 
 
-def sample_attention(backbone: Any, sample: Any, target: Target = "action", top_k: int = 8,
-                     mode: Fusion = "max", order: str = "reason_then_act") -> AttentionMap:
-    """The fused attention map of one TrainingSample (its primary frame) under `backbone`."""
+def sample_image_maps(backbone: Any, sample: Any, targets: Sequence[Target] = ("action",),
+                      order: str = "reason_then_act") -> dict[str, tuple[np.ndarray, int]]:
+    """{target: ([layers, heads, n_image] maps, target token count)} of one TrainingSample (its primary
+    frame) under `backbone`, all targets from one forward pass."""
     import torch
 
-    if target == "reasoning" and not sample.reasoning:
+    if "reasoning" in targets and not sample.reasoning:
         raise UsageError(f"Sample {sample.key or sample.instruction!r} has no reasoning text; "
                          f"--target reasoning needs an annotated run")
     _ensure_eager(backbone)
@@ -187,9 +223,19 @@ def sample_attention(backbone: Any, sample: Any, target: Target = "action", top_
         raise UsageError(f"Backbone '{backbone.name}' returned no attention weights; load it with eager "
                          f"attention (e.g. --set backbone.attn_implementation=eager)")
     layers = [a[0].float().cpu().numpy() for a in attentions]
-    queries = target_query_positions(batch["labels"][0].numpy(), batch["action_mask"][0].numpy(), target,
-                                     backbone.eos_id)
-    if len(queries) == 0:
-        raise UsageError(f"Sample {sample.key!r} has no {target} tokens to take attention from")
-    maps = image_attention(layers, queries, image_positions(backbone, batch["input_ids"][0]))
-    return fused_map(maps, sample.image, top_k, mode, target_tokens=len(queries))
+    images = image_positions(backbone, batch["input_ids"][0])
+    found = {}
+    for target in targets:
+        queries = target_query_positions(batch["labels"][0].numpy(), batch["action_mask"][0].numpy(), target,
+                                         backbone.eos_id)
+        if len(queries) == 0:
+            raise UsageError(f"Sample {sample.key!r} has no {target} tokens to take attention from")
+        found[target] = (image_attention(layers, queries, images), len(queries))
+    return found
+
+
+def sample_attention(backbone: Any, sample: Any, target: Target = "action", top_k: int = 8,
+                     mode: Fusion = "max", order: str = "reason_then_act") -> AttentionMap:
+    """The fused attention map of one TrainingSample (its primary frame) under `backbone`."""
+    maps, tokens = sample_image_maps(backbone, sample, (target,), order)[target]
+    return fused_map(maps, sample.image, top_k, mode, target_tokens=tokens)
