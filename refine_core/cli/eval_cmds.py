@@ -1,7 +1,9 @@
-"""`refine eval`: run a benchmark on a trained checkpoint."""
+"""`refine eval`: run a benchmark on a trained checkpoint (`--shard i/n`: one part of a closed-loop
+evaluation split across machines); `refine eval merge`: the parts into one result."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,34 +11,82 @@ import typer
 
 from refine_core.cli.options import BenchmarkOpt, DatasetOpt, JsonOpt, SetOpt
 from refine_core.cli.output import display_table
+from refine_core.errors import UsageError
+
+eval_app = typer.Typer(help="Evaluate a checkpoint; `refine eval merge` joins the shards of a split one.")
 
 
+@eval_app.callback(invoke_without_command=True)
 def eval_checkpoint(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint",
-                                             help="A checkpoint (step-*) or a training OUT.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where results.jsonl and summary.json go.")],
+    ctx: typer.Context,
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        "--checkpoint", help="A checkpoint (step-*) or a training OUT.")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Where results.jsonl and summary.json go.")] = None,
     benchmark: BenchmarkOpt = None,
     dataset: DatasetOpt = None,
     set_: SetOpt = None,
     annotations: Annotated[Optional[Path], typer.Option(
         "--annotations", help="Annotations of the dataset, for teacher-forced reasoning accuracy.")] = None,
+    shard: Annotated[Optional[str], typer.Option(
+        "--shard", help="Run part i of n (0-based) of a closed-loop benchmark's episodes, e.g. 0/4; "
+                        "join the parts with `refine eval merge`.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate a checkpoint (default: the run's own dataset and benchmark, from the checkpoint)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from refine_core.config import resolve_components, resolve_config
     from refine_core.evaluate.checkpoint_eval import checkpoint_config, evaluate_checkpoint
+    from refine_core.evaluate.shards import parse_shard
     from refine_core.registry import get_registry
 
+    if checkpoint is None or out is None:
+        missing = " and ".join(f"--{name}" for name, value in (("checkpoint", checkpoint), ("out", out))
+                               if value is None)
+        raise UsageError(f"Missing option {missing}: refine eval --checkpoint CHECKPOINT --out OUT")
+    part = parse_shard(shard) if shard is not None else None
     registry = get_registry()
     saved = checkpoint_config(checkpoint)
     config = resolve_config(None, set_, {"benchmark": benchmark, "dataset": dataset}, base=saved)
     config = resolve_components(config, registry, ("dataset", "benchmark"))
-    result = evaluate_checkpoint(checkpoint, out, config, annotations, registry)
+    command = None
+    if part is not None:  # what `refine eval merge` tells to rerun while this part is unfinished
+        words = ["refine", "eval", "--checkpoint", str(checkpoint), "--out", str(out), "--shard", shard]
+        words += [w for flag, value in (("--benchmark", benchmark), ("--dataset", dataset),
+                                        ("--annotations", annotations)) if value is not None
+                  for w in (flag, str(value))]
+        words += [w for value in set_ or [] for w in ("--set", value)]
+        command = shlex.join(words)
+    result = evaluate_checkpoint(checkpoint, out, config, annotations, registry, shard=part, command=command)
+    title = f"{config.benchmark.name} → {out}" + (f" (shard {shard})" if part else "")
+    _show(result.summary, as_json, title)
+
+
+@eval_app.command("merge")
+def merge(
+    shards: Annotated[list[Path], typer.Argument(help="The OUT of every shard (`refine eval --shard i/n`).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where the merged results.jsonl and summary.json "
+                                                           "go (never over other results).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Merge the shards of a split closed-loop evaluation into one result.
+
+    Writes the results.jsonl and summary.json an unsharded run writes (summaries recomputed from
+    the merged episodes); refuses shards that do not make one whole, or an OUT with other results.
+    """
+    from refine_core.evaluate.shards import merge_shards
+
+    result = merge_shards(shards, out)
+    _show(result.summary, as_json, f"{result.summary.get('benchmark')}: {len(shards)} shards → {out}")
+
+
+def _show(summary: dict, as_json: bool, title: str) -> None:
     if as_json:
-        typer.echo(json.dumps(result.summary, indent=2))
+        typer.echo(json.dumps(summary, indent=2))
         return
-    rows = [{"metric": key, "value": value} for key, value in _flat(result.summary).items()]
-    display_table(rows, ["metric", "value"], False, title=f"{config.benchmark.name} → {out}")
+    rows = [{"metric": key, "value": value} for key, value in _flat(summary).items()]
+    display_table(rows, ["metric", "value"], False, title=title)
 
 
 def _flat(summary: dict, prefix: str = "") -> dict:
@@ -52,4 +102,4 @@ def _flat(summary: dict, prefix: str = "") -> dict:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("eval")(eval_checkpoint)
+    app.add_typer(eval_app, name="eval")

@@ -18,12 +18,15 @@ def checkpoint_config(checkpoint: str | Path) -> RunConfig:
 
 def evaluate_checkpoint(checkpoint: str | Path, out: str | Path, config: RunConfig | None = None,
                         annotations_dir: str | Path | None = None, registry: Any = None,
-                        benchmark: Component | None = None) -> BenchmarkResult:
+                        benchmark: Component | None = None, shard: tuple[int, int] | None = None,
+                        command: str | None = None) -> BenchmarkResult:
     """Load `checkpoint`, run the configured benchmark (or `benchmark`) on the configured dataset,
     write OUT.
 
     `config` (default: the run's own, stored in the checkpoint) chooses the benchmark and may
-    point the dataset elsewhere (e.g. another data_dir on this machine).
+    point the dataset elsewhere (e.g. another data_dir on this machine). `shard` (i, n) runs part
+    i of n of a closed-loop benchmark's episodes (`command`, the one that runs it, is recorded so
+    that `refine eval merge` can say how to finish it); see `refine_core.evaluate.shards`.
     """
     from refine_core.training.checkpoint import load_checkpoint
 
@@ -31,10 +34,16 @@ def evaluate_checkpoint(checkpoint: str | Path, out: str | Path, config: RunConf
         from refine_core.registry import get_registry
 
         registry = get_registry()
-    backbone, saved = load_checkpoint(checkpoint, registry)
-    config = config or saved
+    config = config or checkpoint_config(checkpoint)
     chosen = benchmark or config.benchmark
     benchmark = registry.build("benchmark", chosen.name, chosen.options)
+    identity = None
+    if shard is not None:  # checked before the weights load: a wrong --shard or --out fails at once
+        from refine_core.evaluate.shards import begin_shard, checkpoint_fingerprint, shard_identity
+
+        identity = shard_identity(shard, checkpoint_fingerprint(checkpoint), benchmark, chosen.name, command)
+        begin_shard(out, identity)
+    backbone, _ = load_checkpoint(checkpoint, registry)
     dataset = registry.build("dataset", config.dataset.name, config.dataset.options)
     annotations = None
     if annotations_dir is not None:
@@ -44,7 +53,12 @@ def evaluate_checkpoint(checkpoint: str | Path, out: str | Path, config: RunConf
     context = EvalContext(backbone=backbone, dataset=dataset, out_dir=Path(out), annotations=annotations,
                           val_fraction=config.data.val_fraction, reasoning_order=config.train.reasoning_order,
                           reasoning_format=config.train.reasoning_format,
-                          reasoning_dropout=config.train.reasoning_dropout, lambda_r=config.loss.lambda_r)
+                          reasoning_dropout=config.train.reasoning_dropout, lambda_r=config.loss.lambda_r,
+                          extra={"shard": shard} if shard is not None else {})
     result = benchmark.evaluate(context)
+    if identity is not None:
+        from refine_core.evaluate.shards import finish_shard
+
+        return finish_shard(out, identity, result)
     write_results(out, result)
     return result

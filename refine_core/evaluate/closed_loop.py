@@ -9,7 +9,8 @@ the server's own record of it (latency, tokens, forced spans) and writes one rec
 
 Layout of OUT (the benchmark's output directory):
     <policy>/                 one per evaluated policy, e.g. model-every_k, do-nothing
-        vla-eval.yaml         the vla-eval config that ran (its benchmark entry and shards)
+        vla-eval.yaml         the vla-eval config that ran (its benchmark entry, local shards, and
+                              `shard`: this machine's part i/n of a split evaluation, see shards.py)
         recording-<id>.sqlite vla-eval's recording: its work queue makes a killed run resumable
         policy_log.jsonl      the server's per-episode records (appended as episodes end)
         episodes.jsonl        the joined records, written once every episode is done
@@ -64,9 +65,14 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
 
 
 def run_policy(policy: Any, entry: dict[str, Any], out: Path, shards: int = 1, max_batch_size: int = 8,
-               protocol: dict[str, Any] | None = None, camera: str | None = None) -> list[dict[str, Any]]:
-    """Every episode of the vla-eval benchmark `entry` with `policy`, as joined records (resumes
-    from `out`; reads the records back when `out` already holds them all)."""
+               protocol: dict[str, Any] | None = None, camera: str | None = None,
+               shard: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+    """Every episode of the vla-eval benchmark `entry` with `policy` (only machine part `shard`
+    (i, n) of them, see shards.py), as joined records (resumes from `out`; reads the records back
+    when `out` already holds them all)."""
+    from refine_core.evaluate.shards import shard_label
+
+    _check_same_part(out, shard_label(shard))
     done = out / EPISODES_FILE
     if done.is_file():
         return [json.loads(line) for line in done.read_text().splitlines() if line.strip()]
@@ -77,38 +83,51 @@ def run_policy(policy: Any, entry: dict[str, Any], out: Path, shards: int = 1, m
     out.mkdir(parents=True, exist_ok=True)
     eval_id = re.sub(r"[^\w.-]", "_", out.name)
     config = {"benchmarks": [entry], "output_dir": str(out), "render": "cpu"}
-    atomic_write(out / "vla-eval.yaml", json.dumps({**config, "shards": shards}, indent=2))
+    atomic_write(out / "vla-eval.yaml", json.dumps({**config, "shards": shards, "shard": shard_label(shard)},
+                                                   indent=2))
     server = PolicyModelServer(policy, max_batch_size=max_batch_size, camera=camera, log_path=out / LOG_FILE)
     with serve_background(server) as handle:
         if shards == 1:
-            _run_here(config, handle.url, eval_id)
+            from refine_core.evaluate.shards import run_orchestrator
+
+            run_orchestrator({**config, "server": {"url": handle.url, "timeout": 600}}, eval_id, 0, 1, shard)
         else:
-            _run_shards(config, out, handle.url, eval_id, shards)
-    rows = _export(out, eval_id)
+            _run_shards(config, out, handle.url, eval_id, shards, shard)
+    rows, finished = _export(out, eval_id)
     records = _join(rows, out / LOG_FILE, policy.describe(), protocol or {})
-    if rows and not any(r["partial"] for r in rows):  # vla-eval's queue says every episode is done
+    if finished:  # vla-eval's queue says every episode (of this machine's part) is done
         atomic_write(done, "".join(json.dumps(r) + "\n" for r in records))
     return records
 
 
-def _run_here(config: dict[str, Any], url: str, eval_id: str) -> None:
-    """vla-eval's orchestrator in this process, as one shard of one (its resumable work queue)."""
-    import anyio
-    from vla_eval.orchestrator import Orchestrator
+def _check_same_part(out: Path, label: str | None) -> None:
+    """Refuse to continue in `out` the recording of another part of a split evaluation."""
+    recorded = out / "vla-eval.yaml"
+    if not recorded.is_file():
+        return
+    held = json.loads(recorded.read_text()).get("shard")
+    if held != label:
+        from refine_core.errors import UsageError
 
-    orchestrator = Orchestrator({**config, "server": {"url": url, "timeout": 600}}, shard_id=0, num_shards=1,
-                                eval_id=eval_id)
-    anyio.run(orchestrator.run)
+        held, asked = (f"shard {text}" if text else "an unsharded evaluation" for text in (held, label))
+        raise UsageError(f"{out} holds the episodes of {held}, not of {asked}: evaluate into another --out")
 
 
-def _run_shards(config: dict[str, Any], out: Path, url: str, eval_id: str, shards: int) -> None:
-    """`shards` `vla-eval run` processes on one work queue, all talking to this process's server."""
+def _run_shards(config: dict[str, Any], out: Path, url: str, eval_id: str, shards: int,
+                machine: tuple[int, int] | None = None) -> None:
+    """`shards` `vla-eval run` processes on one work queue, all talking to this process's server
+    (for a machine's part of a split evaluation, refine's wrapper of vla-eval's orchestrator)."""
+    from refine_core.evaluate.shards import local_shard_command
+
     atomic_write(out / "vla-eval-run.yaml", json.dumps({**config, "server": {"url": url, "timeout": 600}}))
     command = [sys.executable, "-m", "vla_eval.cli.main", "run", "--no-docker", "-c",
                str(out / "vla-eval-run.yaml"),
                "--eval-id", eval_id, "--output-dir", str(out), "--num-shards", str(shards)]
-    processes = [subprocess.Popen([*command, "--shard-id", str(i)], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, text=True) for i in range(shards)]
+    commands = [[*command, "--shard-id", str(i)] if machine is None else
+                local_shard_command(out / "vla-eval-run.yaml", eval_id, i, shards, machine)
+                for i in range(shards)]
+    processes = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for argv in commands]
     failed = []
     for process in processes:
         _, err = process.communicate()
@@ -121,16 +140,17 @@ def _run_shards(config: dict[str, Any], out: Path, url: str, eval_id: str, shard
                           "episodes")
 
 
-def _export(out: Path, eval_id: str) -> list[dict[str, Any]]:
+def _export(out: Path, eval_id: str) -> tuple[list[dict[str, Any]], bool]:
+    """vla-eval's exported episodes, and whether its queue says every one is done."""
     from vla_eval.results.export import export_eval
 
-    rows = []
-    for body in export_eval(out, eval_id):
+    rows, bodies = [], export_eval(out, eval_id)
+    for body in bodies:
         for task in body.get("tasks", []):
             for episode in task.get("episodes", []):
-                rows.append({**episode, "task": task.get("task"), "partial": bool(body.get("partial")),
+                rows.append({**episode, "task": task.get("task"),
                              "vla_eval_version": body.get("harness_version")})
-    return rows
+    return rows, bool(bodies) and not any(body.get("partial") for body in bodies)
 
 
 def _join(rows: list[dict[str, Any]], log: Path, description: dict[str, Any],
@@ -230,7 +250,8 @@ class ClosedLoopBenchmark(Benchmark):
         for name, mode, policy in self.policies(context):
             rows = run_policy(policy, self.entry(name), Path(context.out_dir) / name,
                               shards=self.options.shards, max_batch_size=self.options.max_batch_size,
-                              protocol=self.protocol(name), camera=self.camera)
+                              protocol=self.protocol(name), camera=self.camera,
+                              shard=context.extra.get("shard"))  # a machine's part (refine eval --shard)
             role = getattr(policy, "role", "model")  # model, baseline, or reference (a scripted expert)
             records += [{"policy": name, "mode": mode, "role": role, **row} for row in rows]
             table[name] = {"mode": mode, "role": role, **summarise(rows)}
