@@ -15,8 +15,8 @@ from refine_core.cli import main
 from refine_core.config import resolve_config
 from refine_core.report import build_report
 
-SECTIONS = ("Configuration", "Dataset and annotations", "Training", "Evaluation", "Attention maps",
-            "Example reasoning")
+SECTIONS = ("Does it work?", "Configuration", "Dataset and annotations", "Training", "Evaluation",
+            "Attention maps", "Example reasoning")
 COLOURS = ("red", "blue", "green", "yellow", "white", "orange")
 
 
@@ -55,6 +55,14 @@ def test_report_of_a_full_run_has_every_section_with_embedded_figures(run_dir):
     headings = re.findall(r"^## (.+)$", markdown, flags=re.M)
     assert headings == list(SECTIONS)
     assert "Missing:" not in markdown and "could not" not in markdown
+    # the answer leads: each claim with what measured it, or why nothing could
+    answer = markdown.split("## Does it work?")[1].split("## ")[0]
+    quality = json.loads((run_dir / "eval" / "summary.json").read_text())["reasoning_quality"]
+    assert quality["steps"] == 1  # one held-out episode, one free-running step
+    assert "learns the teacher's reasoning" in answer and f"({quality['steps']} steps)" in answer
+    assert "not measured: no closed-loop benchmark ran" in answer  # bridge has no simulator
+    assert "not measured: no checkpoint, or the dataset's steps have no object boxes" in answer
+    assert "reasoning the run's format could read" in markdown  # the Evaluation section's table
     # every figure the Markdown references is beside it, and is a PNG
     referenced = set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown))
     assert {"training_curves.png", "attention.png", "example-1.png"} <= referenced

@@ -44,7 +44,12 @@ def build_report(run_dir: str | Path, attention_episodes: int = 3, registry: Any
     for stale in report_dir.glob("*.png"):  # figures of a stage that is gone must not linger
         stale.unlink()
     config = load_config(run_dir)
+    from refine_core.report.answer_section import answer_section
+    from refine_core.report.attention_objects import attention_object_numbers
+
     sections = [
+        # the answer first; the attention measurement is shared with the Attention maps section
+        answer_section(run_dir, attention_object_numbers(run_dir, registry, attention_episodes)),
         config_section(run_dir, config),
         data_section(run_dir, config),
         training_section(run_dir, report_dir),

@@ -158,9 +158,12 @@ def evaluation_section(run_dir: Path) -> Section:
         blocks += [
             Text(f"{m.replace('_', ' ')}: {summary[m]['note']}") for m in modes if summary[m].get("note")
         ]
+    quality = summary.get("reasoning_quality")
+    if isinstance(quality, dict):
+        blocks += reasoning_quality_blocks(quality)
     # aggregates of another benchmark (or added later) are listed rather than dropped
     shown = {"episodes", "steps", "action_token_accuracy", "reasoning_token_accuracy", "action_token_chance",
-             *modes}
+             "reasoning_quality", *modes}
     others = [
         [key, cell(value)]
         for key, value in summary.items()
@@ -171,16 +174,33 @@ def evaluation_section(run_dir: Path) -> Section:
     return Section("Evaluation", blocks)
 
 
+def reasoning_quality_blocks(quality: dict[str, Any]) -> list[Any]:
+    """The free-running reasoning against the teacher's, per section (offline benchmark)."""
+    from refine_core.report.closed_loop_section import rate_with_interval
+
+    rows = [[name.replace("_", " "),
+             rate_with_interval(stats.get("exact_match"), stats.get("exact_match_ci95")),
+             cell(stats.get("token_f1"), 3)] for name, stats in quality.get("sections", {}).items()]
+    rows.append(["all sections", rate_with_interval(quality.get("all_sections_exact"),
+                                                    quality.get("all_sections_exact_ci95")),
+                 cell(quality.get("mean_token_f1"), 3)])
+    phase = rate_with_interval(quality.get("phase_accuracy"), quality.get("phase_accuracy_ci95"))
+    return [Text(f"Free-running reasoning against the teacher's on {quality.get('steps')} held-out steps "
+                 f"(reasoning the run's format could read: {cell(quality.get('parsed_rate'), 3)}; "
+                 f"sub-action names the teacher's phase: {phase}):"),
+            Table(["section", "exact match % [95% CI]", "token F1"], rows)]
+
+
 def attention_section(run_dir: Path, report_dir: Path, episodes: int, registry: Any) -> Section:
     from refine_core.training.checkpoint import latest_checkpoint
 
-    from refine_core.report.attention_compare import compare_attention
+    from refine_core.report.attention_objects import object_table, reading, report_attention
     from refine_core.report.plots import attention_figure
 
     if latest_checkpoint(run_dir / "train") is None:
         return missing_section("Attention maps", "no trained checkpoint (train/checkpoints/step-*).")
-    try:
-        comparison = compare_attention(run_dir / "train", episodes=episodes, registry=registry)
+    try:  # shared with any other section quoting the numbers (attention_object_numbers)
+        comparison = report_attention(run_dir, episodes=episodes, registry=registry)
     except Exception as exc:  # the report still renders; the section says what went wrong
         return Section("Attention maps", [Text(f"Attention maps could not be drawn: {_problem(exc)}")],
                        missing=True)
@@ -193,6 +213,20 @@ def attention_section(run_dir: Path, report_dir: Path, episodes: int, registry: 
                              "its "
                              f"10% most attended patches (0.1 = uniform).")]
     blocks += [Text(note) for note in comparison.notes]
+    objects = comparison.objects
+    if objects is not None:
+        which = "held-out" if objects.held_out else "training"
+        blocks += [
+            Text(f"Attention measured: the share of the tokens' image attention (top-{objects.top_k} heads, "
+                 f"fused by {objects.fusion}: attention mass, not normalised) on the patches that show the "
+                 f"instruction's target and destination objects, on {which} frames; chance is the share a "
+                 f"uniform map would put on those patches. Intervals: {objects.interval}; the difference is "
+                 f"paired on the same frames. Measured in {objects.seconds:.1f} s (model loading not "
+                 f"counted)."),
+            object_table(objects),
+        ]
+        blocks += [Text(reading(share, objects.tuned_label)) for share in objects.shares.values()]
+        blocks += [Text(note) for note in objects.notes]
     return Section("Attention maps", blocks)
 
 
