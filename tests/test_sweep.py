@@ -122,6 +122,51 @@ def test_read_metric_takes_dotted_keys_and_reports_absence(tmp_path):
     assert read_metric(tmp_path / "missing", "action_token_accuracy") == (None, None)
 
 
+def test_closed_loop_success_is_read_with_its_interval_and_the_baselines(tmp_path):
+    """The paper's Figure 8 with intervals: a point's closed-loop success, its Wilson interval as
+    error bars, and the baselines of the same summary as reference lines."""
+    axes = [parse_grid("loss.lambda_r=0,1.0")]
+    points = plan_sweep(axes, tmp_path, _resolve())
+    for point, wins in zip(points, (3, 9)):
+        folder = point.directory / "eval" / "demo-sim"
+        folder.mkdir(parents=True)
+        folder.joinpath("summary.json").write_text(json.dumps({"benchmark": "demo-sim", "policies": {
+            "model-never": {"mode": "never", "role": "model", "success_rate": wins / 12,
+                            "success_ci95": [wins / 24, wins / 12 + 0.1]},
+            "random": {"mode": None, "role": "baseline", "success_rate": 1 / 12, "success_ci95": [0.0, 0.3]},
+            "expert": {"mode": None, "role": "reference", "success_rate": 1.0, "success_ci95": [0.8, 1.0]}}}))
+        (point.directory / "eval" / "summary.json").write_text(json.dumps({"action_token_accuracy": 0.5}))
+    metric = "demo-sim.policies.model-never.success_rate"
+    result = run_sweep(points, axes, tmp_path, metric, STAGES, log=lambda line: None,
+                       runner=lambda *args: None)
+    assert [p.metric for p in result.points] == pytest.approx([0.25, 0.75])
+    assert [p.interval for p in result.points] == [pytest.approx((0.125, 0.35)), pytest.approx((0.375, 0.85))]
+    assert result.points[0].baselines == {"random": pytest.approx(1 / 12)}  # the reference is no baseline
+    table = json.loads((tmp_path / "sweep.json").read_text())
+    assert table["points"][1]["ci95"] == pytest.approx([0.375, 0.85])
+    assert result.figure.is_file()
+    # the offline summary is still read when the first part names no closed-loop benchmark
+    assert read_metric(points[0].directory, "action_token_accuracy") == (0.5, None)
+
+
+def test_the_ablation_example_plans_the_papers_grid(tmp_path):
+    """examples/ablation.yaml and the command in its comments plan the six documented points."""
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "ablation.yaml"
+    command = " ".join(line.strip("# \\\n") for line in example.read_text().splitlines()
+                       if line.startswith("#   ") or line.startswith("#     "))
+    grids = [item.split()[0] for item in command.split("--grid ")[1:]]
+    assert grids == ["loss.lambda_r=0,0.3,1.0", "freeze.first_n_layers=0,2"]
+    axes = [parse_grid(g) for g in grids]
+    points = plan_sweep(axes, tmp_path, lambda extra: resolve_config(config_file=example, sets=extra))
+    assert [p.name for p in points][:2] == ["loss.lambda_r=0,freeze.first_n_layers=0",
+                                            "loss.lambda_r=0,freeze.first_n_layers=2"] and len(points) == 6
+    assert all(p.config.closed_loop.name == "demo-sim" and p.config.closed_loop.options["modes"]
+               == ["every_step", "never"] for p in points)
+    assert "--metric demo-sim.policies.model-every_step.success_rate" in command
+
+
 def test_sweep_command_runs_each_point_through_the_pipeline(tmp_path, capsys):
     from refine_plugins.rlds.fixtures import write_bridge_dataset
 

@@ -109,11 +109,15 @@ def training_curves(records: Sequence[dict[str, Any]], path: str | Path) -> Path
 
 
 def sweep_figure(key: str, series: dict[str, Sequence[tuple[Any, float | None]]], metric: str,
-                 path: str | Path, baseline: float | None = None) -> Path:
+                 path: str | Path, baseline: float | None = None,
+                 intervals: dict[str, Sequence[tuple[Any, tuple[float, float]]]] | None = None,
+                 references: dict[str, float] | None = None) -> Path:
     """`metric` against the swept `key`: one line per series label ("" for a single series).
 
     Numeric values sit on a numeric axis; anything else (None, strings) on evenly spaced ticks.
     A point with no metric (its run failed or has no evaluation) is an × on the x axis.
+    `intervals` (per label: value → (low, high)) draws error bars; `references` (name → level,
+    e.g. the closed-loop baselines) dashed horizontal lines.
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -129,6 +133,9 @@ def sweep_figure(key: str, series: dict[str, Sequence[tuple[Any, float | None]]]
         for x, m in present:
             ax.annotate(f"{m:.3g}", (x, m), textcoords="offset points", xytext=(0, 7), ha="center",
                         fontsize=8)
+        for v, (low, high) in (intervals or {}).get(label, []):
+            m = next(m for value, m in points if value == v)
+            ax.errorbar([where[v]], [m], yerr=[[m - low], [high - m]], color=colour, capsize=4, linewidth=1)
         for x in absent:  # an × on the x axis, in the series' colour
             ax.plot([x], [0.03], marker="x", markersize=9, color=colour, transform=ax.get_xaxis_transform(),
                     clip_on=False)
@@ -136,7 +143,9 @@ def sweep_figure(key: str, series: dict[str, Sequence[tuple[Any, float | None]]]
     ax.margins(y=0.15)
     if baseline is not None:
         ax.axhline(baseline, color="gray", linestyle="--", linewidth=1, label=f"chance ({baseline:.3g})")
-    if baseline is not None or len(series) > 1:
+    for (name, level), style in zip(sorted((references or {}).items()), ("--", ":", "-.") * 4):
+        ax.axhline(level, color="dimgray", linestyle=style, linewidth=1, label=f"{name} ({level:.3g})")
+    if baseline is not None or len(series) > 1 or references:
         ax.legend(loc="best", fontsize=8)
     if numeric:
         ax.set_xticks(values)

@@ -14,6 +14,10 @@
 - Result: `DIR/sweep.json` (one row per point: settings, metric, status) and
   `DIR/sweep-<metric>.png` (the metric from each point's eval/summary.json against the first
   axis, one line per combination of the other axes).
+- Closed-loop metrics: a metric whose first part names a closed-loop benchmark the points ran
+  (`demo-sim.policies.model-every_step.success_rate`) is read from `eval/<benchmark>/summary.json`;
+  its interval (`success_ci95` beside `success_rate`) becomes error bars, and the baselines' rates
+  of the same summary (role "baseline") dashed lines — the paper's Figure 8 with intervals.
 
 The annotate stage runs in every point; with `annotate.cache` on (the default) identical
 requests are answered from the content cache, so repeating it costs no teacher calls.
@@ -50,6 +54,8 @@ class Point:
     status: str = "planned"  # planned | finished | ran | failed
     metric: float | None = None
     chance: float | None = None
+    interval: tuple[float, float] | None = None  # the metric's 95% interval, when its summary has one
+    baselines: dict[str, float] = field(default_factory=dict)  # baseline policy → rate (closed loop)
     error: str | None = None
 
     @property
@@ -122,17 +128,51 @@ def point_finished(directory: Path, stages: Sequence[str]) -> bool:
 
 def read_metric(directory: Path, metric: str) -> tuple[float | None, float | None]:
     """(metric, chance) from the point's eval/summary.json; `metric` may be dotted
-    (with_reasoning.l1_mean)."""
-    try:
-        summary = json.loads((directory / "eval" / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None, None
-    node: Any = summary
-    for part in metric.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    value = node if isinstance(node, (int, float)) and not isinstance(node, bool) else None
-    chance = summary.get("action_token_chance") if metric == "action_token_accuracy" else None
+    (with_reasoning.l1_mean), and may start with a closed-loop benchmark's name (see above)."""
+    value, chance, _, _ = read_metric_details(directory, metric)
     return value, chance
+
+
+def _number(node: Any) -> float | None:
+    return float(node) if isinstance(node, (int, float)) and not isinstance(node, bool) else None
+
+
+def read_metric_details(directory: Path, metric: str
+                        ) -> tuple[float | None, float | None, tuple[float, float] | None, dict[str, float]]:
+    """(metric, chance, its 95% interval, baseline rates) of one point (see the module docstring)."""
+    parts = metric.split(".")
+    summary_file = directory / "eval" / "summary.json"
+    if len(parts) > 1 and (directory / "eval" / parts[0] / "summary.json").is_file():
+        summary_file, parts = directory / "eval" / parts[0] / "summary.json", parts[1:]
+    try:
+        summary = json.loads(summary_file.read_text())
+    except (OSError, ValueError):
+        return None, None, None, {}
+    parent: Any = None
+    node: Any = summary
+    for part in parts:
+        parent, node = node, node.get(part) if isinstance(node, dict) else None
+    value = _number(node)
+    chance = summary.get("action_token_chance") if metric == "action_token_accuracy" else None
+    interval = None
+    if value is not None and isinstance(parent, dict):
+        leaf = parts[-1]
+        for key in (leaf + "_ci95", leaf[: -len("_rate")] + "_ci95" if leaf.endswith("_rate") else None):
+            ci = parent.get(key) if key else None
+            if isinstance(ci, list) and len(ci) == 2 and all(_number(v) is not None for v in ci):
+                interval = (float(ci[0]), float(ci[1]))
+                break
+    baselines: dict[str, float] = {}
+    policies = summary.get("policies")
+    if value is not None and isinstance(policies, dict) and parts[0] == "policies" and len(parts) == 3:
+        for name, stats in policies.items():
+            if not isinstance(stats, dict):
+                continue
+            rate = _number(stats.get(parts[2]))
+            role = stats.get("role", "baseline" if stats.get("mode") is None else "model")
+            if rate is not None and role == "baseline":
+                baselines[name] = rate
+    return value, chance, interval, baselines
 
 
 def run_point(config: Any, directory: Path, stages: Sequence[str], log: Callable[[str], None]) -> None:
@@ -172,14 +212,17 @@ def run_sweep(points: Sequence[Point], axes: Sequence[Axis], out: str | Path, me
                 )
                 result.failed.append(point)
                 log(f"  {point.name} failed: {point.error}")
-        point.metric, point.chance = read_metric(point.directory, metric)
+        point.metric, point.chance, point.interval, point.baselines = read_metric_details(point.directory,
+                                                                                          metric)
     result.table = write_table(result, out)
     result.figure = plot_sweep(result, out)
     return result
 
 
 def rows(result: SweepResult) -> list[dict[str, Any]]:
-    return [{**{key: value for key, _, value in p.settings}, result.metric: p.metric, "status": p.status,
+    return [{**{key: value for key, _, value in p.settings}, result.metric: p.metric,
+             **({"ci95": list(p.interval)} if p.interval else {}),
+             **({"baselines": p.baselines} if p.baselines else {}), "status": p.status,
              "directory": p.name, **({"error": p.error} if p.error else {})} for p in result.points]
 
 
@@ -198,9 +241,15 @@ def plot_sweep(result: SweepResult, out: Path) -> Path:
 
     first, others = result.axes[0], result.axes[1:]
     series: dict[str, list[tuple[Any, float | None]]] = {}
+    intervals: dict[str, list[tuple[Any, tuple[float, float]]]] = {}
     for point in result.points:
         label = ", ".join(f"{a.key}={text}" for a in others for k, text, _ in point.settings if k == a.key)
         series.setdefault(label, []).append((point.value(first.key), point.metric))
+        if point.interval is not None:
+            intervals.setdefault(label, []).append((point.value(first.key), point.interval))
     chance = next((p.chance for p in result.points if p.chance is not None), None)
+    # a baseline does not depend on the swept settings: the first point that ran it speaks for all
+    baselines = next((p.baselines for p in result.points if p.baselines), {})
     name = re.sub(r"[^\w.-]+", "_", result.metric)
-    return sweep_figure(first.key, series, result.metric, out / f"sweep-{name}.png", baseline=chance)
+    return sweep_figure(first.key, series, result.metric, out / f"sweep-{name}.png", baseline=chance,
+                        intervals=intervals, references=baselines)
