@@ -162,6 +162,16 @@ def test_refine_data_stats_and_show(demo, cache, tmp_path):
     assert png.stat().st_size > 20_000 and png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_writing_the_demo_data_prints_nothing_but_refines_own_output(tmp_path):
+    result = run_refine("data", "stats", "--dataset", "demo", "--set", "dataset.episodes=2", "--set",
+                        f"dataset.cache_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("demo (demo-gripper")  # the table, nothing before it
+    # absl's "Variant folder … has no dataset_info.json" and tfds' "Downloading and preparing …"
+    assert "absl" not in result.stderr and "dataset_info" not in result.stderr
+    assert "Downloading" not in result.stdout + result.stderr
+
+
 def test_tiny_backbone_learns_the_demo(demo):
     """Held-out action-token accuracy after a short CPU run is far above chance (1/256)."""
     import torch

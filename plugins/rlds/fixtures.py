@@ -18,6 +18,9 @@ Episode dicts:
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -70,11 +73,20 @@ def write_rlds(root: str | Path, name: str, version: str, features: Any,
     if target.exists() and overwrite:
         shutil.rmtree(target)
     tfds.display_progress_bar(False)
-    tfds.dataset_builders.store_as_tfds_dataset(
-        name=name, version=version, features=features, data_dir=str(root), disable_shuffling=True,
-        split_datasets={split: [(f"{split}-{i:06d}", ex) for i, ex in enumerate(examples)]
-                        for split, examples in splits.items()},
-    )
+    # tfds narrates a write: absl warnings about the folder it is creating, "Downloading and
+    # preparing…" printed on stdout. Nothing is downloaded and the caller reports what it wrote.
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            tfds.dataset_builders.store_as_tfds_dataset(
+                name=name, version=version, features=features, data_dir=str(root), disable_shuffling=True,
+                split_datasets={split: [(f"{split}-{i:06d}", ex) for i, ex in enumerate(examples)]
+                                for split, examples in splits.items()},
+            )
+    finally:
+        absl.setLevel(level)
     return target
 
 
