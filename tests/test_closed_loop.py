@@ -98,6 +98,58 @@ def test_a_bad_observation_fails_only_its_own_session(backbone):
     assert described["backbone"] == "hf_vlm" and described["reasoning"] == "never"
 
 
+def _rotation_matrix_by_hand(roll, pitch, yaw):
+    """Extrinsic x, then y, then z (the rpy convention): R = Rz(yaw) Ry(pitch) Rx(roll)."""
+    c, s = np.cos, np.sin
+    rx = np.array([[1, 0, 0], [0, c(roll), -s(roll)], [0, s(roll), c(roll)]])
+    ry = np.array([[c(pitch), 0, s(pitch)], [0, 1, 0], [-s(pitch), 0, c(pitch)]])
+    rz = np.array([[c(yaw), -s(yaw), 0], [s(yaw), c(yaw), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _rodrigues(vector):
+    angle = np.linalg.norm(vector)
+    k = np.array([[0, -vector[2], vector[1]], [vector[2], 0, -vector[0]], [-vector[1], vector[0], 0]]) / angle
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+
+
+def test_a_server_for_an_axis_angle_controller_converts_the_rotation_and_says_so():
+    """SimplerEnv's controllers read a rotation vector: the served action's rotation is the same
+    rotation as the predicted roll/pitch/yaw delta, written as axis × angle; the rest is untouched."""
+    from vla_eval.api import serve_background
+    from vla_eval.connection import Connection
+
+    from refine_core.evaluate.baselines import ScriptedPolicy
+    from refine_core.serve.model_server import PolicyModelServer
+
+    rpy = (0.1, -0.2, 0.3)
+
+    class Turning(ScriptedPolicy):
+        def action(self, session, observation=None):
+            return np.array([0.01, 0.02, -0.03, *rpy, 0.0], np.float32)
+
+    async def one_action(url):
+        conn = Connection(url, timeout=60)
+        await conn.connect()
+        await conn.start_episode({"task": {"name": "demo"}})
+        action = await conn.act({"images": {"image_0": np.zeros((8, 8, 3), np.uint8)},
+                                 "task_description": "turn"})
+        await conn.close()
+        return np.asarray(action["actions"], np.float64), conn.server_info
+
+    served = {}
+    for rotation in ("rpy", "axis_angle"):
+        with serve_background(PolicyModelServer(Turning(), rotation=rotation)) as handle:
+            served[rotation] = anyio.run(one_action, handle.url)
+    as_predicted, info = served["rpy"]
+    assert as_predicted[3:6] == pytest.approx(rpy, abs=1e-6)
+    converted, info = served["axis_angle"]
+    assert converted[[0, 1, 2, 6]] == pytest.approx([0.01, 0.02, -0.03, 0.0], abs=1e-6)
+    assert np.allclose(_rodrigues(converted[3:6]), _rotation_matrix_by_hand(*rpy), atol=1e-6)
+    assert info["action_spec"]["rotation"]["format"] == "delta_axis_angle"
+    assert json.loads(info["action_spec"]["refine"]["description"])["rotation"] == "axis_angle"
+
+
 class SlowDoNothing(DoNothingPolicy):
     def act_batch(self, sessions, images, observations=None):
         time.sleep(0.01)
@@ -147,6 +199,9 @@ def test_demo_sim_benchmark_evaluates_every_mode_and_the_baselines(backbone, tmp
     assert table["expert"]["success_rate"] == 1.0  # through the same server as the model
     assert len(result.records) == 10 and {r["mode"] for r in result.records} == {"every_k", "never", None}
     assert all(r["protocol"]["benchmark"] == "demo-sim" for r in result.records)
+    # demo-sim's dynamics read refine's own convention: nothing converted, and every record says so
+    assert all(r["protocol"]["adapter"]["rotation"] == "roll/pitch/yaw deltas as predicted"
+               for r in result.records)
 
 
 class SleepyDoNothing(DoNothingPolicy):

@@ -45,6 +45,9 @@ def serve(
         "--camera", help="Which observation image is the primary one (default: the first).")] = None,
     log: Annotated[Optional[Path], typer.Option("--log",
                                                 help="Append one JSON line per episode here.")] = None,
+    rotation: Annotated[Literal["rpy", "axis_angle"], typer.Option(
+        "--rotation", help="Rotation the environment reads: roll/pitch/yaw deltas as predicted, or "
+                           "axis_angle (SimplerEnv's controllers, through vla-eval)")] = "rpy",
     set_: SetOpt = None,
 ) -> None:
     """Serve a trained policy: vla-eval's orchestrator (or openpi-client) connects and it acts."""
@@ -62,7 +65,8 @@ def serve(
 
     from refine_core.serve.model_server import PolicyModelServer
 
-    server = PolicyModelServer(policy, max_batch_size=max_batch, camera=camera, log_path=log)
+    server = PolicyModelServer(policy, max_batch_size=max_batch, camera=camera, log_path=log,
+                               rotation=rotation)
     console.print(f"serving {checkpoint} on ws://{host}:{port} (health: http://{host}:{port}/health); "
                   f"reasoning {policy.settings.reasoning}, {policy.actions_per_query} action(s) per query",
                   highlight=False)

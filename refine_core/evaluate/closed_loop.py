@@ -66,7 +66,7 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
 
 def run_policy(policy: Any, entry: dict[str, Any], out: Path, shards: int = 1, max_batch_size: int = 8,
                protocol: dict[str, Any] | None = None, camera: str | None = None,
-               shard: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+               shard: tuple[int, int] | None = None, rotation: str = "rpy") -> list[dict[str, Any]]:
     """Every episode of the vla-eval benchmark `entry` with `policy` (only machine part `shard`
     (i, n) of them, see shards.py), as joined records (resumes from `out`; reads the records back
     when `out` already holds them all)."""
@@ -85,7 +85,8 @@ def run_policy(policy: Any, entry: dict[str, Any], out: Path, shards: int = 1, m
     config = {"benchmarks": [entry], "output_dir": str(out), "render": "cpu"}
     atomic_write(out / "vla-eval.yaml", json.dumps({**config, "shards": shards, "shard": shard_label(shard)},
                                                    indent=2))
-    server = PolicyModelServer(policy, max_batch_size=max_batch_size, camera=camera, log_path=out / LOG_FILE)
+    server = PolicyModelServer(policy, max_batch_size=max_batch_size, camera=camera, log_path=out / LOG_FILE,
+                               rotation=rotation)
     with serve_background(server) as handle:
         if shards == 1:
             from refine_core.evaluate.shards import run_orchestrator
@@ -210,6 +211,7 @@ class ClosedLoopBenchmark(Benchmark):
     name = "closed-loop"
     vla_benchmark = ""
     camera: str | None = None  # the observation image the policy sees (None: the first)
+    rotation = "rpy"  # what the benchmark's controller reads: rpy deltas, or "axis_angle" (SimplerEnv)
 
     def __init__(self, options: ClosedLoopOptions):
         self.options = options
@@ -225,7 +227,10 @@ class ClosedLoopBenchmark(Benchmark):
     def protocol(self, policy: str) -> dict[str, Any]:
         """What a result needs to say about how the episodes were run (beside the policy's own)."""
         return {"benchmark": self.name, "vla_benchmark": self.vla_benchmark, "params": self.params(policy),
-                "episodes_per_task": self.options.episodes, "adapter": "identity (refine's convention)"}
+                "episodes_per_task": self.options.episodes,
+                "adapter": {"rotation": "roll/pitch/yaw deltas as predicted" if self.rotation == "rpy" else
+                            "roll/pitch/yaw deltas → axis-angle (extrinsic xyz)",
+                            "gripper": "1 open, 0 closed (the benchmark maps it to its robot's)"}}
 
     def policies(self, context: Any) -> list[tuple[str, str | None, Any]]:
         """(name, reasoning mode or None, policy) for the model's modes and the baselines."""
@@ -251,7 +256,8 @@ class ClosedLoopBenchmark(Benchmark):
             rows = run_policy(policy, self.entry(name), Path(context.out_dir) / name,
                               shards=self.options.shards, max_batch_size=self.options.max_batch_size,
                               protocol=self.protocol(name), camera=self.camera,
-                              shard=context.extra.get("shard"))  # a machine's part (refine eval --shard)
+                              shard=context.extra.get("shard"),  # a machine's part (refine eval --shard)
+                              rotation=self.rotation)
             role = getattr(policy, "role", "model")  # model, baseline, or reference (a scripted expert)
             records += [{"policy": name, "mode": mode, "role": role, **row} for row in rows]
             table[name] = {"mode": mode, "role": role, **summarise(rows)}

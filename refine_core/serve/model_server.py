@@ -13,19 +13,29 @@ This class adds what refine needs around it:
 - a record per episode (queries, actions, latency per action, tokens, forced spans, a reasoning
   sample), keyed by vla-eval's (session, episode) ids so results can be joined with them;
 - the policy's description in the HELLO reply (as the description of an extra action-spec
-  component, `refine`), which vla-eval stores with every result as `server_info`.
+  component, `refine`), which vla-eval stores with every result as `server_info`;
+- the environment's rotation convention: refine's actions carry roll/pitch/yaw deltas; a benchmark
+  whose controller reads a rotation vector (SimplerEnv's, through vla-eval's SimplerEnvBenchmark)
+  gets `rotation="axis_angle"`: the extrinsic-xyz Euler delta as axis × angle, converted with
+  vla-eval's own rotation functions (the conversion SimplerEnv's reference policies make with
+  transforms3d's euler2axangle). The gripper stays 1 open / 0 closed: vla-eval's benchmarks map
+  it to their robot's (WidowX ±1, Google Robot relative with its sticky repeat).
 """
 from __future__ import annotations
 
 import json
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import numpy as np
 
 from vla_eval.model_servers.predict import PredictModelServer
 from vla_eval.specs import GRIPPER_01, IMAGE_RGB, LANGUAGE, DimSpec
 
 from refine_core.policy import PolicySession, _check_image
+
+Rotation = Literal["rpy", "axis_angle"]
 
 # refine's action convention, as vla-eval describes conventions
 ACTION_SPEC = {
@@ -40,11 +50,11 @@ class PolicyModelServer(PredictModelServer):
 
     def __init__(self, policy: Any, max_batch_size: int = 8, max_wait_time: float = 0.005,
                  camera: str | None = None, log_path: str | Path | None = None,
-                 metadata: dict[str, Any] | None = None):
+                 metadata: dict[str, Any] | None = None, rotation: Rotation = "rpy"):
         super().__init__(chunk_size=policy.actions_per_query, max_batch_size=max_batch_size,
                          max_wait_time=max_wait_time)
-        self.policy, self.camera = policy, camera
-        self.metadata = {**policy.describe(), **(metadata or {})}
+        self.policy, self.camera, self.rotation = policy, camera, rotation
+        self.metadata = {**policy.describe(), "rotation": rotation, **(metadata or {})}
         self.log_path = Path(log_path) if log_path else None
         self.sessions: dict[str, PolicySession] = {}
         self.episodes: dict[str, dict[str, Any]] = {}  # live episode records, by session id
@@ -54,7 +64,11 @@ class PolicyModelServer(PredictModelServer):
     # -- protocol ----------------------------------------------------------------------------
     def get_action_spec(self) -> dict[str, DimSpec]:
         info = DimSpec("refine", 0, "metadata", description=json.dumps(self.metadata, sort_keys=True))
-        return {**ACTION_SPEC, "refine": info}
+        spec = dict(ACTION_SPEC)
+        if self.rotation == "axis_angle":
+            spec["rotation"] = DimSpec("rotation", 3, "delta_axis_angle",
+                                       description="radians: rotation axis × angle per step")
+        return {**spec, "refine": info}
 
     def get_observation_spec(self) -> dict[str, DimSpec]:
         # vla-eval's benchmarks key frames by camera name; "image" (its model servers' word) when
@@ -132,7 +146,19 @@ class PolicyModelServer(PredictModelServer):
                 record["decode_errors"] += int(chunk.error is not None)
                 if record["reasoning_sample"] is None and chunk.reasoning:
                     record["reasoning_sample"] = chunk.reasoning
+        if self.rotation == "axis_angle":
+            return [{"actions": rpy_to_axis_angle(chunk.actions)} for chunk in chunks]
         return [{"actions": chunk.actions} for chunk in chunks]
 
     def predict(self, obs: dict[str, Any], ctx: Any) -> dict[str, Any]:
         return self.predict_batch([obs], [ctx])[0]
+
+
+def rpy_to_axis_angle(actions: np.ndarray) -> np.ndarray:
+    """[n, 7] actions with roll/pitch/yaw deltas (extrinsic xyz) → the same with axis × angle."""
+    from vla_eval.rotation import euler_xyz_to_matrix, matrix_to_quat, quat_to_axisangle
+
+    out = np.array(actions, dtype=np.float32, copy=True)
+    for row in out:
+        row[3:6] = quat_to_axisangle(matrix_to_quat(euler_xyz_to_matrix(row[3:6].astype(np.float64))))
+    return out
