@@ -137,3 +137,36 @@ def test_killed_during_training_resumes_from_the_last_checkpoint(bridge_dir, tmp
     assert "[train] resuming from" in resumed.stdout
     steps = [json.loads(line)["step"] for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 13))  # every step once: nothing lost, nothing repeated
+
+
+def test_the_readmes_main_job_runs_whole_with_its_defaults(tmp_path):
+    """`refine run` as the README gives it — every default stage (annotate, train, eval with the
+    closed loop, report) on the default demo dataset — scaled down through options only."""
+    out = tmp_path / "run"
+    scaled = ["--set", "dataset.episodes=6", "--set", f"dataset.cache_dir={tmp_path / 'cache'}",
+              "--set", "data.val_fraction=0.34", "--set", "train.max_steps=4", "--set", "train.save_every=4",
+              "--set", "benchmark.free_running_steps=1", "--set", "benchmark.max_new_tokens=12",
+              "--set", "closed_loop.episodes=1", "--set", "closed_loop.modes=[every_step, never]",
+              "--set", "closed_loop.max_reasoning_tokens=8"]
+    first = run_refine("run", "--out", str(out), *scaled)
+    assert first.returncode == 0, first.stderr
+    for stage in ("annotate", "train", "eval", "report"):
+        assert f"[{stage}] done" in first.stdout
+    state = json.loads((out / "run_state.json").read_text())["stages"]
+    assert [stage for stage, row in state.items() if row["status"] == "done"] == [
+        "annotate", "train", "eval", "report"]
+    closed = json.loads((out / "eval" / "demo-sim" / "summary.json").read_text())["policies"]
+    assert set(closed) == {"model-every_step", "model-never", "do-nothing", "random", "expert"}
+    assert closed["expert"]["success_rate"] == 1.0  # the sim the model acted in is solvable
+    report = (out / "report" / "report.md").read_text()
+    assert report.splitlines()[4] == "## Does it work?"  # the answer comes first
+    assert "acts better than the baselines: model-never on demo-sim" in report
+    assert (out / "report" / "report.html").is_file() and (out / "report" / "attention.png").is_file()
+    # the report shows the model's own free-running reasoning beside the teacher's
+    examples = report.split("## Example reasoning")[1]
+    assert "**teacher (scripted/rules/scripted-compact-v1):**" in examples and "**model" in examples
+
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    again = run_refine("run", "--out", str(out))
+    assert again.returncode == 0 and "Nothing to do" in again.stdout, again.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
