@@ -35,9 +35,10 @@ class Component(BaseModel):
 
 
 class TrainSettings(Section):
-    # Defaults suit `refine run`'s offline demo (the tiny preset learns it in ~300 steps at 1e-3);
-    # a real backbone's config sets its own (ReFineVLA/OpenVLA fine-tune around 1e-4 to 2e-5).
-    max_steps: int = Field(300, ge=1)
+    # Defaults suit `refine run`'s offline demo: the tiny preset writes readable compact reasoning
+    # after ~1000 steps at 1e-3 (held-out free-running parse rate 0.96, token F1 0.69; 0.0 after 300).
+    # A real backbone's config sets its own (ReFineVLA/OpenVLA fine-tune around 1e-4 to 2e-5).
+    max_steps: int = Field(1000, ge=1)
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(1e-3, gt=0)

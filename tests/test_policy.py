@@ -80,7 +80,20 @@ def test_the_repetition_guard_ends_looping_reasoning_and_the_span_is_forced(hf_v
                                             repetition_limit=3))
     chunk = guarded.act(guarded.reset(INSTRUCTIONS[0]), frames(1)[0])
     assert chunk.repetition_stopped and chunk.forced
-    assert chunk.tokens_generated < 4 * 3 + 2 + hf_vlm.codec.span_length  # stopped at the 3rd occurrence
+    # stopped at the first token whose last 4-gram had occurred 3 times (overlaps count), not later
+    opening = hf_vlm.reasoning_ids("<Observation>:")
+    ids = hf_vlm.reasoning_ids(chunk.reasoning)
+    assert ids[:len(opening)] == opening
+    generated = ids[len(opening):]
+    assert chunk.tokens_generated == len(generated) + hf_vlm.codec.span_length
+
+    def occurrences(tokens, end):
+        tail = tokens[end - 4:end]
+        return sum(tokens[i:i + 4] == tail for i in range(end - 3))
+
+    assert occurrences(generated, len(generated)) == 3
+    assert all(occurrences(generated, end) < 3 for end in range(4, len(generated)))
+    assert len(generated) < budget // 4  # long before the budget
     unguarded = Policy(hf_vlm, PolicySettings(max_reasoning_tokens=20, repetition_limit=1000))
     free = unguarded.act(unguarded.reset(INSTRUCTIONS[0]), frames(1)[0])
     assert not free.repetition_stopped and free.forced

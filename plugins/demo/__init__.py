@@ -33,6 +33,8 @@ the state the step's frame shows — the scripted teacher reads it:
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from refine_core import BenchmarkSpec, ClosedLoopOptions, DatasetSpec, hookimpl
@@ -67,6 +69,16 @@ def refine_datasets():
 
 
 class DemoSimOptions(ClosedLoopOptions):
+    # The default run's budget (~15 min on 2 cores): the paper's two modes, with and without
+    # reasoning; every_k is one --set away (closed_loop.modes=[every_step,every_k,never]).
+    modes: list[Literal["every_step", "every_k", "never"]] = Field(
+        ["every_step", "never"], description="Reasoning modes the model is evaluated in.")
+    shards: int = Field(2, ge=1, description="vla-eval processes running episodes in parallel: two "
+                                             "sessions share one batched generation on the server.")
+    max_reasoning_tokens: int = Field(
+        160, ge=1, description="The scripted teacher's compact reasoning is about 85 tokens of the tiny "
+                               "tokenizer: 160 leaves room without letting a looping model spend 256 per "
+                               "query (raise it for teacher.style=full, about 260).")
     pick_only_fraction: float = Field(0.25, ge=0, le=1, description="Share of 'pick up the X' scenes.")
     expert: bool = Field(True, description="Also run the scripted expert (it reads the scene's state): "
                                            "what a policy that solves the task scores here.")

@@ -102,6 +102,6 @@ def answer_section(run_dir: Path, attention_numbers: dict[str, Any] | None) -> S
     rows = [_reasoning_row(quality), *_closed_loop_rows(run_dir), *_attention_rows(attention_numbers)]
     return Section(TITLE, [
         Text("The method's three claims on this run, each with its 95% interval; the sections below hold "
-             "the details (Evaluation, Closed loop, Attention maps)."),
+             "the details."),
         Table(["claim", "measured", "reading"], rows),
     ])
