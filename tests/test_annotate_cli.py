@@ -16,7 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow_datasets")
+from conftest import importorskip_or_fail
+
+importorskip_or_fail("tensorflow_datasets")
 
 from annotate_servers import INSTRUCTION, FakeTeacherServer, coded_frame  # noqa: E402
 from conftest import run_refine  # noqa: E402

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import importorskip_or_fail
 from refine_core.evaluate.attention import box_cells, box_share, fused_map, patch_grid
 from refine_core.report.attention_objects import (Estimate, ObjectAttention, ObjectShare, bootstrap,
     object_table, reading, summarise, task_boxes)
@@ -175,7 +176,7 @@ def test_held_object_read_from_the_sidecar_matches_the_scene():
 
 
 def test_the_demo_dataset_gives_every_step_its_boxes(tmp_path, monkeypatch):
-    pytest.importorskip("tensorflow_datasets")
+    importorskip_or_fail("tensorflow_datasets")
     from refine_core.registry import get_registry
 
     monkeypatch.setenv("REFINE_CACHE_DIR", str(tmp_path / "user-cache"))
@@ -243,7 +244,7 @@ def test_frames_are_spread_over_episodes_evenly():
 
 # -- a miniature demo run ----------------------------------------------------------------------------
 def test_measurement_on_a_miniature_demo_run(tmp_path_factory, monkeypatch):
-    pytest.importorskip("tensorflow_datasets")
+    importorskip_or_fail("tensorflow_datasets")
     from refine_core.config import resolve_config
     from refine_core.report.attention_objects import NUMBERS_FILE, attention_object_numbers, report_attention
     from refine_core.report.sections import attention_section

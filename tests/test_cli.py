@@ -108,11 +108,27 @@ def test_installed_plugin_components_work_through_the_registry(site):
         backbone.attach_codec(codec, dataset.statistics().action)
         ids = codec.encode(step.action)
         decoded = codec.decode(ids)[0]
+        # targets per episode: the codec's 7 ids per step, then eos
+        from refine_core import episode_samples
+        targets = {}
+        for episode in dataset.episodes():
+            samples = list(episode_samples(episode, codec.chunk_size))
+            encoded = [i for sample in samples for i in codec.encode(sample.actions)]
+            targets[episode.episode_id] = (encoded, len(samples))
+        # a model that always predicts the commonest target id: its accuracy follows from the data alone
+        every = [i for ids_, _ in targets.values() for i in ids_]
+        favourite = max(set(every), key=every.count)
+        favour = torch.zeros(backbone.model.config.text_config.vocab_size)
+        favour[favourite] = 1e4
+        backbone.model.get_output_embeddings().register_forward_hook(lambda m, i, out: out + favour)
         benchmark = registry.build("benchmark", "template-accuracy", {"max_episodes": 2})
         result = benchmark.evaluate(EvalContext(backbone, dataset, tempfile.mkdtemp(), val_fraction=0.999))
+        expected = {r["episode_id"]: [targets[r["episode_id"]][0].count(favourite),
+                                      len(targets[r["episode_id"]][0]) + targets[r["episode_id"]][1]]
+                    for r in result.records}
         print(json.dumps({"sub_action": answer.reasoning.task_planning.sub_action, "ids": ids,
                           "vocab": int(backbone.tokenizer.vocab_size), "gripper": float(decoded[6]),
-                          "summary": result.summary}))
+                          "summary": result.summary, "records": result.records, "expected": expected}))
     """)
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])})
@@ -122,7 +138,15 @@ def test_installed_plugin_components_work_through_the_registry(site):
     assert len(out["ids"]) == 7 and set(out["ids"]) <= set(range(out["vocab"] - 3, out["vocab"]))
     assert out["gripper"] == 1.0  # the first step's gripper is open and survives the round trip
     assert out["summary"]["episodes"] == 2 and out["summary"]["steps"] == 8
-    assert 0.0 <= out["summary"]["action_token_accuracy"] <= 1.0
+    # the benchmark's accuracy is the share of action tokens the model gets right, per episode and
+    # over the held-out steps: against the count of the one id the model predicts among the targets
+    hits = {r["episode_id"]: r["action_token_accuracy"] for r in out["records"]}
+    assert set(hits) == set(out["expected"]) and len(hits) == 2
+    for episode_id, (right, tokens) in out["expected"].items():
+        assert tokens == 4 * (7 + 1) and 0 < right < tokens  # not a trivial 0 or 1
+        assert hits[episode_id] == pytest.approx(right / tokens)
+    total = sum(right for right, _ in out["expected"].values()) / 64
+    assert out["summary"]["action_token_accuracy"] == pytest.approx(total)
 
 
 def test_list_one_kind_as_a_table(site):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from statistics import NormalDist
 from types import SimpleNamespace
 
@@ -20,7 +19,8 @@ from refine_plugins.action_codecs.spatial import (
     spatial_embedding_adaption, statistics_from_processor_config, to_spherical, uniform_bin_policy,
 )
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "spatialvla_upstream_tiny"
+from conftest import SPATIALVLA_FIXTURE as FIXTURE, require_fixture
+
 Q01 = np.array([-0.02, -0.05, -0.01, -0.1, -0.2, -0.3, 0.0])
 Q99 = np.array([0.03, 0.04, 0.02, 0.15, 0.1, 0.25, 1.0])
 EOS, PAD, BOS = 1, 0, 2
@@ -364,10 +364,10 @@ def test_any_ids_decode_or_raise_decode_error(codecs, ids):
 
 
 # -- the official tokenizer and checkpoint config -----------------------------------------------
-@pytest.mark.skipif(not FIXTURE.is_dir(), reason="upstream SpatialVLA fixture not present")
 def test_official_tokenizer_holds_the_tokens_at_upstream_ids(stats):
     from transformers import AutoTokenizer
 
+    require_fixture(FIXTURE)
     official = AutoTokenizer.from_pretrained(str(FIXTURE))
     config = json.loads((FIXTURE / "config.json").read_text())
     codec = build(official, stats)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import json
 import random
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -20,7 +19,8 @@ from refine_core import ActionCodec, ActionDecodeError, RefineError, Statistics,
 from refine_core.action_codec import default_action_mask
 from refine_core.registry import Registry
 
-OPENVLA_FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "openvla_upstream_tiny"
+from conftest import OPENVLA_FIXTURE, require_fixture
+
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 EOS = 2
 Q01 = np.array([-0.02, -0.05, -0.01, -0.1, -0.2, -0.3, 0.0])
@@ -212,10 +212,29 @@ def test_bins_vocabulary_must_hold_the_bins(stats):
     assert build("bins", word_tokenizer(200), stats, n_bins=64).action_token_ids[0] == 136
 
 
-@pytest.mark.skipif(not OPENVLA_FIXTURE.is_dir(), reason="upstream OpenVLA fixture not present")
+@pytest.mark.parametrize("n_bins", [256, 64])
+def test_bins_refuses_a_special_token_on_the_first_action_id_and_accepts_one_just_below(stats, n_bins):
+    """The action bins take ids V − n_bins .. V − 1: a special token on the lowest of them (the
+    boundary V − n_bins) is refused like one on the last; one at V − n_bins − 1 stays text."""
+    vocab = 300
+    first = vocab - n_bins
+    for special in (first, first + 1, vocab - 1):
+        tokenizer = SimpleNamespace(vocab_size=vocab, all_special_ids=[0, 1, special])
+        with pytest.raises(UsageError, match=rf"last {n_bins} vocabulary ids \({first}\.\.{vocab - 1}\) "
+                                             rf"include special token ids \[{special}\]"):
+            build("bins", tokenizer, stats, n_bins=n_bins)
+    below = SimpleNamespace(vocab_size=vocab, all_special_ids=[0, 1, first - 1])
+    ids = build("bins", below, stats, n_bins=n_bins).action_token_ids
+    assert ids[0] == first and ids[-1] == vocab - 1 and len(ids) == n_bins and first - 1 not in ids
+    # special ids beyond the vocabulary (added tokens such as <image>) are no concern of the bins
+    assert build("bins", SimpleNamespace(vocab_size=vocab, all_special_ids=[vocab, vocab + 1]), stats,
+                 n_bins=n_bins).action_token_ids[0] == first
+
+
 def test_bins_matches_upstream_openvla_decode():
     from safetensors.numpy import load_file
 
+    require_fixture(OPENVLA_FIXTURE)
     reference = load_file(str(OPENVLA_FIXTURE / "reference_io.safetensors"))
     config = json.loads((OPENVLA_FIXTURE / "config.json").read_text())
     norm = config["norm_stats"]["bridge_orig"]["action"]

@@ -9,7 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow_datasets")
+from conftest import importorskip_or_fail
+
+importorskip_or_fail("tensorflow_datasets")
 
 from conftest import run_refine  # noqa: E402
 from refine_plugins.demo import DemoOptions  # noqa: E402

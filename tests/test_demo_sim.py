@@ -12,7 +12,9 @@ from refine_plugins.demo.render import render_frame
 from refine_plugins.demo.scene import CELL, GRASP, GRID, HOVER, generate_episode, generate_episodes
 from refine_plugins.demo.sim import MAX_EXPERT_STEPS, DemoSim, sim_rng, sim_scene
 
-vla_eval = pytest.importorskip("vla_eval")
+from conftest import importorskip_or_fail
+
+vla_eval = importorskip_or_fail("vla_eval")
 
 from vla_eval.api import run, serve_background  # noqa: E402
 from vla_eval.model_servers.predict import PredictModelServer  # noqa: E402

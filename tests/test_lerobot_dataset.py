@@ -7,8 +7,10 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("pyarrow")
-pytest.importorskip("av")
+from conftest import importorskip_or_fail
+
+importorskip_or_fail("pyarrow")
+importorskip_or_fail("av")
 
 from conftest import run_refine  # noqa: E402
 from refine_plugins.lerobot.fixtures import synthetic_frames, write_lerobot_dataset  # noqa: E402

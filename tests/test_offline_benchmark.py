@@ -3,6 +3,8 @@ perfectly; an untrained one does not; results are written as documented."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -55,7 +57,15 @@ def test_untrained_model_scores_near_chance(setup, tmp_path):
     result = benchmark.evaluate(EvalContext(backbone, dataset, tmp_path, val_fraction=0.999))
     assert [r["episode_id"] for r in result.records] == ["ep0", "ep1"]
     assert result.summary["action_token_chance"] == pytest.approx(1 / 256)
-    assert result.summary["action_token_accuracy"] < 0.5
+    # 2 held-out episodes × 2 steps × (7 bins + eos) = 32 scored action tokens. At chance (1/256) a
+    # model gets 32/256 = 0.125 of them right on average, and 3 or more with probability
+    # ≈ C(32, 3)/256³ ≈ 3e-4: near chance is at most 2 right, an accuracy ≤ 1/16 (an untrained
+    # model, whose argmax ranges over the whole vocabulary, gets 0 here)
+    scored = sum(r["action_tokens"] for r in result.records)
+    assert scored == 32
+    right = result.summary["action_token_accuracy"] * scored
+    assert right == pytest.approx(round(right)) and round(right) <= 2
+    assert result.summary["reasoning_token_accuracy"] is None  # no annotations: no reasoning scored
     write_results(tmp_path / "eval", result)
     lines = (tmp_path / "eval" / "results.jsonl").read_text().splitlines()
     assert [json.loads(line)["episode_id"] for line in lines] == ["ep0", "ep1"]
@@ -112,3 +122,81 @@ def test_no_held_out_episode_is_a_clear_error(setup, tmp_path):
     _, dataset, backbone, benchmark = setup
     with pytest.raises(ValueError, match="no held-out episodes"):
         benchmark.evaluate(EvalContext(backbone, dataset, tmp_path, val_fraction=0.0))
+
+
+# -- the summary numbers against values worked out by hand ------------------------------------
+class _Scripted:
+    """A backbone whose `predict` returns the next scripted action chunk (None: the span did not decode)."""
+
+    def __init__(self, guesses):
+        self.guesses = list(guesses)
+
+    def predict(self, image, instruction, **kwargs):
+        from refine_core.backbone import Prediction
+
+        guess = self.guesses.pop(0)
+        return Prediction(actions=None if guess is None else np.array([guess], dtype=float), reasoning=None)
+
+
+def _sample(truth):
+    return SimpleNamespace(image=None, instruction="pick up the cup", actions=np.array([truth], dtype=float),
+                           reasoning=None, key=("ep0", 0))
+
+
+def test_free_running_l1_mean_leaves_out_the_gripper():
+    from refine_benchmarks.offline.benchmark import OfflineBenchmark
+
+    truths = [[0.1, -0.2, 0.3, 0.0, 0.0, 0.0, 1.0],
+              [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+              [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 1.0]]
+    guesses = [[0.2, -0.2, 0.0, 0.1, 0.0, 0.0, 0.0],  # |error| 0.1 0 0.3 0.1 0 0 | gripper 1.0, closed≠open
+               [0.0, 0.4, 0.0, 0.0, 0.2, 0.0, 0.2],  # |error| 0 0.4 0 0 0.2 0 | gripper 0.2, both closed
+               None]  # a decode failure: no error counted
+    benchmark = OfflineBenchmark(SimpleNamespace(max_new_tokens=8, constrain_actions=True))
+    context = EvalContext(_Scripted(guesses), None, Path("."), reasoning_format="refinevla")
+    got = benchmark._free_running(context, [_sample(t) for t in truths], with_reasoning=False)
+    # per dimension, the mean over the 2 decoded predictions
+    assert got["l1_per_dim"] == pytest.approx([0.05, 0.2, 0.15, 0.05, 0.1, 0.0, 0.6])
+    # the 6 arm dimensions only: (0.05 + 0.2 + 0.15 + 0.05 + 0.1 + 0) / 6 = 0.55 / 6; with the
+    # gripper it would be 1.15 / 7 ≈ 0.164
+    assert got["l1_mean"] == pytest.approx(0.55 / 6)
+    assert got["gripper_accuracy"] == 0.5
+    assert (got["predictions"], got["decode_failures"], got["forced"]) == (3, 1, 0)
+
+
+def _record(action_acc, action_tokens, reasoning_acc, reasoning_tokens, l1_per_dim, gripper):
+    free = {"predictions": 2, "decode_failures": 0, "forced": 0, "l1_per_dim": l1_per_dim,
+            "l1_mean": float(np.mean(l1_per_dim[:6])), "gripper_accuracy": gripper, "example": None,
+            "reasoning_scores": []}
+    return {"episode_id": "ep", "steps": 3, "instruction": "x", "action_tokens": action_tokens,
+            "reasoning_tokens": reasoning_tokens, "action_token_accuracy": action_acc,
+            "reasoning_token_accuracy": reasoning_acc, "with_reasoning": free, "without_reasoning": free}
+
+
+def test_summary_weights_each_accuracy_by_its_own_token_count_and_l1_leaves_out_the_gripper():
+    from refine_benchmarks.offline.benchmark import OfflineBenchmark
+
+    records = [
+        # action tokens 24, reasoning tokens 90
+        _record(0.5, 24, 0.2, 90, [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.9], 1.0),
+        # action tokens 8, reasoning tokens 10
+        _record(1.0, 8, 0.8, 10, [0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.1], 0.0),
+        # no reasoning scored in this episode (None): left out of the reasoning mean, not counted as 0
+        _record(0.25, 16, None, 0, [0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.5], 0.5),
+    ]
+    backbone = SimpleNamespace(codec=SimpleNamespace(action_token_ids=np.arange(256)))
+    summary = OfflineBenchmark._summary(records, backbone)
+    # action: (0.5·24 + 1.0·8 + 0.25·16) / 48 = (12 + 8 + 4) / 48 = 0.5
+    assert summary["action_token_accuracy"] == pytest.approx(0.5)
+    # reasoning: (0.2·90 + 0.8·10) / 100 = 26 / 100 = 0.26
+    # (weighted by action tokens instead: (0.2·24 + 0.8·8) / 32 = 0.35)
+    assert summary["reasoning_token_accuracy"] == pytest.approx(0.26)
+    assert summary["action_token_chance"] == pytest.approx(1 / 256)
+    assert (summary["episodes"], summary["steps"]) == (3, 9)
+    for mode in ("with_reasoning", "without_reasoning"):
+        # arm dimensions: (0.1 + 0.3 + 0.2) / 3 = 0.2; with the gripper it would be
+        # (1.5/7 + 1.9/7 + 1.7/7) / 3 = 5.1/21 ≈ 0.243
+        assert summary[mode]["l1_mean"] == pytest.approx(0.2)
+        assert summary[mode]["l1_per_dim"] == pytest.approx([0.2] * 6 + [0.5])
+        assert summary[mode]["gripper_accuracy"] == pytest.approx(0.5)
+        assert summary[mode]["predictions"] == 6 and summary[mode]["decode_failure_rate"] == 0.0

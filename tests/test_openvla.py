@@ -4,19 +4,18 @@ save/load round trips in the upstream layout."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "openvla_upstream_tiny"
+from conftest import OPENVLA_FIXTURE as FIXTURE, require_fixture
+
 ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
 def reference():
-    if not FIXTURE.is_dir():
-        pytest.skip("upstream OpenVLA fixture not present")
+    require_fixture(FIXTURE)
     from safetensors.torch import load_file
 
     return load_file(str(FIXTURE / "reference_io.safetensors"))
@@ -30,8 +29,7 @@ def upstream(reference):
 
 
 def test_config_reads_every_upstream_field_and_writes_it_back():
-    if not FIXTURE.is_dir():
-        pytest.skip("upstream OpenVLA fixture not present")
+    require_fixture(FIXTURE)
     from refine_plugins.openvla.config import OpenVLAConfig
 
     raw = json.loads((FIXTURE / "config.json").read_text())

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from refine_core.errors import UsageError
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "openvla_upstream_tiny"
+from conftest import OPENVLA_FIXTURE as FIXTURE, require_fixture
+
 # a second dataset in the full upstream layout (RLDS loader statistics + the normalisation mask)
 MY_ROBOT = {
     "action": {"mean": [0.0] * 7, "std": [0.01] * 7, "max": [0.1] * 6 + [1.0], "min": [-0.1] * 6 + [0.0],
@@ -24,8 +24,7 @@ MY_ROBOT = {
 
 @pytest.fixture(scope="module")
 def reference():
-    if not FIXTURE.is_dir():
-        pytest.skip("upstream OpenVLA fixture not present")
+    require_fixture(FIXTURE)
     from safetensors.torch import load_file
 
     return {k: v.numpy() for k, v in load_file(str(FIXTURE / "reference_io.safetensors")).items()}

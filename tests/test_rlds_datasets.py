@@ -13,7 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow_datasets")
+from conftest import importorskip_or_fail
+
+importorskip_or_fail("tensorflow_datasets")
 
 from conftest import run_refine  # noqa: E402
 from refine_plugins.rlds import RldsOptions, conversions, fixtures  # noqa: E402
@@ -183,6 +185,23 @@ def test_statistics_cache_is_reused_and_invalidated_on_change(rlds, tmp_path, mo
     after = bridge(root)
     assert after.identity != first.identity
     assert not np.allclose(after.statistics().action.std[:6], before.action.std[:6])
+
+
+def test_statistics_cached_for_another_dataset_identity_are_recomputed(rlds, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(rlds.bridge, root / "bridge_dataset" / "1.0.0")
+    ds = bridge(root)
+    truth = ds.statistics()
+    cache = ds.statistics_path
+    # the file this identity reads now records another dataset's identity and statistics
+    forged = json.loads(cache.read_text())
+    forged["key"] = ds.identity + "-another-dataset"
+    forged["statistics"]["action"]["q99"] = [123.0] * 7
+    cache.write_text(json.dumps(forged))
+    again = bridge(root)
+    stats = again.statistics()
+    np.testing.assert_array_equal(stats.action.q99, truth.action.q99)
+    assert again.statistics_path == cache and json.loads(cache.read_text())["key"] == ds.identity
 
 
 def test_statistics_fall_back_to_user_cache_when_data_folder_refuses(rlds, tmp_path):

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "spatialvla_upstream_tiny"
+from conftest import SPATIALVLA_FIXTURE as FIXTURE, importorskip_or_fail, require_fixture
+
 ATOL = 1e-4
 
 
@@ -93,8 +94,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def reference():
-    if not FIXTURE.is_dir():
-        pytest.skip("upstream SpatialVLA fixture not present")
+    require_fixture(FIXTURE)
     from safetensors.torch import load_file
 
     return load_file(str(FIXTURE / "reference_io.safetensors"))
@@ -113,8 +113,7 @@ def test_tiny_state_dict_has_exactly_upstreams_key_names(tiny):
 
 
 def test_upstream_checkpoint_keys_are_the_ones_we_expect():
-    if not FIXTURE.is_dir():
-        pytest.skip("upstream SpatialVLA fixture not present")
+    require_fixture(FIXTURE)
     from safetensors import safe_open
 
     with safe_open(str(FIXTURE / "model.safetensors"), "pt") as f:
@@ -122,8 +121,7 @@ def test_upstream_checkpoint_keys_are_the_ones_we_expect():
 
 
 def test_config_reads_every_upstream_field_and_writes_it_back():
-    if not FIXTURE.is_dir():
-        pytest.skip("upstream SpatialVLA fixture not present")
+    require_fixture(FIXTURE)
     from refine_plugins.spatialvla.config import SpatialVLAConfig
 
     raw = json.loads((FIXTURE / "config.json").read_text())
@@ -148,8 +146,7 @@ def test_logits_match_upstream_on_identical_weights(reference):
 
 
 def test_loading_syncs_spatial_embeddings_into_the_action_rows_as_upstream():
-    if not FIXTURE.is_dir():
-        pytest.skip("upstream SpatialVLA fixture not present")
+    require_fixture(FIXTURE)
     from refine_plugins.spatialvla.model import SpatialVLAForConditionalGeneration
 
     model = SpatialVLAForConditionalGeneration.from_pretrained(FIXTURE)
@@ -250,8 +247,7 @@ def stats_block(scale: float) -> dict:
 
 
 def test_checkpoint_statistics_need_a_known_unnorm_key(tmp_path):
-    if not FIXTURE.is_dir():
-        pytest.skip("upstream SpatialVLA fixture not present")
+    require_fixture(FIXTURE)
     from refine_plugins.spatialvla.backbone import SpatialVLABackbone
     from refine_core.errors import UsageError
 
@@ -278,8 +274,7 @@ def test_checkpoint_statistics_need_a_known_unnorm_key(tmp_path):
 
 
 def test_bad_checkpoint_directories_fail_with_one_line(tmp_path):
-    if not FIXTURE.is_dir():
-        pytest.skip("upstream SpatialVLA fixture not present")
+    require_fixture(FIXTURE)
     from refine_plugins.spatialvla.backbone import SpatialVLABackbone
     from refine_plugins.spatialvla.model import SpatialVLAForConditionalGeneration
     from refine_core.errors import UsageError
@@ -376,9 +371,8 @@ def test_tiny_trains_with_the_reasoning_aware_loss_and_predicts_a_chunk(stats):
     sample = TrainingSample(images={"main": frame}, primary_camera="main", instruction="lift the block",
                             actions=chunk, reasoning=REASONING)
     batch = backbone.collate([sample])
-    assert batch["action_mask"].sum() == 12 + 1 and set(
-        batch
-    )  # 4 steps × 3 ids + eos >= {"intrinsic", "token_type_ids", "pixel_values"}
+    assert batch["action_mask"].sum() == 12 + 1  # 4 steps × 3 ids + eos
+    assert {"intrinsic", "token_type_ids", "pixel_values"} <= set(batch)
     optimizer = torch.optim.Adam([p for p in backbone.model.parameters() if p.requires_grad], lr=5e-3)
     backbone.model.train()
     first = None
@@ -402,8 +396,7 @@ def test_tiny_trains_with_the_reasoning_aware_loss_and_predicts_a_chunk(stats):
 
 
 def test_a_checkpoint_with_processor_bins_predicts_with_them_and_saves_them_back(stats, tmp_path):
-    if not FIXTURE.is_dir():
-        pytest.skip("upstream SpatialVLA fixture not present")
+    require_fixture(FIXTURE)
     from refine_plugins.action_codecs.spatial import (SpatialCodec, gaussian_bin_policy,
         gaussian_from_statistics)
     from refine_plugins.spatialvla.backbone import SpatialVLABackbone
@@ -458,7 +451,7 @@ def test_the_backbone_brings_its_codec_unless_one_is_named():
 
 
 def test_refine_train_with_the_tiny_preset_end_to_end(tmp_path):
-    pytest.importorskip("tensorflow_datasets")
+    importorskip_or_fail("tensorflow_datasets")
     import yaml
     from conftest import run_refine
 
@@ -485,8 +478,20 @@ def test_refine_train_with_the_tiny_preset_end_to_end(tmp_path):
     backbone, run_config = load_checkpoint(checkpoint)
     assert run_config.codec.name == "spatial" and backbone.codec.chunk_size == 4
     assert backbone.statistics_key == "bridge"
+    # the trained weights are the ones loaded (not the preset's fresh initialisation)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(checkpoint / "weights.safetensors"))
+    state = backbone.model.state_dict()
+    assert saved and all(torch.equal(state[name].to(value.dtype), value) for name, value in saved.items())
+    # greedy generation: exactly the tokens asked for unless eos came first, and a prefix of a longer one
     frame = np.zeros((64, 64, 3), np.uint8)
-    assert len(backbone.generate_ids(frame, "put the block 0 on the plate", 3)) <= 3
+    ids = backbone.generate_ids(frame, "put the block 0 on the plate", 3)
+    longer = backbone.generate_ids(frame, "put the block 0 on the plate", 6)
+    assert ids == longer[:3] and (len(ids) == 3 or longer == ids), (ids, longer)
+    # and the checkpoint acts: constrained decoding gives a whole chunk of finite actions
+    prediction = backbone.predict(frame, "put the block 0 on the plate", reasoning=False)
+    assert prediction.actions.shape == (4, 7) and np.isfinite(prediction.actions).all(), prediction.error
 
 
 def test_constrained_decoding_gives_an_untrained_model_a_valid_chunk(stats):
@@ -513,9 +518,21 @@ def test_bfloat16_trains_and_predicts(stats):
     sample = TrainingSample(images={"main": np.zeros((64, 64, 3), np.uint8)}, primary_camera="main",
                             instruction="lift the cup", actions=np.zeros((4, 7)), reasoning=REASONING)
     batch = backbone.collate([sample])
-    out = reasoning_aware_loss(backbone.forward(batch), batch["labels"], batch["action_mask"], 0.3)
-    out.loss.backward()
-    assert torch.isfinite(out.loss) and backbone.model.multi_modal_projector.linear.weight.grad is not None
+    backbone.model.train()
+    trainable = [p for p in backbone.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=1e-2)
+    losses = []
+    for _ in range(3):
+        out = reasoning_aware_loss(backbone.forward(batch), batch["labels"], batch["action_mask"], 0.3)
+        optimizer.zero_grad()
+        out.loss.backward()
+        grad = backbone.model.multi_modal_projector.linear.weight.grad
+        # the gradient reaches through the projector, in bf16, finite and not all zero
+        assert grad.dtype == torch.bfloat16 and torch.isfinite(grad).all() and grad.abs().sum() > 0
+        assert torch.isfinite(out.loss)
+        losses.append(out.loss.item())
+        optimizer.step()
+    assert losses[-1] < losses[0], losses  # the steps lower the loss on the sample they train on
     assert backbone.predict(np.zeros((64, 64, 3), np.uint8), "lift the cup",
                             reasoning=False).actions.shape == (4, 7)
 

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from annotate_servers import CodedDataset, FakeTeacherServer
-from conftest import run_refine
+from conftest import importorskip_or_fail, run_refine
 from refine_core.annotate import annotate_dataset
 from refine_core.data.annotation_set import AnnotationSet
 from refine_core.config import AnnotateSettings
@@ -159,7 +159,7 @@ def test_openai_needs_a_key_only_for_the_official_endpoint(monkeypatch):
 
 
 def test_hf_teacher_records_unparsable_generations_as_failed(tmp_path):
-    pytest.importorskip("transformers")
+    importorskip_or_fail("transformers")
     teacher = get_registry().build("teacher", "hf", {"preset": "tiny", "max_new_tokens": 8})
     # No request timeout: on a busy CPU a generation may take seconds.
     stats = annotate_dataset(CodedDataset(1, 2), teacher, tmp_path / "out",

@@ -3,6 +3,7 @@ refusal to overwrite, and the one-line errors for bad input (each run pays the T
 bad-input runs go together)."""
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -11,7 +12,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-pytest.importorskip("tensorflow_datasets")
+from conftest import importorskip_or_fail
+
+importorskip_or_fail("tensorflow_datasets")
 
 from conftest import run_refine  # noqa: E402
 from refine_core.training import list_checkpoints, load_checkpoint  # noqa: E402
@@ -69,7 +72,7 @@ def test_train_resume_and_refusal(config_file, tmp_path):
     assert again.returncode == 2
     assert "already holds checkpoints (newest step-0000004); pass --resume" in one_line_error(again)
 
-    # the policy comes back from the run directory (resume itself is tested in test_training.py)
+    # the policy comes back from the run directory (exact resume is tested in test_training.py)
     backbone, config = load_checkpoint(out)
     assert config.dataset.name == "bridge" and config.train.max_steps == 4 and backbone.codec.is_bound
     saved = load_file(str(out / "checkpoints" / "step-0000004" / "weights.safetensors"))
@@ -77,7 +80,25 @@ def test_train_resume_and_refusal(config_file, tmp_path):
     assert saved and all(torch.equal(parameters[name], tensor) for name, tensor in saved.items())
     prediction = backbone.predict(np.zeros((64, 64, 3), np.uint8), "put the block 1 on the plate",
                                   reasoning=False)
-    assert prediction.error is None or prediction.error.startswith("cannot decode actions")
+    # constrained decoding (the default): the loaded policy always writes a decodable action span
+    codec = backbone.codec
+    assert prediction.error is None and not prediction.forced, prediction.error
+    assert prediction.actions.shape == (codec.chunk_size, 7) and np.isfinite(prediction.actions).all()
+    assert len(prediction.action_ids) == codec.span_length
+    assert set(prediction.action_ids) <= set(codec.action_token_ids.tolist())
+    np.testing.assert_allclose(prediction.actions, codec.decode(prediction.action_ids))
+
+    # --resume continues the run from its newest checkpoint (a raised max_steps may be honoured)
+    before = (out / "metrics.jsonl").read_text().splitlines()
+    resumed = run_refine("train", "--config", str(config_file), "--out", str(out), "--resume", "--set",
+                         "train.max_steps=6")
+    assert resumed.returncode == 0, resumed.stderr
+    said = resumed.stdout.replace("\n", "")
+    assert f"resuming from {out / 'checkpoints' / 'step-0000004'} at step 4" in said, said
+    assert "finished at step 6" in said
+    after = (out / "metrics.jsonl").read_text().splitlines()
+    assert after[:4] == before and [json.loads(line)["step"] for line in after] == [1, 2, 3, 4, 5, 6]
+    assert [s for s, _ in list_checkpoints(out)][-2:] == [4, 6]
 
 
 def test_bad_input_fails_at_start_with_one_line(config_file, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from refine_core.errors import UsageError
 from refine_core.toolkit.weights import resolve_checkpoint_dir
 
-SPATIALVLA_FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "spatialvla_upstream_tiny"
+from conftest import SPATIALVLA_FIXTURE, require_fixture
 
 
 def hub_cache(root: Path, repo: str, source: Path) -> Path:
@@ -64,8 +64,7 @@ def test_an_unreachable_hub_id_fails_with_one_line(tmp_path):
 
 
 def test_spatialvla_loads_from_a_hub_id(tmp_path):
-    if not SPATIALVLA_FIXTURE.is_dir():
-        pytest.skip("upstream SpatialVLA fixture not present")
+    require_fixture(SPATIALVLA_FIXTURE)
     hub_cache(tmp_path / "cache", "someone/spatialvla-tiny", SPATIALVLA_FIXTURE)
     result = in_fresh_process(
         "from refine_plugins.spatialvla import SpatialVLAOptions\n"

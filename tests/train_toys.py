@@ -1,7 +1,10 @@
 """A small in-memory robot dataset and annotation set for the training tests, and a script entry
 point the distributed test starts under `accelerate launch`.
 
-    accelerate launch --cpu --num_processes 2 tests/train_toys.py OUT --set train.batch_size=2 ...
+    export PYTHONPATH=.:tests ACCELERATE_USE_CPU=1
+    accelerate launch --multi_gpu --num_processes 2 tests/train_toys.py OUT --set train.batch_size=2 ...
+
+(each worker checks that it imports the checkout's code: `check_imports_the_checkout`).
 """
 from __future__ import annotations
 
@@ -84,12 +87,33 @@ def toy_config(*sets: str):
     return resolve_config(sets=[*BASE_SETTINGS, *sets])
 
 
+CHECKOUT = Path(__file__).resolve().parents[1]
+# import name → the checkout folder it is installed from (pyproject's package-dir)
+PACKAGE_DIRS = {"refine_core": "refine_core", "refine_plugins": "plugins", "refine_teachers": "teachers",
+                "refine_benchmarks": "benchmarks"}
+
+
+def check_imports_the_checkout() -> None:
+    """Refuse to run on code other than the checkout these tests belong to (a worker process started
+    with another PYTHONPATH, or a non-editable install, would test what is installed instead)."""
+    import importlib
+
+    for name, folder in PACKAGE_DIRS.items():
+        imported = Path(importlib.import_module(name).__file__).resolve()
+        if imported.parent != CHECKOUT / folder:
+            raise SystemExit(f"this worker imports {name} from {imported}, not from the checkout under test "
+                             f"({CHECKOUT / folder}): put {CHECKOUT} first on PYTHONPATH and install it "
+                             "editable (pip install -e .)")
+    print(f"worker imports refine from {CHECKOUT}", flush=True)
+
+
 def main(argv: list[str]) -> None:
     """OUT [--annotations DIR] [--set k=v ...]: train the tiny backbone on ToyDataset."""
     import torch
 
     from refine_core.training import prepare_run, train
 
+    check_imports_the_checkout()
     torch.set_num_threads(1)
     out, rest = Path(argv[0]), argv[1:]
     sets, annotations = [], None
