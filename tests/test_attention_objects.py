@@ -20,14 +20,9 @@ from refine_plugins.demo.scene import COLOURS, SceneObject, generate_episodes
 # -- the patch grid against an image ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny():
-    from refine_core import Statistics
-    from refine_core.registry import Registry
+    from tiny_policies import tiny_backbone
 
-    registry = Registry(entry_points=False)
-    backbone = registry.build("backbone", "hf_vlm", {"preset": "tiny"})
-    actions = np.random.default_rng(0).uniform(-0.05, 0.05, (40, 7))
-    backbone.attach_codec(registry.build("codec", "bins", {}), Statistics.from_array(actions))
-    return backbone
+    return tiny_backbone("hf_vlm")
 
 
 @pytest.mark.parametrize("row, col", [(3, 11), (12, 2), (0, 15)])

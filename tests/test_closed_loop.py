@@ -3,10 +3,6 @@ Wilson intervals, per-session errors, per-episode records, and a killed evaluati
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +14,7 @@ from refine_core.benchmark import EvalContext
 from refine_core.evaluate.baselines import DoNothingPolicy
 from refine_core.evaluate.closed_loop import run_policy, summarise, wilson_interval
 from refine_core.policy import Policy, PolicySettings
-from tiny_policies import tiny_backbone
+from tiny_policies import kill_after_logged_episodes, tiny_backbone
 
 ENTRY = {"benchmark": "refine_plugins.demo.vla_benchmark:DemoSimBenchmark", "name": "demo-sim",
          "episodes_per_task": 3, "params": {"seed": 0}}
@@ -165,16 +161,8 @@ def test_a_killed_evaluation_resumes_without_rerunning_finished_episodes(tmp_pat
     out = tmp_path / "do-nothing"
     code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); " \
            f"from test_closed_loop import _evaluate_slowly; _evaluate_slowly({str(out)!r})"
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL,
-                               env={**os.environ, "REFINE_CACHE_DIR": str(tmp_path / "cache")})
     log = out / "policy_log.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and (not log.is_file() or len(log.read_text().splitlines()) < 3):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    before = len(log.read_text().splitlines())
+    before = kill_after_logged_episodes(code, log, tmp_path / "cache")
     assert 3 <= before < 12 and not (out / "episodes.jsonl").exists()
     records = run_policy(SlowDoNothing(), {**ENTRY, "episodes_per_task": 12}, out, camera="image_0")
     assert sorted(r["episode"] for r in records) == list(range(12))

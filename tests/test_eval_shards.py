@@ -4,11 +4,8 @@ writes; the merge refuses parts that do not make one whole, a killed part resume
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from refine_core.evaluate.baselines import DoNothingPolicy
 from refine_core.evaluate.closed_loop import run_policy
 from refine_core.evaluate.shards import begin_shard, merge_shards, shard_items
 from refine_core.training import prepare_run, train
+from tiny_policies import kill_after_logged_episodes
 from train_toys import ToyDataset, toy_config
 
 ENTRY = {"benchmark": "refine_plugins.demo.vla_benchmark:DemoSimBenchmark", "name": "demo-sim",
@@ -240,16 +238,8 @@ def test_a_killed_part_resumes_without_rerunning_its_finished_episodes(tmp_path)
     out = tmp_path / "do-nothing"
     code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); " \
            f"from test_eval_shards import _evaluate_part_slowly; _evaluate_part_slowly({str(out)!r})"
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL,
-                               env={**os.environ, "REFINE_CACHE_DIR": str(tmp_path / "cache")})
     log = out / "policy_log.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and (not log.is_file() or len(log.read_text().splitlines()) < 3):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    before = len(log.read_text().splitlines())
+    before = kill_after_logged_episodes(code, log, tmp_path / "cache")
     mine = shard_items(16, 1, 2)
     assert 3 <= before < len(mine) and not (out / "episodes.jsonl").exists()
     records = run_policy(SlowDoNothing(), {**ENTRY, "episodes_per_task": 16}, out, camera="image_0",

@@ -22,3 +22,23 @@ def tiny_backbone(name: str = "hf_vlm", codec: str | None = None, registry: Regi
     backbone = registry.build("backbone", name, {"preset": "tiny"})
     codec = codec or ("spatial" if name == "spatialvla" else "bins")
     return backbone.attach_codec(registry.build("codec", codec, {}), action_statistics())
+
+
+def kill_after_logged_episodes(code: str, log, cache_dir, episodes: int = 3) -> int:
+    """Run `code` (a `python -c` program evaluating into the folder of `log`), SIGKILL it once the
+    server has logged `episodes` finished episodes, and return how many it had logged."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL,
+                               env={**os.environ, "REFINE_CACHE_DIR": str(cache_dir)})
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.is_file() or len(log.read_text().splitlines()) < episodes):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return len(log.read_text().splitlines())
