@@ -44,8 +44,10 @@ WEIGHTS = "weights.safetensors"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d{7,})$")
 # Settings a resumed run may change: they do not alter what is computed.
+# train.lr: what a diverged run is told to lower before resuming (the schedule keeps its position,
+# the trainer rebases it on the new value); closed_loop: evaluation, not training
 RESUMABLE_CHANGES = frozenset({"train.max_steps", "train.log_every", "train.save_every",
-                               "train.keep_checkpoints", "closed_loop"})  # evaluation, not training
+                               "train.keep_checkpoints", "train.lr", "closed_loop"})
 
 
 def step_dir_name(step: int) -> str:

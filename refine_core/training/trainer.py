@@ -186,9 +186,22 @@ class Trainer:
         load_weights_into(self.backbone.model, checkpoint / WEIGHTS)
         self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
         self.scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
+        if info.get("config", {}).get("train", {}).get("lr") != self.settings.lr:
+            self._rebase_lr(self.settings.lr)  # a lower lr after a divergence, as its message advises
         self.stream.load_state_dict(state["stream"])
         self.detector.load_state_dict(state["collapse"])
         self.step = int(state["step"])
+
+    def _rebase_lr(self, lr: float) -> None:
+        """Resume on a new base learning rate: the loaded optimizer and scheduler carry the old one;
+        the schedule keeps its position (warmup and decay continue from the resumed step)."""
+        s = self.settings
+        factor = lr_factor(self.scheduler.last_epoch, s.warmup_steps, s.max_steps, s.schedule)
+        self.scheduler.base_lrs = [lr for _ in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            group["initial_lr"], group["lr"] = lr, lr * factor
+        # what get_last_lr (the logged lr) reads
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _run_info(self, step: int) -> dict[str, Any]:
