@@ -35,7 +35,7 @@ Benchmarks
     vla-eval: ClosedLoopBenchmark (subclass it naming a vla-eval benchmark), ClosedLoopOptions,
     wilson_interval, ScriptedPolicy (a reference policy acting through the same server)
 Acting (closed loop)
-    Policy, PolicySettings, PolicySession, ActionChunk
+    Policy, PolicySettings, PolicySession, ActionChunk, ReasoningMode (every_step, every_k, never)
 Files
     atomic_write (a file a reader sees whole or not at all; durable before it counts)
 """
@@ -77,7 +77,7 @@ for _module, _names in {
     "refine_core.benchmark": "Benchmark BenchmarkResult EvalContext",
     "refine_core.data.samples": "SampleStream episode_samples",
     "refine_core.data.reasoning_formats": "get_reasoning_format",
-    "refine_core.policy": "ActionChunk Policy PolicySession PolicySettings",
+    "refine_core.policy": "ActionChunk Policy PolicySession PolicySettings ReasoningMode",
     "refine_core.evaluate.closed_loop": "ClosedLoopBenchmark ClosedLoopOptions wilson_interval",
     "refine_core.evaluate.baselines": "ScriptedPolicy",
     "refine_core.evaluate.reasoning_quality": "compare_reasoning summarise_reasoning",

@@ -14,7 +14,7 @@ from refine_core.benchmark import EvalContext
 from refine_core.evaluate.baselines import DoNothingPolicy
 from refine_core.evaluate.closed_loop import run_policy, summarise, wilson_interval
 from refine_core.policy import Policy, PolicySettings
-from tiny_policies import kill_after_logged_episodes, tiny_backbone
+from tiny_policies import SlowDoNothing, kill_after_logged_episodes, tiny_backbone
 
 ENTRY = {"benchmark": "refine_plugins.demo.vla_benchmark:DemoSimBenchmark", "name": "demo-sim",
          "episodes_per_task": 3, "params": {"seed": 0}}
@@ -144,12 +144,6 @@ def test_a_server_for_an_axis_angle_controller_converts_the_rotation_and_says_so
     assert np.allclose(_rodrigues(converted[3:6]), _rotation_matrix_by_hand(*rpy), atol=1e-6)
     assert info["action_spec"]["rotation"]["format"] == "delta_axis_angle"
     assert json.loads(info["action_spec"]["refine"]["description"])["rotation"] == "axis_angle"
-
-
-class SlowDoNothing(DoNothingPolicy):
-    def act_batch(self, sessions, images, observations=None):
-        time.sleep(0.01)
-        return super().act_batch(sessions, images, observations)
 
 
 def _evaluate_slowly(out: str) -> None:  # the process the resume test kills

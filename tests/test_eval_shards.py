@@ -16,9 +16,8 @@ from refine_core.errors import UsageError
 from refine_core.evaluate.baselines import DoNothingPolicy
 from refine_core.evaluate.closed_loop import run_policy
 from refine_core.evaluate.shards import begin_shard, merge_shards, shard_items
-from refine_core.training import prepare_run, train
-from tiny_policies import kill_after_logged_episodes
-from train_toys import ToyDataset, toy_config
+from tiny_policies import SlowDoNothing, kill_after_logged_episodes
+from train_toys import trained_checkpoint
 
 ENTRY = {"benchmark": "refine_plugins.demo.vla_benchmark:DemoSimBenchmark", "name": "demo-sim",
          "episodes_per_task": 6, "params": {"seed": 0}}
@@ -47,10 +46,7 @@ def test_the_split_is_fixed_disjoint_complete_and_balanced(count, shards):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("trained") / "train"
-    train(prepare_run(toy_config("train.max_steps=1", "train.batch_size=1"),
-                      dataset=ToyDataset(episodes=2, steps=2)), out)
-    return out
+    return trained_checkpoint(tmp_path_factory.mktemp("trained"))
 
 
 @pytest.fixture(scope="module")
@@ -222,12 +218,6 @@ def test_a_part_refuses_the_out_of_another_part(evaluated, checkpoint, tmp_path)
     # a policy's recording is one part's: another part (or an unsharded run) never continues it
     with pytest.raises(UsageError, match=r"holds the episodes of shard 0/2, not of an unsharded evaluation"):
         run_policy(DoNothingPolicy(), ENTRY, part0 / "do-nothing", camera="image_0")
-
-
-class SlowDoNothing(DoNothingPolicy):
-    def act_batch(self, sessions, images, observations=None):
-        time.sleep(0.01)
-        return super().act_batch(sessions, images, observations)
 
 
 def _evaluate_part_slowly(out: str) -> None:  # the process the resume test kills

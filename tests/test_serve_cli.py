@@ -13,16 +13,12 @@ import numpy as np
 import pytest
 
 from conftest import run_refine
-from refine_core.training import prepare_run, train
-from train_toys import ToyDataset, toy_config
+from train_toys import trained_checkpoint
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("served") / "train"
-    train(prepare_run(toy_config("train.max_steps=1", "train.batch_size=1"),
-                      dataset=ToyDataset(episodes=2, steps=2)), out)
-    return out
+    return trained_checkpoint(tmp_path_factory.mktemp("served"))
 
 
 def free_port() -> int:

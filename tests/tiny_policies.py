@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from refine_core import Statistics
+from refine_core.evaluate.baselines import DoNothingPolicy
 from refine_core.registry import Registry
 
 
@@ -22,6 +23,16 @@ def tiny_backbone(name: str = "hf_vlm", codec: str | None = None, registry: Regi
     backbone = registry.build("backbone", name, {"preset": "tiny"})
     codec = codec or ("spatial" if name == "spatialvla" else "bins")
     return backbone.attach_codec(registry.build("codec", codec, {}), action_statistics())
+
+
+class SlowDoNothing(DoNothingPolicy):
+    """Do-nothing taking 10 ms per query: a run slow enough to kill mid-way."""
+
+    def act_batch(self, sessions, images, observations=None):
+        import time
+
+        time.sleep(0.01)
+        return super().act_batch(sessions, images, observations)
 
 
 def kill_after_logged_episodes(code: str, log, cache_dir, episodes: int = 3) -> int:

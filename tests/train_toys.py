@@ -93,6 +93,16 @@ PACKAGE_DIRS = {"refine_core": "refine_core", "refine_plugins": "plugins", "refi
                 "refine_benchmarks": "benchmarks"}
 
 
+def trained_checkpoint(folder: Path) -> Path:
+    """A one-step toy training run in `folder/train` (a checkpoint to evaluate or serve)."""
+    from refine_core.training import prepare_run, train
+
+    out = Path(folder) / "train"
+    train(prepare_run(toy_config("train.max_steps=1", "train.batch_size=1"),
+                      dataset=ToyDataset(episodes=2, steps=2)), out)
+    return out
+
+
 def check_imports_the_checkout() -> None:
     """Refuse to run on code other than the checkout these tests belong to (a worker process started
     with another PYTHONPATH, or a non-editable install, would test what is installed instead)."""

@@ -33,11 +33,9 @@ the state the step's frame shows — the scripted teacher reads it:
 """
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
 
-from refine_core import BenchmarkSpec, ClosedLoopOptions, DatasetSpec, hookimpl
+from refine_core import BenchmarkSpec, ClosedLoopOptions, DatasetSpec, ReasoningMode, hookimpl
 
 
 class DemoOptions(BaseModel):
@@ -71,7 +69,7 @@ def refine_datasets():
 class DemoSimOptions(ClosedLoopOptions):
     # The default run's budget (~15 min on 2 cores): the paper's two modes, with and without
     # reasoning; every_k is one --set away (closed_loop.modes=[every_step,every_k,never]).
-    modes: list[Literal["every_step", "every_k", "never"]] = Field(
+    modes: list[ReasoningMode] = Field(
         ["every_step", "never"], description="Reasoning modes the model is evaluated in.")
     shards: int = Field(2, ge=1, description="vla-eval processes running episodes in parallel: two "
                                              "sessions share one batched generation on the server.")

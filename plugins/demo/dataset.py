@@ -11,12 +11,10 @@ same movement with the commanded opening (1 open, 0 closed).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import sys
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -157,8 +155,7 @@ def write_demo(folder: Path, options, identity: str) -> None:
     for index, episode in enumerate(episodes):
         recorded.append(recorded_episode(episode, index, render_episode(episode), f"demo/{identity}"))
         sidecar[str(index)] = sidecar_steps(episode)
-    with contextlib.redirect_stdout(sys.stderr):  # tfds announces its writes on stdout (breaks --json)
-        write_bridge_dataset(folder, recorded, image_size=(IMAGE_SIZE, IMAGE_SIZE))
+    write_bridge_dataset(folder, recorded, image_size=(IMAGE_SIZE, IMAGE_SIZE))  # quiet: see write_rlds
     shutil.rmtree(folder / "downloads", ignore_errors=True)  # tfds' empty download area
     payload = {"generator_version": GENERATOR_VERSION, "identity": identity, "episodes": sidecar}
     (folder / METADATA_FILE).write_text(json.dumps(payload))

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from refine_core.benchmark import Benchmark, BenchmarkResult
 from refine_core.files import atomic_write
+from refine_core.policy import ReasoningMode
 
 Baseline = Literal["do-nothing", "random"]
 EPISODES_FILE, LOG_FILE = "episodes.jsonl", "policy_log.jsonl"
@@ -43,7 +44,7 @@ class ClosedLoopOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     episodes: int = Field(24, ge=1, description="Episodes per task for every evaluated policy.")
-    modes: list[Literal["every_step", "every_k", "never"]] = Field(
+    modes: list[ReasoningMode] = Field(
         ["every_step", "every_k", "never"], description="Reasoning modes the model is evaluated in.")
     every: int = Field(5, ge=1, description="K of the every_k mode.")
     max_reasoning_tokens: int = Field(256, ge=1)

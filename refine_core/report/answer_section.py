@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from refine_core.report.blocks import Section, Table, Text, cell
-from refine_core.report.closed_loop_section import rate_with_interval
+from refine_core.report.closed_loop_section import policy_role, rate_with_interval
 
 TITLE = "Does it work?"
 
@@ -44,10 +44,9 @@ def _closed_loop_rows(run_dir: Path) -> list[list[str]]:
             continue
         policies = {n: s for n, s in summary["policies"].items() if isinstance(s, dict)}
         baselines = {n: s["success_ci95"] for n, s in policies.items()
-                     if s.get("role", "baseline" if s.get("mode") is None else "model") == "baseline"
-                     and s.get("success_ci95")}
+                     if policy_role(s) == "baseline" and s.get("success_ci95")}
         for name, stats in policies.items():
-            if stats.get("role", "model" if stats.get("mode") else "baseline") != "model":
+            if policy_role(stats) != "model":
                 continue
             ci = stats.get("success_ci95")
             trials = cell(stats.get("trials"))

@@ -75,23 +75,27 @@ def _join(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
+def policy_role(stats: dict[str, Any]) -> str:
+    """A summary row's role (model, baseline, reference); rows written before roles existed:
+    those with a reasoning mode are the model, mode-less ones baselines."""
+    return stats.get("role") or ("model" if stats.get("mode") is not None else "baseline")
+
+
 def interpretation(policies: dict[str, dict[str, Any]]) -> str:
     """What the numbers say: each model mode's success interval against each baseline's (above,
     overlapping, below: a conservative reading, no test beyond the intervals), and how much slower
     reasoning every step is than every K steps."""
-    def role(stats: dict[str, Any]) -> str:  # summaries written before roles: mode-less ones are baselines
-        return stats.get("role") or ("model" if stats.get("mode") is not None else "baseline")
-
-    baselines = [(name, ci) for name, stats in policies.items() if role(stats) == "baseline"
+    baselines = [(name, ci) for name, stats in policies.items() if policy_role(stats) == "baseline"
                  and _number(stats.get("success_rate")) is not None
                  and (ci := _interval(stats, "success_ci95")) is not None]
     sentences, overlapped = [], False
     for name, stats in policies.items():
         ci = _interval(stats, "success_ci95")
-        if role(stats) == "reference" and ci is not None and _number(stats.get("success_rate")) is not None:
+        rated = ci is not None and _number(stats.get("success_rate")) is not None
+        if policy_role(stats) == "reference" and rated:
             sentences.append(f"{name} (a scripted reference that reads the scene's state): "
                              f"{rate_with_interval(stats['success_rate'], ci)}.")
-        if role(stats) != "model":
+        if policy_role(stats) != "model":
             continue
         ci = _interval(stats, "success_ci95")
         if _number(stats.get("success_rate")) is None or ci is None:

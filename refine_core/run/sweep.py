@@ -162,6 +162,8 @@ def read_metric_details(directory: Path, metric: str
             if isinstance(ci, list) and len(ci) == 2 and all(_number(v) is not None for v in ci):
                 interval = (float(ci[0]), float(ci[1]))
                 break
+    from refine_core.report.closed_loop_section import policy_role
+
     baselines: dict[str, float] = {}
     policies = summary.get("policies")
     if value is not None and isinstance(policies, dict) and parts[0] == "policies" and len(parts) == 3:
@@ -169,8 +171,7 @@ def read_metric_details(directory: Path, metric: str
             if not isinstance(stats, dict):
                 continue
             rate = _number(stats.get(parts[2]))
-            role = stats.get("role", "baseline" if stats.get("mode") is None else "model")
-            if rate is not None and role == "baseline":
+            if rate is not None and policy_role(stats) == "baseline":
                 baselines[name] = rate
     return value, chance, interval, baselines
 

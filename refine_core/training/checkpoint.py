@@ -50,6 +50,16 @@ RESUMABLE_CHANGES = frozenset({"train.max_steps", "train.log_every", "train.save
                                "train.keep_checkpoints", "train.lr", "closed_loop"})
 
 
+def rebase_lr(scheduler, lr: float) -> None:
+    """A resumed run on a new base learning rate: the loaded optimizer and scheduler carry the old
+    one. The schedule keeps its position: the current step's lr is recomputed from the new base."""
+    scheduler.base_lrs = [lr for _ in scheduler.optimizer.param_groups]
+    for group in scheduler.optimizer.param_groups:
+        group["initial_lr"] = lr
+    scheduler.last_epoch -= 1  # step() advances it again and sets every group's lr (and get_last_lr)
+    scheduler.step()
+
+
 def step_dir_name(step: int) -> str:
     return f"step-{step:07d}"
 

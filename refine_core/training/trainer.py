@@ -50,7 +50,7 @@ from refine_core.loss import reasoning_aware_loss
 from refine_core.data.samples import SampleStream
 from refine_core.training.checkpoint import (CHECKPOINTS, FORMAT_VERSION, RUN_INFO, TRAINER_STATE, WEIGHTS,
     check_out_dir, resume_difference, finish_checkpoint, latest_checkpoint, load_rng, load_weights_into,
-    read_json, remove_partial, rng_state, save_rng, save_weights, set_rng_state, step_dir_name)
+    read_json, rebase_lr, remove_partial, rng_state, save_rng, save_weights, set_rng_state, step_dir_name)
 from refine_core.training.freeze import print_parameter_table
 from refine_core.training.metrics import (CollapseDetector, MetricsFile, action_l1, action_predictions,
     rows_collapsed, token_counts)
@@ -187,21 +187,10 @@ class Trainer:
         self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
         self.scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
         if info.get("config", {}).get("train", {}).get("lr") != self.settings.lr:
-            self._rebase_lr(self.settings.lr)  # a lower lr after a divergence, as its message advises
+            rebase_lr(self.scheduler, self.settings.lr)  # a lower lr after a divergence, as advised
         self.stream.load_state_dict(state["stream"])
         self.detector.load_state_dict(state["collapse"])
         self.step = int(state["step"])
-
-    def _rebase_lr(self, lr: float) -> None:
-        """Resume on a new base learning rate: the loaded optimizer and scheduler carry the old one;
-        the schedule keeps its position (warmup and decay continue from the resumed step)."""
-        s = self.settings
-        factor = lr_factor(self.scheduler.last_epoch, s.warmup_steps, s.max_steps, s.schedule)
-        self.scheduler.base_lrs = [lr for _ in self.optimizer.param_groups]
-        for group in self.optimizer.param_groups:
-            group["initial_lr"], group["lr"] = lr, lr * factor
-        # what get_last_lr (the logged lr) reads
-        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _run_info(self, step: int) -> dict[str, Any]:
