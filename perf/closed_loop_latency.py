@@ -1,7 +1,8 @@
 """P5 -- closed-loop latency per executed action by reasoning mode (every step, every K, never).
 
 Run: ``python perf/closed_loop_latency.py [--checkpoint PATH] [--episodes 6] [--rounds 2] [--every 5]
-[--max-reasoning-tokens 64] [--threads 1]`` (about 2 minutes with the tiny model).
+[--max-reasoning-tokens 64] [--threads 1]`` (about 2 minutes with the tiny model). On a GPU, at full
+size: ``--full-size openvla-7b --work DIR --reasoning-to-budget --max-reasoning-tokens 256``.
 
 The same policy acts in demo-sim three times in one run, once per reasoning mode, through refine's
 real closed-loop path: ``run_policy`` serves it (``PolicyModelServer`` on vla-eval's protocol) and
@@ -26,11 +27,12 @@ queries is printed, with what every_k would give at exactly one fresh query in K
 costing what every_step's do, the others what every_k's reusing ones did) -- a projection from
 measured query latencies, labelled as such, not a measurement.
 
-The policy is the checkpoint given (``Policy.from_checkpoint``), else the tiny ``hf_vlm`` preset
-with a ``bins`` codec over fixed statistics, untrained: it reasons until the repetition guard or
-the token budget stops it, so its reasoning latency is an upper bound for the budget and its
-success is 0. The ratios printed are every_step/every_k and every_step/never of the latency per
-action (target: every_k at least 3x faster than every_step).
+The policy is the checkpoint given (``Policy.from_checkpoint``), else an untrained backbone of
+perf_backbones.py (the tiny ``hf_vlm`` preset, or OpenVLA-7B's configuration with random weights) with
+a ``bins`` codec over fixed statistics: it reasons until the repetition guard (off with
+``--reasoning-to-budget``) or the token budget stops it, so its reasoning latency is an upper bound
+for the budget and its success is 0. The ratios printed are every_step/every_k and every_step/never
+of the latency per action (target: every_k at least 3x faster than every_step).
 """
 from __future__ import annotations
 
@@ -41,23 +43,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import perf_backbones
+
 MODES = ("every_step", "every_k", "never")
 ENTRY = {"benchmark": "refine_plugins.demo.vla_benchmark:DemoSimBenchmark", "name": "demo-sim"}
-
-
-def tiny_backbone():
-    """The tiny hf_vlm preset with a bins codec over fixed statistics (untrained)."""
-    import numpy as np
-
-    from refine_core import Statistics
-    from refine_core.registry import Registry
-
-    registry = Registry(entry_points=False)
-    rng = np.random.default_rng(0)
-    actions = rng.uniform(-0.04, 0.04, size=(100, 7))
-    actions[:, 6] = rng.integers(0, 2, 100)
-    model = registry.build("backbone", "hf_vlm", {"preset": "tiny"})
-    return model.attach_codec(registry.build("codec", "bins", {}), Statistics.from_array(actions))
 
 
 def record_queries(policy, mode: str) -> list[dict]:
@@ -94,6 +83,13 @@ def main() -> None:
                         help="the server's batch limit (episodes run one at a time, so batches are 1)")
     parser.add_argument("--seed", type=int, default=0, help="demo-sim seed of the first round's scenes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--full-size", choices=perf_backbones.CHOICES, default="tiny",
+                        help="the untrained backbone when no --checkpoint is given (perf_backbones.py)")
+    parser.add_argument("--work", type=Path, default=None, help="where --full-size openvla-7b keeps its "
+                                                                  "random checkpoint (about 15 GB)")
+    parser.add_argument("--reasoning-to-budget", action="store_true",
+                        help="no repetition guard: an untrained model reasons until the token budget (or an "
+                             "action or end token), as a trained one's long reasoning would")
     args = parser.parse_args()
 
     import torch
@@ -109,16 +105,18 @@ def main() -> None:
         backbone, trained_order = loaded.backbone, loaded.order
         source = f"checkpoint {args.checkpoint} ({backbone.name}, {backbone.codec.name} codec)"
     else:
-        backbone, trained_order = tiny_backbone(), "reason_then_act"
-        source = ("tiny hf_vlm preset, UNTRAINED (bins codec over fixed statistics): reasoning runs to the "
-                  "repetition guard or the token budget, so latency is an upper bound and success is 0")
+        backbone, trained_order = perf_backbones.build(args.full_size, args.work), "reason_then_act"
+        source = (perf_backbones.describe(args.full_size) + ": reasoning runs to the "
+                  + ("token budget" if args.reasoning_to_budget else "repetition guard or the token budget")
+                  + ", so latency is an upper bound and success is 0")
     if args.episodes % args.rounds:
         parser.error("--episodes must be a multiple of --rounds")
 
     policies, records, walls = {}, {mode: [] for mode in MODES}, {mode: 0.0 for mode in MODES}
     for mode in MODES:
+        guard = {"repetition_limit": 10**9} if args.reasoning_to_budget else {}
         settings = PolicySettings(reasoning=mode, every=args.every,
-                                  max_reasoning_tokens=args.max_reasoning_tokens)
+                                  max_reasoning_tokens=args.max_reasoning_tokens, **guard)
         policies[mode] = Policy(backbone, settings, trained_order=trained_order)
     queries = {mode: record_queries(policies[mode], mode) for mode in MODES}
     with tempfile.TemporaryDirectory(prefix="refine-p5-") as work:

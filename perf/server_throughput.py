@@ -2,13 +2,15 @@
 
 Run: ``python perf/server_throughput.py [--mode never] [--sessions 8] [--steps 20] [--rounds 2]
 [--threads 1]`` (about 1 minute in mode never); with reasoning:
-``python perf/server_throughput.py --mode every_step --max-reasoning-tokens 16``.
+``python perf/server_throughput.py --mode every_step --max-reasoning-tokens 16``. On a GPU, at full
+size: ``--full-size openvla-7b --work DIR`` (perf_backbones.py).
 
-One policy object (the tiny ``hf_vlm`` preset with a ``bins`` codec over fixed statistics, untrained,
-one action per query) is served by ``PolicyModelServer`` with ``vla_eval.api.serve_background`` in
-two settings: ``max_batch_size=8`` (vla-eval's dispatch loop hands the observations waiting to one
-``predict_batch``, i.e. one batched ``policy.act_batch``) and ``max_batch_size=1`` (one ``predict``
-at a time). In each, ``--sessions`` vla-eval clients (``vla_eval.connection.Connection``) connect,
+One policy object (an untrained backbone of perf_backbones.py -- the tiny ``hf_vlm`` preset by
+default -- with a ``bins`` codec over fixed statistics, one action per query) is served by
+``PolicyModelServer`` with ``vla_eval.api.serve_background`` in two settings: ``max_batch_size=8``
+(vla-eval's dispatch loop hands the observations waiting to one ``predict_batch``, i.e. one batched
+``policy.act_batch``) and ``max_batch_size=1`` (one ``predict`` at a time).
+In each, ``--sessions`` vla-eval clients (``vla_eval.connection.Connection``) connect,
 start an episode, and then all at once each send ``--steps`` observations in sequence (``act``:
 send, wait for the action, send the next) and end the episode. Every session has its own
 instruction, of a different length (so batched prompts are really left-padded), and its own seeded
@@ -32,6 +34,9 @@ import argparse
 import logging
 import time
 from collections import Counter
+from pathlib import Path
+
+import perf_backbones
 
 INSTRUCTIONS = (
     "pick up the cup",
@@ -45,21 +50,13 @@ INSTRUCTIONS = (
 )
 
 
-def tiny_policy(mode: str, max_reasoning_tokens: int):
-    """The tiny hf_vlm preset with a bins codec over fixed statistics (untrained), as a Policy."""
-    import numpy as np
-
-    from refine_core import Statistics
+def untrained_policy(args):
+    """An untrained backbone of perf_backbones.py (bins codec over fixed statistics) as a Policy."""
     from refine_core.policy import Policy, PolicySettings
-    from refine_core.registry import Registry
 
-    registry = Registry(entry_points=False)
-    rng = np.random.default_rng(0)
-    actions = rng.uniform(-0.04, 0.04, size=(100, 7))
-    actions[:, 6] = rng.integers(0, 2, 100)
-    model = registry.build("backbone", "hf_vlm", {"preset": "tiny"})
-    backbone = model.attach_codec(registry.build("codec", "bins", {}), Statistics.from_array(actions))
-    return Policy(backbone, PolicySettings(reasoning=mode, max_reasoning_tokens=max_reasoning_tokens))
+    guard = {"repetition_limit": 10**9} if args.reasoning_to_budget else {}
+    settings = PolicySettings(reasoning=args.mode, max_reasoning_tokens=args.max_reasoning_tokens, **guard)
+    return Policy(perf_backbones.build(args.full_size, args.work), settings)
 
 
 def drive(url: str, observations: list[list[dict]]) -> float:
@@ -115,6 +112,13 @@ def main() -> None:
     parser.add_argument("--max-wait-time", type=float, default=0.005,
                         help="seconds a server waits for a batch to fill (PolicyModelServer's default)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--full-size", choices=perf_backbones.CHOICES, default="tiny",
+                        help="the untrained backbone served (perf_backbones.py)")
+    parser.add_argument("--work", type=Path, default=None, help="where --full-size openvla-7b keeps its "
+                                                                  "random checkpoint (about 15 GB)")
+    parser.add_argument("--reasoning-to-budget", action="store_true",
+                        help="no repetition guard: reasoning runs to the token budget (or an action or end "
+                             "token)")
     args = parser.parse_args()
 
     import numpy as np
@@ -128,7 +132,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     # 8 sessions keeping the server saturated is the point here, not a shard count to warn about
     logging.getLogger("vla_eval.model_servers.serve").setLevel(logging.ERROR)
-    policy = tiny_policy(args.mode, args.max_reasoning_tokens)
+    policy = untrained_policy(args)
     batch_sizes: list[int] = []
     act_batch = policy.act_batch
 
@@ -158,8 +162,9 @@ def main() -> None:
     totals = {name: [0.0, 0, []] for name in settings}  # seconds, actions, batch sizes
     names = list(settings)
     order = [name for r in range(args.rounds) for name in (names if r % 2 == 0 else names[::-1])]  # ABBA
-    print(f"policy: tiny hf_vlm preset, UNTRAINED (bins codec), reasoning {args.mode}"
-          + (f", max_reasoning_tokens {args.max_reasoning_tokens}" if args.mode != "never" else ""))
+    print(f"policy: {perf_backbones.describe(args.full_size)}, reasoning {args.mode}"
+          + (f", max_reasoning_tokens {args.max_reasoning_tokens}" if args.mode != "never" else "")
+          + (", no repetition guard" if args.reasoning_to_budget and args.mode != "never" else ""))
     print(f"{args.sessions} concurrent sessions x {args.steps} observations, instructions of "
           f"{min(len(s) for s in INSTRUCTIONS)}-{max(len(s) for s in INSTRUCTIONS)} characters, "
           f"warm-up {args.warmup} per session, ABBA x {args.rounds} rounds, max_wait_time "
