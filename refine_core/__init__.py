@@ -23,7 +23,8 @@ Action codecs
     ActionCodec, CodecOptions, ActionDecodeError, TokenizerLike, default_action_mask
 Backbones, and the toolkit a backbone author builds with
     Backbone, BackboneOptions, Decoder, TrainingSample, Prediction, AllowedIds, StopRow, model_dtype;
-    greedy_decode, left_padded, choose_decoder, static_decoder (KV-cached and CUDA-graph decoding);
+    greedy_decode, left_padded, choose_decoder, static_decoder (KV-cached and CUDA-graph decoding),
+    cache_kwargs, returned_cache (the KV cache under transformers' name of the version installed);
     read_state_dict, write_state_dict, read_tokenizer, resolve_checkpoint_dir (safetensors
     checkpoint directories, Hub ids); to_pixel_values; PaliGemmaPrompt
 Training objective
@@ -69,7 +70,8 @@ for _module, _names in {
                                 "default_action_mask",
     "refine_core.backbone": "AllowedIds Backbone BackboneOptions Decoder Prediction StopRow TrainingSample "
                             "model_dtype",
-    "refine_core.toolkit.decoding": "choose_decoder greedy_decode left_padded static_decoder",
+    "refine_core.toolkit.decoding": "cache_kwargs choose_decoder greedy_decode left_padded returned_cache "
+                                    "static_decoder",
     "refine_core.toolkit.weights": "read_state_dict read_tokenizer resolve_checkpoint_dir write_state_dict",
     "refine_core.toolkit.images": "to_pixel_values",
     "refine_core.toolkit.prompts": "PaliGemmaPrompt",

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from refine_core import AllowedIds, StopRow, choose_decoder, greedy_decode, static_decoder, write_state_dict
+from refine_core import (AllowedIds, StopRow, cache_kwargs, choose_decoder, greedy_decode, returned_cache,
+                         static_decoder, write_state_dict)
 from refine_core import read_state_dict as read_weights
 
 from .config import OpenVLAConfig
@@ -175,7 +176,7 @@ class OpenVLAForActionPrediction(nn.Module):
             positions = padded_positions(mask) if padded else None
             out = self.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                                       use_cache=True)
-            state = {"cache": out.past_key_values, "mask": mask}
+            state = {"cache": returned_cache(out), "mask": mask}
             first = out.logits[:, -1]
             # each row's next position is the number of its own tokens (patches included)
             length = mask.sum(-1, keepdim=True) if padded else embeds.shape[1]
@@ -184,10 +185,11 @@ class OpenVLAForActionPrediction(nn.Module):
                 positions = torch.zeros_like(tokens[:, None]) + (length + step - 1)
                 if state["mask"] is not None:  # the new token is a real one in every row
                     state["mask"] = torch.cat([state["mask"], state["mask"].new_ones(len(tokens), 1)], dim=1)
-                step_out = self.language_model(input_ids=tokens[:, None], past_key_values=state["cache"],
+                cache = cache_kwargs(self.language_model, state["cache"])
+                step_out = self.language_model(input_ids=tokens[:, None], **cache,
                                                attention_mask=state["mask"], use_cache=True,
                                                position_ids=positions)
-                state["cache"] = step_out.past_key_values
+                state["cache"] = returned_cache(step_out)
                 return step_out.logits[:, -1]
         else:
             embeds, _ = self.multimodal_inputs(input_ids, pixel_values)

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from refine_core import (AllowedIds, StopRow, choose_decoder, greedy_decode, read_state_dict, static_decoder,
-    write_state_dict)
+from refine_core import (AllowedIds, StopRow, cache_kwargs, choose_decoder, greedy_decode, read_state_dict,
+                         returned_cache, static_decoder, write_state_dict)
 
 from .config import SpatialVLAConfig
 from .depth import (Ego3DPositionEmbedding, backproject_patches, metric_depth, patch_pixel_grid,
@@ -250,7 +250,7 @@ class SpatialVLAForConditionalGeneration(nn.Module):
             mask = attention_mask.to(self.device) if padded else None
             out = self.forward(input_ids, pixel_values, intrinsic, attention_mask=mask,
                                token_type_ids=token_type_ids, use_cache=True)
-            state = {"cache": out.past_key_values, "mask": mask}
+            state = {"cache": returned_cache(out), "mask": mask}
             first = out.logits[:, -1]
             # 1-indexed: a row's n tokens sit at 1..n, its first new one at n + 1
             count = mask.sum(-1, keepdim=True) if padded else length
@@ -259,10 +259,11 @@ class SpatialVLAForConditionalGeneration(nn.Module):
                 positions = torch.zeros_like(tokens[:, None]) + (count + step)
                 if state["mask"] is not None:  # 2D: transformers derives the full and sliding-window masks
                     state["mask"] = torch.cat([state["mask"], state["mask"].new_ones(len(tokens), 1)], dim=1)
-                step_out = self.language_model(inputs_embeds=self.token_embeddings(tokens[:, None]),
-                                               past_key_values=state["cache"], use_cache=True,
+                cache = cache_kwargs(self.language_model, state["cache"])
+                step_out = self.language_model(inputs_embeds=self.token_embeddings(tokens[:, None]), **cache,
+                                               use_cache=True,
                                                attention_mask=state["mask"], position_ids=positions)
-                state["cache"] = step_out.past_key_values
+                state["cache"] = returned_cache(step_out)
                 return step_out.logits[:, -1]
         else:
             embeds = self.input_embeddings(input_ids, pixel_values, intrinsic)

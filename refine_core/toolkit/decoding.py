@@ -13,6 +13,8 @@ must not synchronise with the host); `position_offset` shifts positions (1-index
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -21,6 +23,22 @@ import torch
 from refine_core.backbone import AllowedIds, StopRow
 
 CACHE_BUCKET = 256  # cache lengths are rounded up to this, so nearby prompt lengths share one graph
+
+
+def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
+    """The KV cache as `model`'s forward takes it: `cache` from transformers 5.24 on (where
+    `past_key_values` is deprecated, with a warning, and goes in 5.40), `past_key_values` before."""
+    return {_cache_argument(type(model)): cache}
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_argument(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def returned_cache(output: Any) -> Any:
+    """The KV cache a forward returned, under either name (see `cache_kwargs`)."""
+    return output["cache"] if "cache" in output else output["past_key_values"]
 
 
 class StaticDecoder:
@@ -55,9 +73,8 @@ class StaticDecoder:
         inputs = (
             {"input_ids": self.tokens} if self.embed is None else {"inputs_embeds": self.embed(self.tokens)}
         )
-        out = self.lm(**inputs, past_key_values=self.cache, cache_position=self.position,
-                      position_ids=positions,
-                      use_cache=True)
+        out = self.lm(**inputs, **cache_kwargs(self.lm, self.cache), cache_position=self.position,
+                      position_ids=positions, use_cache=True)
         return out.logits[:, -1]
 
     def _capture(self) -> None:
@@ -79,8 +96,8 @@ class StaticDecoder:
         length = inputs["inputs_embeds" if "inputs_embeds" in inputs else "input_ids"].shape[1]
         slots = torch.arange(length, device=self.position.device)
         positions = (slots + self.position_offset)[None].expand(self.batch, length)
-        out = self.lm(**inputs, past_key_values=self.cache, cache_position=slots, position_ids=positions,
-                      attention_mask=attention_mask, use_cache=True)
+        out = self.lm(**inputs, **cache_kwargs(self.lm, self.cache), cache_position=slots,
+                      position_ids=positions, attention_mask=attention_mask, use_cache=True)
         return out.logits[:, -1]
 
     def step(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
