@@ -1,8 +1,9 @@
 """The benchmark contract: evaluate a trained backbone, one record per episode plus aggregates.
 
 A benchmark is built from its options (`factory(options)`) and called with an `EvalContext`;
-`write_results` stores what it returns as `results.jsonl` (one line per episode) and
-`summary.json`, each written atomically so a crash never leaves half a file.
+`write_results` stores what it returns as `results.jsonl` (one line per episode),
+`summary.json` and any further files the benchmark made (e.g. tables), each written atomically so
+a crash never leaves half a file.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class EvalContext:
 class BenchmarkResult:
     records: list[dict[str, Any]]
     summary: dict[str, Any]
+    files: dict[str, str] = field(default_factory=dict)  # further result files (name → text), e.g. tables
 
 
 class Benchmark(ABC):
@@ -45,9 +47,21 @@ class Benchmark(ABC):
     def evaluate(self, context: EvalContext) -> BenchmarkResult:
         """Run the benchmark; per-episode records and a summary of aggregates."""
 
+    def preflight(self) -> None:
+        """Refuse at once (a one-line UsageError) what would fail only after the weights load, e.g.
+        a simulator that is not installed; `refine eval` calls it before loading the checkpoint."""
+
+    def aggregate(self, records: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, str]:
+        """The benchmark's own aggregates of its records (e.g. a paper's tables): added to `summary`
+        in place, and further result files (name → text) returned. Called on a whole evaluation's
+        records, also when `refine eval merge` joins the parts of a split one."""
+        return {}
+
 
 def write_results(out_dir: str | Path, result: BenchmarkResult) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "results.jsonl", "".join(json.dumps(r) + "\n" for r in result.records))
     atomic_write(out_dir / "summary.json", json.dumps(result.summary, indent=2) + "\n")
+    for name, text in result.files.items():
+        atomic_write(out_dir / name, text)

@@ -43,6 +43,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "refine_teachers.openai",
     "refine_teachers.hf",
     "refine_benchmarks.offline",
+    "refine_benchmarks.simpler",
 )
 
 

@@ -37,6 +37,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out: str | Path, config: RunConf
     config = config or checkpoint_config(checkpoint)
     chosen = benchmark or config.benchmark
     benchmark = registry.build("benchmark", chosen.name, chosen.options)
+    benchmark.preflight()  # e.g. a missing simulator: one line now, not after the weights load
     identity = None
     if shard is not None:  # checked before the weights load: a wrong --shard or --out fails at once
         from refine_core.evaluate.shards import begin_shard, checkpoint_fingerprint, shard_identity

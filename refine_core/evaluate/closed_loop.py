@@ -17,11 +17,20 @@ Layout of OUT (the benchmark's output directory):
 
 A killed evaluation is run again with the same OUT: finished policies are read back, an
 unfinished one continues where vla-eval's queue stopped (its finished episodes are kept).
+
+Where the benchmark side runs (`side`, see `run_policy`): by default in this interpreter. A
+simulator with its own pinned environment (SimplerEnv: numpy<2, sapien 2.2.2) runs it in another
+interpreter (`vla-eval run --no-docker` started with that python, the benchmark's sim-side module
+put on its PYTHONPATH) or in vla-eval's Docker image (`vla-eval run` with a `docker:` section);
+either way always as `vla-eval run` processes on the recording's work queue, talking to the policy
+server in this process. refine's queue wrapper (shards.py) cannot run there, so such a benchmark
+hands over only this machine's part of its episodes (`shard_split="entry"`).
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -67,10 +76,18 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
 
 def run_policy(policy: Any, entry: dict[str, Any], out: Path, shards: int = 1, max_batch_size: int = 8,
                protocol: dict[str, Any] | None = None, camera: str | None = None,
-               shard: tuple[int, int] | None = None, rotation: str = "rpy") -> list[dict[str, Any]]:
+               shard: tuple[int, int] | None = None, rotation: str = "rpy",
+               side: dict[str, Any] | None = None,
+               shard_split: Literal["queue", "entry"] = "queue") -> list[dict[str, Any]]:
     """Every episode of the vla-eval benchmark `entry` with `policy` (only machine part `shard`
     (i, n) of them, see shards.py), as joined records (resumes from `out`; reads the records back
-    when `out` already holds them all)."""
+    when `out` already holds them all).
+
+    `side`: where vla-eval's benchmark side runs, default this interpreter with `render: cpu`:
+    `python` (an interpreter with vla-eval and the simulator), `pythonpath` (folders it imports the
+    benchmark from), `docker` (vla-eval's `docker:` config section: image, volumes, env), `render`.
+    `shard_split`: "queue" runs only part `shard` of the entry's episodes (refine's wrapper of
+    vla-eval's queue, this interpreter only); "entry": the entry already holds only that part."""
     from refine_core.evaluate.shards import shard_label
 
     _check_same_part(out, shard_label(shard))
@@ -81,20 +98,33 @@ def run_policy(policy: Any, entry: dict[str, Any], out: Path, shards: int = 1, m
 
     from refine_core.serve.model_server import PolicyModelServer
 
+    side = side or {}
+    foreign = bool(side.get("python") or side.get("docker"))
+    machine = shard if shard_split == "queue" else None
+    if foreign and machine is not None:
+        from refine_core.errors import RefineError
+
+        raise RefineError("a benchmark side in another interpreter or in Docker cannot run refine's queue "
+                          "wrapper: split its episodes in the entry (shard_split='entry')")
     out.mkdir(parents=True, exist_ok=True)
     eval_id = re.sub(r"[^\w.-]", "_", out.name)
-    config = {"benchmarks": [entry], "output_dir": str(out), "render": "cpu"}
-    atomic_write(out / "vla-eval.yaml", json.dumps({**config, "shards": shards, "shard": shard_label(shard)},
-                                                   indent=2))
+    config = {"benchmarks": [entry], "output_dir": str(out), "render": side.get("render", "cpu")}
+    if side.get("docker"):
+        config["docker"] = side["docker"]
+    recorded = {**config, "shards": shards, "shard": shard_label(shard)}
+    if side.get("python"):
+        recorded["python"] = side["python"]
+    atomic_write(out / "vla-eval.yaml", json.dumps(recorded, indent=2))
     server = PolicyModelServer(policy, max_batch_size=max_batch_size, camera=camera, log_path=out / LOG_FILE,
                                rotation=rotation)
     with serve_background(server) as handle:
-        if shards == 1:
+        if shards == 1 and not foreign:
             from refine_core.evaluate.shards import run_orchestrator
 
-            run_orchestrator({**config, "server": {"url": handle.url, "timeout": 600}}, eval_id, 0, 1, shard)
+            endpoint = {"url": handle.url, "timeout": 600}
+            run_orchestrator({**config, "server": endpoint}, eval_id, 0, 1, machine)
         else:
-            _run_shards(config, out, handle.url, eval_id, shards, shard)
+            _run_shards(config, out, handle.url, eval_id, shards, machine, side)
     rows, finished = _export(out, eval_id)
     records = _join(rows, out / LOG_FILE, policy.describe(), protocol or {})
     if finished:  # vla-eval's queue says every episode (of this machine's part) is done
@@ -116,19 +146,27 @@ def _check_same_part(out: Path, label: str | None) -> None:
 
 
 def _run_shards(config: dict[str, Any], out: Path, url: str, eval_id: str, shards: int,
-                machine: tuple[int, int] | None = None) -> None:
+                machine: tuple[int, int] | None = None, side: dict[str, Any] | None = None) -> None:
     """`shards` `vla-eval run` processes on one work queue, all talking to this process's server
-    (for a machine's part of a split evaluation, refine's wrapper of vla-eval's orchestrator)."""
+    (for a machine's part of a split evaluation, refine's wrapper of vla-eval's orchestrator; with
+    `side`, in another interpreter or in Docker: see run_policy)."""
     from refine_core.evaluate.shards import local_shard_command
 
+    side = side or {}
     atomic_write(out / "vla-eval-run.yaml", json.dumps({**config, "server": {"url": url, "timeout": 600}}))
-    command = [sys.executable, "-m", "vla_eval.cli.main", "run", "--no-docker", "-c",
+    # Docker: vla-eval itself (here) starts the container that runs the orchestrator; --yes: no pull prompt
+    launch = ["--yes"] if side.get("docker") else ["--no-docker"]
+    command = [side.get("python") or sys.executable, "-m", "vla_eval.cli.main", "run", *launch, "-c",
                str(out / "vla-eval-run.yaml"),
                "--eval-id", eval_id, "--output-dir", str(out), "--num-shards", str(shards)]
     commands = [[*command, "--shard-id", str(i)] if machine is None else
                 local_shard_command(out / "vla-eval-run.yaml", eval_id, i, shards, machine)
                 for i in range(shards)]
-    processes = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = None
+    if side.get("pythonpath") and not side.get("docker"):  # the sim-side module, importable there
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [*side["pythonpath"], *filter(None, [os.environ.get("PYTHONPATH")])])}
+    processes = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
                  for argv in commands]
     failed = []
     for process in processes:
@@ -213,6 +251,7 @@ class ClosedLoopBenchmark(Benchmark):
     vla_benchmark = ""
     camera: str | None = None  # the observation image the policy sees (None: the first)
     rotation = "rpy"  # what the benchmark's controller reads: rpy deltas, or "axis_angle" (SimplerEnv)
+    shard_split = "queue"  # "entry": entry() holds only this machine's part (see run_policy)
 
     def __init__(self, options: ClosedLoopOptions):
         self.options = options
@@ -232,6 +271,14 @@ class ClosedLoopBenchmark(Benchmark):
                 "adapter": {"rotation": "roll/pitch/yaw deltas as predicted" if self.rotation == "rpy" else
                             "roll/pitch/yaw deltas → axis-angle (extrinsic xyz)",
                             "gripper": "1 open, 0 closed (the benchmark maps it to its robot's)"}}
+
+    def side(self) -> dict[str, Any] | None:
+        """Where vla-eval's benchmark side runs (None: in this interpreter; see run_policy)."""
+        return None
+
+    def finish_records(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A policy's joined records as the results hold them (a subclass adds what it knows)."""
+        return rows
 
     def policies(self, context: Any) -> list[tuple[str, str | None, Any]]:
         """(name, reasoning mode or None, policy) for the model's modes and the baselines."""
@@ -258,9 +305,11 @@ class ClosedLoopBenchmark(Benchmark):
                               shards=self.options.shards, max_batch_size=self.options.max_batch_size,
                               protocol=self.protocol(name), camera=self.camera,
                               shard=context.extra.get("shard"),  # a machine's part (refine eval --shard)
-                              rotation=self.rotation)
+                              rotation=self.rotation, side=self.side(), shard_split=self.shard_split)
+            rows = self.finish_records(rows)
             role = getattr(policy, "role", "model")  # model, baseline, or reference (a scripted expert)
             records += [{"policy": name, "mode": mode, "role": role, **row} for row in rows]
             table[name] = {"mode": mode, "role": role, **summarise(rows)}
-        return BenchmarkResult(records=records, summary={"benchmark": self.name, "policies": table,
-                                                         "episodes": len(records)})
+        summary = {"benchmark": self.name, "policies": table, "episodes": len(records)}
+        files = self.aggregate(records, summary)
+        return BenchmarkResult(records=records, summary=summary, files=files)

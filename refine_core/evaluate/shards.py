@@ -163,7 +163,7 @@ def finish_shard(out: str | Path, identity: dict[str, Any], result: BenchmarkRes
     complete = all((out / name / EPISODES_FILE).is_file() for name in result.summary.get("policies", {}))
     identity = {**identity, "complete": complete}
     tagged = BenchmarkResult(records=[{**record, "shard": label} for record in result.records],
-                             summary={**result.summary, "shard": identity})
+                             summary={**result.summary, "shard": identity}, files=result.files)
     write_results(out, tagged)
     atomic_write(out / SHARD_FILE, json.dumps(identity, indent=2) + "\n")
     return tagged
@@ -253,11 +253,19 @@ def merge_shards(directories: list[str | Path], out: str | Path) -> BenchmarkRes
         merged += rows
         policies[name] = {"mode": table[name].get("mode"), "role": table[name].get("role"), **summarise(rows)}
     first = parts[0]
-    result = BenchmarkResult(records=merged, summary={
-        "benchmark": summaries[0].get("benchmark"), "policies": policies, "episodes": len(merged),
-        "shards": {"count": count, "checkpoint": first["checkpoint"], "benchmark": first["benchmark"]}})
+    summary = {"benchmark": summaries[0].get("benchmark"), "policies": policies, "episodes": len(merged),
+               "shards": {"count": count, "checkpoint": first["checkpoint"], "benchmark": first["benchmark"]}}
+    files = _benchmark(first["benchmark"]).aggregate(merged, summary)  # its tables, of the whole
+    result = BenchmarkResult(records=merged, summary=summary, files=files)
     _write_merged(out, directories, result)
     return result
+
+
+def _benchmark(config: dict[str, Any]) -> Any:
+    """The benchmark the parts ran, built from their recorded name and options."""
+    from refine_core.registry import get_registry
+
+    return get_registry().build("benchmark", config["name"], config.get("options") or {})
 
 
 def _write_merged(out: Path, directories: list[Path], result: BenchmarkResult) -> None:
@@ -265,7 +273,7 @@ def _write_merged(out: Path, directories: list[Path], result: BenchmarkResult) -
     if any(out.resolve() == d.resolve() for d in directories) or (out / SHARD_FILE).exists():
         raise UsageError(f"{out} is a shard's OUT: merge into another --out")
     contents = {"results.jsonl": "".join(json.dumps(r) + "\n" for r in result.records),
-                "summary.json": json.dumps(result.summary, indent=2) + "\n"}
+                "summary.json": json.dumps(result.summary, indent=2) + "\n", **result.files}
     for path in sorted(out.iterdir()) if out.is_dir() else []:
         if path.name.startswith("."):
             continue  # a temp file a crash left

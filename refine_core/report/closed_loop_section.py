@@ -1,7 +1,8 @@
 """Report sections for closed-loop benchmarks: one per OUT/eval/<benchmark>/ whose summary.json has
 a "policies" mapping (written by `ClosedLoopBenchmark.evaluate`): a table of success and grasp
 rates with Wilson 95% intervals beside latency and tokens, a figure, one line on how the model's
-modes compare with the baselines, and up to two reasoning samples from the episodes."""
+modes compare with the baselines, any further tables the benchmark put in its summary (see
+`extra_tables`), and up to two reasoning samples from the episodes."""
 from __future__ import annotations
 
 import math
@@ -124,6 +125,27 @@ def interpretation(policies: dict[str, dict[str, Any]]) -> str:
     return " ".join(sentences)
 
 
+def extra_tables(summary: dict[str, Any]) -> list:
+    """A benchmark's own tables, from its summary's "tables": a list of {"title": str, "columns":
+    [header, ...], "rows": [[cell, ...], ...], "note": str (optional)}, rendered in order below the
+    policy table (e.g. SimplerEnv's paper tables). Entries not of that shape are skipped; a row is
+    cut or padded to the columns, cells shown as written (None as "—")."""
+    tables = summary.get("tables")
+    blocks: list = []
+    for entry in tables if isinstance(tables, list) else []:
+        columns, rows = (entry.get("columns"), entry.get("rows")) if isinstance(entry, dict) else (None, None)
+        if not (isinstance(columns, list) and columns and isinstance(rows, list)):
+            continue
+        width = len(columns)
+        body = [[cell(v) for v in (row + [None] * width)[:width]] for row in rows if isinstance(row, list)]
+        if isinstance(entry.get("title"), str):
+            blocks.append(Text(entry["title"]))
+        blocks.append(Table([cell(c) for c in columns], body))
+        if isinstance(entry.get("note"), str) and entry["note"].strip():
+            blocks.append(Text(entry["note"]))
+    return blocks
+
+
 def _samples(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Up to SAMPLES episodes with a reasoning sample: a success and a failure when both exist."""
     with_text = [r for r in records
@@ -168,6 +190,7 @@ def closed_loop_section(directory: Path, report_dir: Path) -> Section | None:
         Figure(figure, "Success rate per policy with its 95% Wilson interval (the model's reasoning modes "
                        "in blue, baselines in grey), and the mean latency per action."),
         Text(interpretation(policies)),
+        *extra_tables(summary),
     ]
     for record in _samples(_read_jsonl(directory / "results.jsonl")):
         outcome = "success" if record.get("success") else "failure"
