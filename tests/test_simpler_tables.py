@@ -243,3 +243,16 @@ def test_sweep_reads_a_table_average_with_its_interval_and_the_baselines(tmp_pat
     # Google averages appear only once every family was evaluated in that setting
     assert "google_vm_success_rate" in policy_averages(_google_vm())["model-every_step"]
     assert "google_va_success_rate" not in policy_averages(_google_vm())["model-every_step"]
+
+
+def test_refine_eval_names_the_tables_and_their_files_instead_of_dumping_them(tmp_path, capsys):
+    from refine_core.cli.eval_cmds import _show
+
+    records = _widowx()
+    summary = {"benchmark": "simpler-widowx", "episodes": len(records),
+               "policies": {"model-every_step": {"mode": "every_step", **summarise(records)}}}
+    extend_summary(summary, records)
+    _show(summary, False, "simpler-widowx", tmp_path)
+    printed = capsys.readouterr().out
+    assert f"Table 1: SimplerEnv WidowX (visual matching), grasp and success per task → {tmp_path}" in printed
+    assert "widowx_success_rate" in printed and "'columns'" not in printed

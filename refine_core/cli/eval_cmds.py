@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from refine_core.cli.options import BenchmarkOpt, DatasetOpt, JsonOpt, SetOpt
-from refine_core.cli.output import display_table
+from refine_core.cli.output import console, display_table
 from refine_core.errors import UsageError
 
 eval_app = typer.Typer(help="Evaluate a checkpoint; `refine eval merge` joins the shards of a split one.")
@@ -60,7 +61,7 @@ def eval_checkpoint(
         command = shlex.join(words)
     result = evaluate_checkpoint(checkpoint, out, config, annotations, registry, shard=part, command=command)
     title = f"{config.benchmark.name} → {out}" + (f" (shard {shard})" if part else "")
-    _show(result.summary, as_json, title)
+    _show(result.summary, as_json, title, out)
 
 
 @eval_app.command("merge")
@@ -78,15 +79,23 @@ def merge(
     from refine_core.evaluate.shards import merge_shards
 
     result = merge_shards(shards, out)
-    _show(result.summary, as_json, f"{result.summary.get('benchmark')}: {len(shards)} shards → {out}")
+    _show(result.summary, as_json, f"{result.summary.get('benchmark')}: {len(shards)} shards → {out}", out)
 
 
-def _show(summary: dict, as_json: bool, title: str) -> None:
+def _show(summary: dict, as_json: bool, title: str, out: Path) -> None:
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    rows = [{"metric": key, "value": value} for key, value in _flat(summary).items()]
+    # a benchmark's own tables (summary "tables", e.g. SimplerEnv's paper tables) are too wide for a
+    # terminal: their titles and files are named below the metrics, the report renders them
+    tables = summary.get("tables") if isinstance(summary.get("tables"), list) else []
+    metrics = {key: value for key, value in summary.items() if not (key == "tables" and tables)}
+    rows = [{"metric": key, "value": value} for key, value in _flat(metrics).items()]
     display_table(rows, ["metric", "value"], False, title=title)
+    for table in tables:
+        if isinstance(table, dict) and isinstance(table.get("title"), str):
+            files = f" → {out / table['file']}.md, .csv" if isinstance(table.get("file"), str) else ""
+            console.print(escape(f"{table['title']}{files}"), highlight=False, soft_wrap=True)
 
 
 def _flat(summary: dict, prefix: str = "") -> dict:
