@@ -24,7 +24,7 @@ from refine_core.training import (METRIC_KEYS, CollapseDetector, TrainingDiverge
 from refine_core.training.lora import apply_lora
 from refine_core.training.setup import attach_codec
 from refine_core.training.checkpoint import resume_difference
-from refine_core.training.trainer import lr_factor
+from refine_core.training.optimizer import lr_factor
 
 from train_toys import ToyDataset, toy_config, write_annotations
 

@@ -11,6 +11,9 @@ Layout of `OUT/checkpoints/step-0000100/`:
     refine.json            resolved config, action statistics (as the codec uses them), codec and
                            backbone name + options, dataset identity: all `load_checkpoint` needs
 
+An FSDP run writes `sharded/` and `optimizer_groups.json` in place of `optimizer.pt` (see fsdp.py);
+its `weights.safetensors` is gathered, so it loads as any other.
+
 A checkpoint is written into `checkpoints/.tmp-step-…` and renamed into place, so any
 `step-*` directory is complete. `checkpoints/latest` names the newest. Retention keeps the last
 `train.keep_checkpoints`; the newest complete one is never deleted.

@@ -26,8 +26,8 @@ trainable parameters are kept in float32 (frozen ones keep the backbone's dtype,
 Without autocast the backbone's own dtype is trained as it is (a bf16 backbone trains in bf16).
 A non-finite loss or gradient norm stops the run before the update (RefineError, exit 1),
 naming the step and the last good checkpoint — one is saved first if the run has none.
-Checkpoints support single-process and DDP runs; sharded optimizers (FSDP, DeepSpeed) keep
-their optimizer state across ranks, which this format does not gather, and are refused.
+Under `accelerate launch --use_fsdp` the model is sharded with FSDP2 and checkpoints hold the
+shards too (see `fsdp.py`); DeepSpeed is refused.
 """
 from __future__ import annotations
 
@@ -52,6 +52,9 @@ from refine_core.training.checkpoint import (CHECKPOINTS, FORMAT_VERSION, RUN_IN
     check_out_dir, resume_difference, finish_checkpoint, latest_checkpoint, load_rng, load_weights_into,
     read_json, rebase_lr, remove_partial, rng_state, save_rng, save_weights, set_rng_state, step_dir_name)
 from refine_core.training.freeze import print_parameter_table
+from refine_core.training.fsdp import (DEEPSPEED_REFUSAL, SHARDED, ShardedBackbone, clip_sharded_gradients,
+    fsdp_requested, load_sharded, save_sharded, shard_backbone)
+from refine_core.training.optimizer import build_adamw, mixed_precision
 from refine_core.training.metrics import (CollapseDetector, MetricsFile, action_l1, action_predictions,
     rows_collapsed, token_counts)
 from refine_core.training.setup import RunSetup
@@ -83,26 +86,6 @@ class _BackboneModule(torch.nn.Module):
         return self.backbone.forward(batch)
 
 
-def lr_factor(index: int, warmup: int, total: int, schedule: str) -> float:
-    """LR multiplier for the step with 0-based index `index`: linear warmup, then the schedule."""
-    if warmup and index < warmup:
-        return (index + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (index - warmup) / max(1, total - warmup))
-    if schedule == "linear":
-        return 1.0 - progress
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def mixed_precision(precision: str) -> str:
-    if precision == "bf16":
-        return "bf16"
-    if precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "no"
-
-
 class Trainer:
     """Trains `setup.backbone` on `setup.dataset`; writes metrics and checkpoints under `out`."""
 
@@ -117,9 +100,9 @@ class Trainer:
         self.out, self.resume = Path(out), resume
         precision = mixed_precision(self.settings.precision)
         self.accelerator = accelerator or Accelerator(mixed_precision=precision)
-        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-            raise UsageError("refine train checkpoints single-process and DDP runs; FSDP/DeepSpeed shard the "
-                             "optimizer state, which refine checkpoints do not gather yet: launch with DDP")
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            raise UsageError(DEEPSPEED_REFUSAL)
+        self.fsdp = fsdp_requested(self.accelerator)
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched != self.accelerator.num_processes:  # e.g. --multi_gpu on a CPU machine without --cpu
             runs = self.accelerator.num_processes
@@ -158,15 +141,11 @@ class Trainer:
             for _, parameter in trainable:
                 if parameter.dtype in (torch.bfloat16, torch.float16):
                     parameter.data = parameter.data.float()
-        decay = [p for _, p in trainable if p.ndim >= 2]
-        no_decay = [p for _, p in trainable if p.ndim < 2]
+        if self.fsdp:  # after the cast (FSDP keeps the dtypes it is given); parameters become DTensors
+            shard_backbone(self.backbone, self.accelerator)
+            trainable = self._trainable()
         self.parameters = [p for _, p in trainable]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.settings.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}], lr=self.settings.lr)
-        s = self.settings
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda i: lr_factor(i, s.warmup_steps, s.max_steps, s.schedule))
+        self.optimizer, self.scheduler = build_adamw(self.parameters, self.settings)
 
     def _build_stream(self) -> None:
         data = self.config.data
@@ -183,8 +162,14 @@ class Trainer:
             raise UsageError(f"--resume: the config differs from {checkpoint.name}'s at {difference}; resume "
                              f"with the run's config, or start a new run in another --out")
         state = read_json(checkpoint / TRAINER_STATE)
-        load_weights_into(self.backbone.model, checkpoint / WEIGHTS)
-        self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+        if (checkpoint / SHARDED).is_dir() != self.fsdp:
+            raise UsageError(f"--resume: {checkpoint.name} was {'not ' if self.fsdp else ''}saved by an FSDP "
+                             f"run and this run is {'' if self.fsdp else 'not '}one: launch it as it was")
+        if self.fsdp:
+            load_sharded(self.backbone.model, self.optimizer, self._saved_names(), checkpoint)
+        else:
+            load_weights_into(self.backbone.model, checkpoint / WEIGHTS)
+            self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
         self.scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
         if info.get("config", {}).get("train", {}).get("lr") != self.settings.lr:
             rebase_lr(self.scheduler, self.settings.lr)  # a lower lr after a divergence, as advised
@@ -218,12 +203,14 @@ class Trainer:
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
         save_rng(rng if rng is not None else rng_state(), tmp / f"rng-{acc.process_index}.safetensors")
-        if self.is_main:
-            saved = self._saved_names()
-            kind = "adapter" if self.setup.lora_modules else "trainable"
+        saved, kind = self._saved_names(), "adapter" if self.setup.lora_modules else "trainable"
+        if self.fsdp:
+            save_sharded(self.backbone.model, self.optimizer, saved, tmp, kind, self.is_main)
+        elif self.is_main:
             save_weights(tmp / WEIGHTS,
                          {n: p for n, p in self.backbone.model.named_parameters() if n in saved}, kind)
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        if self.is_main:
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
             (tmp / TRAINER_STATE).write_text(json.dumps({
                 "step": step, "stream": stream_state or self.stream.state_dict(),
@@ -283,8 +270,8 @@ class Trainer:
             del logits, out
         totals = acc.reduce(totals, "sum") if world > 1 else totals
         loss = float(totals[0]) / n_action + lambda_r * float(totals[1]) / n_reasoning
-        grad_norm = float(acc.clip_grad_norm_(self.parameters,
-                                              s.grad_clip if s.grad_clip > 0 else float("inf")))
+        clip = clip_sharded_gradients if self.fsdp else acc.clip_grad_norm_
+        grad_norm = float(clip(self.parameters, s.grad_clip if s.grad_clip > 0 else float("inf")))
         lr = self.scheduler.get_last_lr()[0]
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             self._diverged(step, loss, grad_norm, lr, start)
@@ -350,7 +337,10 @@ class Trainer:
             if self.is_main:
                 self.metrics.path.unlink(missing_ok=True)
         self.backbone.model.train()
-        self.wrapped, self.optimizer = acc.prepare(_BackboneModule(self.backbone), self.optimizer)
+        if self.fsdp:  # already sharded: accelerate's prepare would wrap it again
+            self.wrapped = ShardedBackbone(self.backbone, acc)
+        else:
+            self.wrapped, self.optimizer = acc.prepare(_BackboneModule(self.backbone), self.optimizer)
         if resume_from is not None:
             set_rng_state(load_rng(resume_from, acc.process_index))
         self.samples = iter(self.stream)
