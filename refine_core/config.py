@@ -100,7 +100,8 @@ class LoraSettings(Section):
 class AnnotateSettings(Section):
     strategy: Literal["every_step", "every_k", "keyframes"] = "every_step"
     every: int = Field(5, ge=1)  # every_k: ask steps 0, k, 2k, …
-    concurrency: int = Field(8, ge=1)  # requests in flight
+    concurrency: int = Field(8, ge=1)  # requests in flight (in all workers together)
+    workers: int = Field(1, ge=1)  # shard processes into one OUT (annotate/workers.py)
     max_retries: int = Field(5, ge=0)  # per request, on 429/5xx/timeouts/lost connections
     max_reasks: int = Field(2, ge=0)  # per request, on malformed answers
     backoff_initial: float = Field(1.0, ge=0)  # seconds; doubles per retry, with jitter

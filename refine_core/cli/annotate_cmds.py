@@ -3,7 +3,9 @@
 Resumes by default (an interrupted or failed run asks only what is missing), refuses an OUT that
 holds another dataset's or another teacher's annotations, `--dry-run` estimates calls, tokens
 and cost without asking anything, `--shard i/n` annotates one deterministic part of the episodes
-(several shards may write into one OUT). A teacher in batch mode (e.g. gemini `mode: batch`)
+(several shards may write into one OUT), `--workers N` runs N such shard processes at once into
+OUT with one progress bar and one summary (an SDK's per-request CPU cost caps one process).
+A teacher in batch mode (e.g. gemini `mode: batch`)
 submits jobs and polls them; a re-run after an interruption polls the same jobs.
 """
 from __future__ import annotations
@@ -61,6 +63,8 @@ def annotate(
                                                  help="K for every_k (annotate.every).")] = None,
     concurrency: Annotated[Optional[int], typer.Option(
         "--concurrency", min=1, help="Requests in flight (annotate.concurrency).")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        "--workers", min=1, help="Shard processes annotating into OUT at once (annotate.workers).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run",
                                           help="Estimate calls, tokens and cost; ask nothing.")] = False,
     shard: Annotated[Optional[str], typer.Option("--shard",
@@ -74,7 +78,8 @@ def annotate(
     from refine_core.data.annotation_set import MANIFEST
 
     sets = list(set_ or [])
-    for key, value in (("strategy", strategy), ("every", every), ("concurrency", concurrency)):
+    for key, value in (("strategy", strategy), ("every", every), ("concurrency", concurrency),
+                       ("workers", workers)):
         if value is not None:
             sets.append(f"annotate.{key}={value}")
     cfg = load_config(config, sets, teacher=teacher, dataset=dataset)
@@ -117,8 +122,16 @@ def annotate(
         return
 
     progress, update = _progress_display(enabled=err_console.is_terminal and not as_json)
-    with progress:
-        stats = annotate_dataset(dataset_obj, teacher_obj, out, settings, shard_spec, on_progress=update)
+    if settings.workers > 1:
+        from refine_core.annotate.workers import annotate_with_workers, build_from_config, check_workers
+
+        check_workers(dataset_obj, teacher_obj, out, settings)
+        with progress:
+            stats = annotate_with_workers(build_from_config, (cfg.to_dict(),), out, settings, shard_spec,
+                                          on_progress=update)
+    else:
+        with progress:
+            stats = annotate_dataset(dataset_obj, teacher_obj, out, settings, shard_spec, on_progress=update)
     summary = stats.as_dict()
     failures = summary.pop("failures")
     if as_json:

@@ -3,6 +3,10 @@ and a seeded shuffle buffer whose position can be saved and restored (exact resu
 
 The stream is deterministic for a given (dataset, seed): epoch e shuffles with seed (seed, e).
 Restoring a position replays the stream up to it — cheap next to training, and exact.
+
+Several processes (DDP/FSDP ranks) may each read their own part: `rank` r of `world_size` N
+takes the split's episodes at positions r, r + N, r + 2N, … (after `max_episodes`, so every rank
+draws from the same pool), which makes the ranks' samples disjoint and, together, the whole split.
 """
 from __future__ import annotations
 
@@ -74,9 +78,12 @@ class SampleStream:
     def __init__(self, dataset: RobotDataset, chunk_size: int = 1, split: str = "train",
                  val_fraction: float = 0.1, max_episodes: int | None = None, shuffle_buffer: int = 1000,
                  seed: int = 0, annotations: AnnotationSet | None = None,
-                 missing_annotation: MissingAnnotation = "action_only"):
+                 missing_annotation: MissingAnnotation = "action_only", rank: int = 0, world_size: int = 1):
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank {rank} of {world_size}")
+        self.rank, self.world_size = rank, world_size
         self.dataset, self.chunk_size, self.split = dataset, chunk_size, split
         self.val_fraction, self.max_episodes = val_fraction, max_episodes
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
@@ -85,14 +92,18 @@ class SampleStream:
         self.epoch, self.position = 0, 0  # samples consumed in the current epoch
 
     def episodes(self) -> Iterator[Episode]:
-        """This split's episodes, in the dataset's order (validation holds out whole episodes)."""
-        taken = 0
+        """This rank's episodes of the split, in the dataset's order (validation holds out whole
+        episodes; rank r of N keeps every N-th one from position r)."""
+        taken = in_split = 0
         for episode in self.dataset.episodes("train"):
             if self.max_episodes is not None and taken >= self.max_episodes:
                 return
             taken += 1
-            if episode_split(episode.episode_id, self.val_fraction) == self.split:
+            if episode_split(episode.episode_id, self.val_fraction) != self.split:
+                continue
+            if in_split % self.world_size == self.rank:
                 yield episode
+            in_split += 1
 
     def samples(self) -> Iterator[TrainingSample]:
         """One unshuffled pass over the split."""
@@ -100,7 +111,8 @@ class SampleStream:
             yield from episode_samples(episode, self.chunk_size, self.annotations, self.missing, self.counts)
 
     def _shuffled(self, epoch: int) -> Iterator[TrainingSample]:
-        rng = np.random.default_rng([self.seed, epoch])
+        # one rank keeps the single-process order; several ranks shuffle with their own streams
+        rng = np.random.default_rng([self.seed, epoch] + ([self.rank] if self.world_size > 1 else []))
         buffer: list[TrainingSample] = []
         for sample in self.samples():
             if len(buffer) < self.shuffle_buffer:
@@ -123,11 +135,13 @@ class SampleStream:
                 emitted += 1
                 yield sample
             if emitted == 0 and self.position == 0:
-                raise ValueError(f"the {self.split} split of dataset '{self.dataset.name}' has no samples")
+                where = f" for rank {self.rank} of {self.world_size}" if self.world_size > 1 else ""
+                raise ValueError(f"the {self.split} split of dataset '{self.dataset.name}' has no "
+                                 f"samples{where}")
             self.epoch, self.position = self.epoch + 1, 0
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}  # per rank when sharded
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.position, self.seed = int(state["epoch"]), int(state["position"]), int(state["seed"])

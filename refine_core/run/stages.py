@@ -117,7 +117,13 @@ def _annotate(config: RunConfig, out: Path, registry: Any, log) -> tuple[str, bo
 
     teacher = registry.build("teacher", config.teacher.name, config.teacher.options)
     dataset = registry.build("dataset", config.dataset.name, config.dataset.options)
-    annotate_dataset(dataset, teacher, out / "annotations", config.annotate)
+    if config.annotate.workers > 1:
+        from refine_core.annotate.workers import annotate_with_workers, build_from_config, check_workers
+
+        check_workers(dataset, teacher, out / "annotations", config.annotate)
+        annotate_with_workers(build_from_config, (config.to_dict(),), out / "annotations", config.annotate)
+    else:
+        annotate_dataset(dataset, teacher, out / "annotations", config.annotate)
     manifest = json.loads((out / "annotations" / "manifest.json").read_text())
     counts = manifest.get("counts", {})
     failed = counts.get("failed", 0)
