@@ -13,6 +13,9 @@ Errors (the CLI maps them to exit codes)
 Data: what datasets yield and every stage consumes
     Episode, Step, ACTION_DIM, GRIPPER, Reasoning, TaskPlanning, Statistics, DatasetStatistics,
     RobotDataset; for dataset authors: StatisticsAccumulator, cached_statistics, cache_dir
+The VLM2VLA plan: a trajectory decomposed into subtasks, each with its share of the action log
+    PlanStep, TrajectoryPlan, TrajectoryRequest (what a decomposing teacher sees), AXIS_CONVENTIONS,
+    validate_plan (concatenated actions against the log), PlanMismatch
 Teachers
     Teacher, TeacherIdentity, AnnotationRequest, Annotation, TokenUsage, Price, BatchTeacher,
     BatchStatus, TeacherError, TransientTeacherError, PermanentTeacherError, MalformedAnswer;
@@ -56,6 +59,8 @@ for _module, _names in {
     "refine_core.errors": "MissingExtra RefineError UnknownComponent UsageError",
     "refine_core.episode": "ACTION_DIM GRIPPER Episode Step",
     "refine_core.reasoning": "Reasoning TaskPlanning",
+    "refine_core.plan": "AXIS_CONVENTIONS PlanMismatch PlanStep TrajectoryPlan TrajectoryRequest "
+                        "validate_plan",
     "refine_core.statistics": "DatasetStatistics Statistics StatisticsAccumulator cached_statistics",
     "refine_core.files": "atomic_write cache_dir",
     "refine_core.dataset": "RobotDataset",

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from refine_core import (Annotation, AnnotationRequest, Reasoning, TaskPlanning, Teacher, TeacherIdentity,
-    current_sub_actions, gripper_open, motion_phases)
+    TrajectoryPlan, TrajectoryRequest, current_sub_actions, gripper_open, motion_phases)
 
 RULES_VERSION = {"full": "scripted-v1", "compact": "scripted-compact-v1"}  # bump on a wording change
 
@@ -103,6 +103,17 @@ class ScriptedTeacher(Teacher):
 
     async def annotate(self, request: AnnotationRequest) -> Annotation:
         return Annotation(reasoning=self.reason(request))
+
+    async def decompose(self, request: TrajectoryRequest, feedback: str | None = None) -> TrajectoryPlan:
+        """The episode's VLM2VLA plan, split at gripper changes and motion phases (`decompose.py`).
+        Deterministic, so `feedback` (a re-ask's reason) cannot change the answer."""
+        from .decompose import decompose_trajectory
+
+        meta = request.step_metadata[0] if request.step_metadata else {}
+        parsed_target, parsed_destination = objects_from_instruction(request.instruction)
+        target = str(meta.get("target") or parsed_target or "object")
+        destination = meta.get("destination") or parsed_destination
+        return decompose_trajectory(request, target, str(destination) if destination else None)
 
     def reason(self, request: AnnotationRequest) -> Reasoning:
         actions = request.episode_actions
