@@ -11,7 +11,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from refine_core.data.annotation_set import AnnotationSet
 from refine_core.backbone import Backbone
@@ -31,6 +31,9 @@ class EvalContext:
     reasoning_dropout: float = 0.0  # how often training dropped the reasoning (acting without it was taught)
     lambda_r: float = 0.3
     extra: dict[str, Any] = field(default_factory=dict)
+    # builds the model before fine-tuning (same backbone and codec, no trained weights) on demand,
+    # for benchmarks that compare the two (knowledge retention); None where there is no base
+    base_backbone: Callable[[], Backbone] | None = None
 
 
 @dataclass

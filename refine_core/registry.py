@@ -44,6 +44,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "refine_teachers.hf",
     "refine_benchmarks.offline",
     "refine_benchmarks.simpler",
+    "refine_benchmarks.retention",
 )
 
 

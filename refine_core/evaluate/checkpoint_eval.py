@@ -16,6 +16,24 @@ def checkpoint_config(checkpoint: str | Path) -> RunConfig:
     return RunConfig.model_validate(read_checkpoint_info(checkpoint)[1]["config"])
 
 
+def base_backbone(run_config: RunConfig, registry: Any, tuned: Any) -> Any:
+    """The model before fine-tuning: the run's backbone rebuilt from its options (the `tiny` preset
+    from its seed, a `path` from its pretrained weights) with the same codec and statistics, no
+    trained weights and no LoRA adapters; frozen, in eval mode, on the CPU."""
+    import torch
+
+    from refine_core.training.setup import attach_codec, build_backbone
+
+    base = build_backbone(run_config, registry)
+    with torch.random.fork_rng():  # rows the codec adds are initialised from the run's seed
+        torch.manual_seed(run_config.train.seed)
+        attach_codec(base, run_config, registry, tuned.codec.stats, stats_key=tuned.statistics_key)
+    for parameter in base.model.parameters():
+        parameter.requires_grad_(False)
+    base.model.eval()
+    return base
+
+
 def evaluate_checkpoint(checkpoint: str | Path, out: str | Path, config: RunConfig | None = None,
                         annotations_dir: str | Path | None = None, registry: Any = None,
                         benchmark: Component | None = None, shard: tuple[int, int] | None = None,
@@ -44,7 +62,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out: str | Path, config: RunConf
 
         identity = shard_identity(shard, checkpoint_fingerprint(checkpoint), benchmark, chosen.name, command)
         begin_shard(out, identity)
-    backbone, _ = load_checkpoint(checkpoint, registry)
+    backbone, run_config = load_checkpoint(checkpoint, registry)
     dataset = registry.build("dataset", config.dataset.name, config.dataset.options)
     annotations = None
     if annotations_dir is not None:
@@ -55,7 +73,8 @@ def evaluate_checkpoint(checkpoint: str | Path, out: str | Path, config: RunConf
                           val_fraction=config.data.val_fraction, reasoning_order=config.train.reasoning_order,
                           reasoning_format=config.train.reasoning_format,
                           reasoning_dropout=config.train.reasoning_dropout, lambda_r=config.loss.lambda_r,
-                          extra={"shard": shard} if shard is not None else {})
+                          extra={"shard": shard} if shard is not None else {},
+                          base_backbone=lambda: base_backbone(run_config, registry, backbone))
     result = benchmark.evaluate(context)
     if identity is not None:
         from refine_core.evaluate.shards import finish_shard

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 from refine_core.report.blocks import Code, Example, Figure, Section, Table, Text
 from refine_core.report.closed_loop_section import closed_loop_sections
+from refine_core.report.retention_section import retention_sections
 from refine_core.report.sections import (attention_section, config_section, data_section, evaluation_section,
     examples_section, load_config, training_section)
 
@@ -55,6 +56,7 @@ def build_report(run_dir: str | Path, attention_episodes: int = 3, registry: Any
         training_section(run_dir, report_dir),
         evaluation_section(run_dir),
         *closed_loop_sections(run_dir, report_dir),  # one per OUT/eval/<benchmark>/ that ran
+        *retention_sections(run_dir),
         attention_section(run_dir, report_dir, attention_episodes, registry),
         examples_section(run_dir, report_dir, config, registry),
     ]

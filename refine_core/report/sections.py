@@ -138,6 +138,9 @@ def evaluation_section(run_dir: Path) -> Section:
     summary = _read_json(run_dir / "eval" / "summary.json")
     if not isinstance(summary, dict):
         return missing_section("Evaluation", "evaluation has not run (no eval/summary.json).")
+    if summary.get("benchmark") == "retention":  # not held-out action metrics: its own section shows it
+        return Section("Evaluation", [Text("The evaluation stage ran the retention benchmark: see Knowledge "
+                                           "retention.")])
     chance = summary.get("action_token_chance")
     teacher_forced = Table(["teacher-forced on held-out episodes", "value", "chance"], [
         ["action token accuracy", cell(summary.get("action_token_accuracy")), cell(chance)],
