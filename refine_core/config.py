@@ -73,6 +73,9 @@ class DataSettings(Section):
     max_episodes: int | None = Field(None, ge=1)
     shuffle_buffer: int = Field(1000, ge=1)
     missing_annotation: Literal["action_only", "skip"] = "action_only"
+    # several processes: each reads only its own episodes (1/N of the decoding) instead of all of
+    # them drawing one global batch, which makes N processes equal one with the N-fold batch
+    rank_shards: bool = False
 
 
 class LossSettings(Section):

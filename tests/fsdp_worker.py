@@ -1,6 +1,7 @@
-"""What tests/test_fsdp.py starts under `accelerate launch --use_fsdp`: train_toys' run, plus two
-test hooks: `--die-at-forward N` (SIGKILL rank 0 at its N-th forward: a run killed mid-step) and
-`--dump-full FILE` (rank 0 writes every parameter of the sharded model, gathered, after training)."""
+"""What tests/test_fsdp.py starts under `accelerate launch --use_fsdp`: train_toys' run, plus test
+hooks: `--die-at-forward N` (SIGKILL rank 0 at its N-th forward: a run killed mid-step),
+`--dump-full FILE` (rank 0 writes every parameter of the sharded model, gathered, after training)
+and `--record-samples DIR` (each rank appends the keys of the samples it draws to DIR/rank-R.txt)."""
 from __future__ import annotations
 
 import os
@@ -39,6 +40,20 @@ def dump_full(model: torch.nn.Module, path: Path) -> None:
         save_file(full, str(path))
 
 
+def record_samples(directory: Path) -> None:
+    from refine_core.training import Trainer
+
+    original = Trainer._draw
+
+    def draw(self, count):
+        samples = original(self, count)
+        with open(directory / f"rank-{os.environ.get('RANK', '0')}.txt", "a") as log:
+            log.write("".join(sample.key + "\n" for sample in samples))
+        return samples
+
+    Trainer._draw = draw
+
+
 def main(argv: list[str]) -> None:
     from refine_core.training import Trainer, prepare_run
 
@@ -52,6 +67,8 @@ def main(argv: list[str]) -> None:
             sets.append(value)
         else:
             options[flag] = value
+    if "--record-samples" in options:
+        record_samples(Path(options["--record-samples"]))
     if "--die-at-forward" in options:
         kill_at_forward(int(options["--die-at-forward"]))
     setup = prepare_run(toy_config(*sets), dataset=ToyDataset(), annotations_dir=options.get("--annotations"))

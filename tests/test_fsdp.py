@@ -115,6 +115,34 @@ def test_an_fsdp_run_killed_mid_step_resumes_exactly(fsdp_run, annotations):
     assert max((resumed[k] - fsdp_run.full[k]).abs().max().item() for k in resumed) <= 1e-6
 
 
+def test_with_rank_shards_each_process_reads_only_its_own_episodes_and_resumes_exactly(annotations, tmp_path):
+    """data.rank_shards: rank r trains on the train split's episodes r, r + 2, … only (disjoint,
+    together the whole split), and a run killed mid-step resumes each rank's own stream exactly."""
+    from refine_core.data.samples import SampleStream
+
+    sets = (*SETTINGS, "data.rank_shards=true")
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    for out in (whole, killed):
+        out.mkdir()
+    launch(whole / "run", *sets, annotations=annotations, extra=("--record-samples", str(whole)))
+    drawn = [{key.split("/")[0] for key in (whole / f"rank-{r}.txt").read_text().split()} for r in (0, 1)]
+    data = toy_config(*sets).data
+    split = [e.episode_id for e in SampleStream(ToyDataset(), val_fraction=data.val_fraction).episodes()]
+    assert drawn == [set(split[0::2]), set(split[1::2])] and not drawn[0] & drawn[1]
+    # each rank draws batch 2 per step: 4 steps are 8 samples of its own
+    assert [len((whole / f"rank-{r}.txt").read_text().split()) for r in (0, 1)] == [8, 8]
+
+    stopped = launch(killed / "run", *sets, annotations=annotations, extra=("--die-at-forward", "3"),
+                     check=False)
+    [(step, saved)] = list_checkpoints(killed / "run")
+    assert stopped.returncode != 0 and step == 2
+    assert sorted(p.name for p in Path(saved).glob("stream-*")) == ["stream-0.json", "stream-1.json"]
+    launch(killed / "run", *sets, annotations=annotations, extra=("--resume", "1"))
+    for x, y in zip(metrics(whole / "run"), metrics(killed / "run"), strict=True):
+        for key in ("loss", "action_loss", "reasoning_loss", "grad_norm"):
+            assert abs(x[key] - y[key]) <= 1e-6, (x["step"], key, x[key], y[key])
+
+
 def test_frozen_parameters_stay_bit_identical_under_fsdp(fsdp_run):
     initial = initial_parameters(*SETTINGS)
     frozen = [n for n, p in prepare_run(toy_config(*SETTINGS), dataset=ToyDataset()).backbone.model

@@ -63,6 +63,22 @@ def rebase_lr(scheduler, lr: float) -> None:
     scheduler.step()
 
 
+def run_info(setup: Any, step: int) -> dict[str, Any]:
+    """refine.json of a training run's checkpoint: what loading it needs (config, backbone, codec,
+    action statistics, what kind of weights) and where its data came from."""
+    config, codec = setup.config, setup.backbone.codec
+    return {
+        "format": FORMAT_VERSION, "step": step, "config": config.to_dict(),
+        "backbone": {"name": config.backbone.name, "options": config.backbone.options},
+        "codec": {"name": config.codec.name, "options": config.codec.options},
+        "action_statistics": codec.stats.to_dict(),
+        "weights": "adapter" if setup.lora_modules else "trainable", "lora_modules": setup.lora_modules,
+        "dataset": {"name": setup.dataset.name, "identity": setup.dataset.identity},
+        "annotations": None if setup.annotations is None else {
+            "directory": str(setup.annotations.directory), "teacher": setup.annotations.teacher},
+    }
+
+
 def step_dir_name(step: int) -> str:
     return f"step-{step:07d}"
 

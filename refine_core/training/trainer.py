@@ -8,9 +8,11 @@ The same code runs on the CPU, one GPU, or several processes under `accelerate l
    the slice starting at `(a × processes + r) × batch_size`. So the samples a step sees do not
    depend on how it is split: 2 processes × batch 4 train on exactly the samples of 1 process
    × batch 8, and the stream position is one number for all processes (exact resume). The
-   price is that every process decodes the whole global batch; datasets are streamed, so this
-   costs reading time, not memory. Reasoning dropout is drawn per step from (seed, step) over
-   the global batch, so it too is independent of the split and of resuming.
+   price is that every process decodes the whole global batch. Reasoning dropout is drawn per
+   step from (seed, step) over the global batch, so it too is independent of the split.
+   With `data.rank_shards` process r instead reads only its own episodes (r, r + N, …) and
+   draws `batch_size × grad_accum` of them (dropout from (seed, step, r)); each process's
+   stream position is saved as `stream-<r>.json`, and a resume needs the same process count.
 2. Loss. The loss of a step is the reasoning-aware loss of the whole global batch: CE sums over
    every action (reasoning) token of all micro-batches and processes, divided by their global
    counts (counted from the labels before the forward and summed across processes). Each
@@ -48,9 +50,10 @@ from refine_core.data.collate import drop_reasoning
 from refine_core.errors import RefineError, UsageError
 from refine_core.loss import reasoning_aware_loss
 from refine_core.data.samples import SampleStream
-from refine_core.training.checkpoint import (CHECKPOINTS, FORMAT_VERSION, RUN_INFO, TRAINER_STATE, WEIGHTS,
+from refine_core.training.checkpoint import (CHECKPOINTS, RUN_INFO, TRAINER_STATE, WEIGHTS,
     check_out_dir, resume_difference, finish_checkpoint, latest_checkpoint, load_rng, load_weights_into,
-    read_json, rebase_lr, remove_partial, rng_state, save_rng, save_weights, set_rng_state, step_dir_name)
+    read_json, rebase_lr, remove_partial, rng_state, run_info, save_rng, save_weights, set_rng_state,
+    step_dir_name)
 from refine_core.training.freeze import print_parameter_table
 from refine_core.training.fsdp import (DEEPSPEED_REFUSAL, SHARDED, ShardedBackbone, clip_sharded_gradients,
     fsdp_requested, load_sharded, save_sharded, shard_backbone)
@@ -103,6 +106,7 @@ class Trainer:
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             raise UsageError(DEEPSPEED_REFUSAL)
         self.fsdp = fsdp_requested(self.accelerator)
+        self.rank_shards = self.config.data.rank_shards and self.accelerator.num_processes > 1
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched != self.accelerator.num_processes:  # e.g. --multi_gpu on a CPU machine without --cpu
             runs = self.accelerator.num_processes
@@ -153,7 +157,9 @@ class Trainer:
             self.setup.dataset, chunk_size=self.backbone.codec.chunk_size, split="train",
             val_fraction=data.val_fraction, max_episodes=data.max_episodes, seed=self.settings.seed,
             shuffle_buffer=data.shuffle_buffer, annotations=self.setup.annotations,
-            missing_annotation=data.missing_annotation)
+            missing_annotation=data.missing_annotation,
+            **({"rank": self.accelerator.process_index, "world_size": self.accelerator.num_processes}
+               if self.rank_shards else {}))
 
     def _restore(self, checkpoint: Path) -> None:
         info = read_json(checkpoint / RUN_INFO)
@@ -173,26 +179,15 @@ class Trainer:
         self.scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
         if info.get("config", {}).get("train", {}).get("lr") != self.settings.lr:
             rebase_lr(self.scheduler, self.settings.lr)  # a lower lr after a divergence, as advised
-        self.stream.load_state_dict(state["stream"])
+        if self.rank_shards and state.get("world_size") != self.accelerator.num_processes:
+            raise UsageError(f"--resume: {checkpoint.name} was saved by {state.get('world_size')} processes "
+                             "each reading its own episodes (data.rank_shards): resume with as many")
+        self.stream.load_state_dict(read_json(checkpoint / f"stream-{self.accelerator.process_index}.json")
+                                    if self.rank_shards else state["stream"])
         self.detector.load_state_dict(state["collapse"])
         self.step = int(state["step"])
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def _run_info(self, step: int) -> dict[str, Any]:
-        codec = self.backbone.codec
-        return {
-            "format": FORMAT_VERSION, "step": step, "config": self.config.to_dict(),
-            "backbone": {"name": self.config.backbone.name, "options": self.config.backbone.options},
-            "codec": {"name": self.config.codec.name, "options": self.config.codec.options},
-            "action_statistics": codec.stats.to_dict(),
-            "weights": "adapter" if self.setup.lora_modules else "trainable",
-            "lora_modules": self.setup.lora_modules,
-            "dataset": {"name": self.setup.dataset.name, "identity": self.setup.dataset.identity},
-            "annotations": None if self.setup.annotations is None else {
-                "directory": str(self.setup.annotations.directory),
-                "teacher": self.setup.annotations.teacher},
-        }
-
     def save_checkpoint(self, step: int, stream_state: dict | None = None, rng: dict | None = None) -> Path:
         """Write step's checkpoint atomically (all processes call this)."""
         acc = self.accelerator
@@ -203,6 +198,9 @@ class Trainer:
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
         save_rng(rng if rng is not None else rng_state(), tmp / f"rng-{acc.process_index}.safetensors")
+        if self.rank_shards:  # each process's own position in its own episodes
+            (tmp / f"stream-{acc.process_index}.json").write_text(json.dumps(stream_state
+                                                                             or self.stream.state_dict()))
         saved, kind = self._saved_names(), "adapter" if self.setup.lora_modules else "trainable"
         if self.fsdp:
             save_sharded(self.backbone.model, self.optimizer, saved, tmp, kind, self.is_main)
@@ -215,7 +213,7 @@ class Trainer:
             (tmp / TRAINER_STATE).write_text(json.dumps({
                 "step": step, "stream": stream_state or self.stream.state_dict(),
                 "collapse": self.detector.state_dict(), "world_size": acc.num_processes}, indent=2))
-            (tmp / RUN_INFO).write_text(json.dumps(self._run_info(step), indent=2))
+            (tmp / RUN_INFO).write_text(json.dumps(run_info(self.setup, step), indent=2))
         acc.wait_for_everyone()
         if self.is_main:
             finish_checkpoint(tmp, self.out, step, self.settings.keep_checkpoints)
@@ -237,12 +235,14 @@ class Trainer:
         world, rank, size = acc.num_processes, acc.process_index, s.batch_size
         lambda_r = self.config.loss.lambda_r
         start = (self.stream.state_dict(), rng_state())
-        samples = self._draw(size * world * s.grad_accum)
-        rng = np.random.default_rng([s.seed, step])
+        # one global batch that each process slices, or (rank_shards) each process's own samples
+        shards = self.rank_shards
+        samples = self._draw(size * s.grad_accum * (1 if shards else world))
+        rng = np.random.default_rng([s.seed, step, rank] if shards else [s.seed, step])
         drops = [drop_reasoning(rng, s.reasoning_dropout) for _ in samples]
         micro = []
         for a in range(s.grad_accum):
-            lo = (a * world + rank) * size
+            lo = a * size if shards else (a * world + rank) * size
             mine = samples[lo:lo + size]
             micro.append((mine, self.backbone.collate(mine, s.reasoning_order, drops[lo:lo + size])))
         counts = torch.tensor([sum(c) for c in zip(*(token_counts(b) for _, b in micro))],
