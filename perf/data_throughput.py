@@ -8,8 +8,11 @@ split, alternating rounds (the machine may be shared; the best round of each is 
 
 - raw:     `tfds.builder_from_directory(...).as_dataset("train")` flattened to steps, prefetched,
            every feature decoded (all four cameras, as a plain tfds loop does), nothing else;
+           built once, each round one pass (as refine's reader, which keeps its pipeline);
 - refine:  the `bridge` reader (OpenVLA conversion) → `SampleStream` (seeded shuffle buffer) →
            `backbone.collate` of the tiny hf_vlm backbone (tokenise, resize to 224, normalise);
+- CPU:     process CPU time per step (raw) and per sample (refine), and refine's main-thread
+           share: load-insensitive, unlike rates on a shared machine;
 - train:   one tiny-backbone training step (forward, loss, backward, AdamW) on a collated batch,
            as samples/s, i.e. how fast the trainer consumes data.
 """
@@ -25,13 +28,18 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def raw_tfds(version_dir) -> tuple[int, float]:
+def raw_pipeline(version_dir):
     import tensorflow_datasets as tfds
 
+    ds = tfds.builder_from_directory(str(version_dir)).as_dataset(split="train", shuffle_files=False)
+    return ds.flat_map(lambda episode: episode["steps"]).prefetch(2)
+
+
+def raw_tfds(ds) -> tuple[int, float]:
+    """One pass over a built pipeline (building it, ~0.2 s, is not timed: refine builds its
+    own once per process too, so both sides are timed per epoch of a longer run)."""
     start = time.perf_counter()
     steps = 0
-    ds = tfds.builder_from_directory(str(version_dir)).as_dataset(split="train", shuffle_files=False)
-    ds = ds.flat_map(lambda episode: episode["steps"]).prefetch(2)
     for step in ds.as_numpy_iterator():
         steps += 1
         assert step["observation"]["image_0"].shape[-1] == 3
@@ -94,14 +102,25 @@ def main() -> None:
     backbone = registry.build("backbone", "hf_vlm", {"preset": "tiny"})
     statistics = reader.statistics()
     backbone.attach_codec(registry.build("codec", "bins", {}), statistics.action)
-    raw_tfds(reader.version_dir)  # warm-up: TensorFlow graph building, file cache
+    pipeline = raw_pipeline(reader.version_dir)
+    raw_tfds(pipeline)  # warm-up: TensorFlow graph building, file cache
+    refine_batches(reader, backbone, args.batch, args.batch)  # warm-up: refine's pipeline is built
 
     raw, ours = [], []
+    # CPU time of the whole process (TensorFlow's threads included) per sample barely depends on
+    # what else the shared machine runs, unlike samples/s; the main thread's share is what one
+    # Python thread must do (it bounds refine's rate on an idle machine)
+    raw_cpu, ours_cpu, ours_thread = [], [], []
     for _ in range(args.rounds):
-        steps, seconds = raw_tfds(reader.version_dir)
+        cpu = time.process_time()
+        steps, seconds = raw_tfds(pipeline)
         raw.append(steps / seconds)
+        raw_cpu.append((time.process_time() - cpu) / steps * 1e3)
+        cpu, thread = time.process_time(), time.thread_time()
         samples, seconds = refine_batches(reader, backbone, args.batch, statistics.num_steps)
         ours.append(samples / seconds)
+        ours_cpu.append((time.process_time() - cpu) / samples * 1e3)
+        ours_thread.append((time.thread_time() - thread) / samples * 1e3)
     train = train_rate(reader, backbone, args.batch)
     best_raw, best_ours = max(raw), max(ours)
     print(f"date {datetime.date.today()}  machine {platform.machine()} {os.cpu_count()} cpus  "
@@ -112,6 +131,8 @@ def main() -> None:
     print(f"refine reader→stream→collate       : {best_ours:8.1f} samples/s   rounds "
           f"{[round(r, 1) for r in ours]}")
     print(f"tiny train step (fwd+bwd+AdamW)    : {train:8.1f} samples/s")
+    print(f"CPU ms per step/sample (least round): raw {min(raw_cpu):.2f}, refine {min(ours_cpu):.2f} "
+          f"(main thread {min(ours_thread):.2f}); raw/refine CPU {min(raw_cpu) / min(ours_cpu):.2f}")
     # the same files take raw `steps / best_raw` seconds and refine `samples / best_ours` seconds
     # (refine yields fewer samples than recorded steps: Bridge's first and last steps are dropped)
     same_files = (steps / best_raw) / (samples / best_ours)

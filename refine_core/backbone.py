@@ -9,6 +9,7 @@ Inference:  backbone.predict(images, instruction, reasoning=True) -> Prediction
 from __future__ import annotations
 
 import inspect
+from collections import OrderedDict
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,6 +175,23 @@ class Backbone(ABC):
     @abstractmethod
     def pad_id(self) -> int: ...
 
+    _PROMPT_CACHE_SIZE = 4096  # distinct instructions remembered (a dataset repeats few of them)
+
+    def cached_prompt_ids(self, instruction: str) -> list[int]:
+        """`prompt_ids` remembered per instruction (least recently used dropped first): an
+        instruction is the same on every step of an episode, and tokenising it per sample was a
+        measurable share of collate. Keyed with the vocabulary size, as codecs may add tokens."""
+        cache = self.__dict__.setdefault("_prompt_cache", OrderedDict())
+        key = (instruction, len(self.tokenizer))
+        ids = cache.get(key)
+        if ids is None:
+            ids = cache[key] = list(self.prompt_ids(instruction))
+            if len(cache) > self._PROMPT_CACHE_SIZE:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
+        return ids
+
     def reasoning_ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -181,7 +199,7 @@ class Backbone(ABC):
                with_reasoning: bool = True) -> EncodedSample:
         action_ids = self.codec.encode(sample.actions if self.codec.chunk_size > 1 else sample.actions[0])
         reasoning = self.reasoning_ids(sample.reasoning) if (with_reasoning and sample.reasoning) else None
-        return assemble(self.prompt_ids(sample.instruction), action_ids,
+        return assemble(self.cached_prompt_ids(sample.instruction), action_ids,  # assemble copies
                         self.codec.action_span_mask(action_ids),
                         self.eos_id, reasoning, order)
 

@@ -91,6 +91,30 @@ def test_bridge_images_are_uint8_rgb_and_aligned(rlds):
         assert int(np.argmin(errors)) == t + 1 and errors[t + 1] < 4  # JPEG-close to recorded frame t+1
 
 
+def test_bridge_frames_equal_tfds_decoding_and_absent_cameras_stay_encoded(rlds):
+    """The reader decodes JPEGs itself (parallel tf.data map, used cameras only): frames must be
+    byte-identical to tfds's decoder, and cameras flagged has_image_N false never decoded."""
+    import tensorflow_datasets as tfds
+
+    dataset = bridge(rlds.root / "data")
+    reference = tfds.builder_from_directory(str(dataset.version_dir)).as_dataset(split="train",
+                                                                                shuffle_files=False)
+    reference = reference.flat_map(lambda episode: episode["steps"].batch(1000))
+    compared = 0
+    for expected, (_, steps, rest) in zip(reference.as_numpy_iterator(), dataset._tf_episodes("train", True)):
+        for camera in ("image_0", "image_1", "image_2", "image_3"):
+            frames, decoded = expected["observation"][camera], steps[f"observation/{camera}"]
+            if rest[f"episode_metadata/has_{camera}"]:
+                assert decoded.dtype == np.uint8 and np.array_equal(decoded, frames)
+                compared += 1
+            else:
+                assert decoded.shape[0] == 0 and len(frames) > 0
+    assert compared >= 6  # three episodes, image_0 and image_1 each
+    first = next(reference.as_numpy_iterator())["observation"]["image_0"]
+    for t, step in enumerate(next(dataset.episodes())):  # episodes yield those frames (step t+1 recorded)
+        np.testing.assert_array_equal(step.images["image_0"], first[t + 1])
+
+
 def test_bridge_relabel_off_keeps_recorded_actions(rlds):
     episode = next(bridge(rlds.root / "data", relabel_actions=False).episodes())
     raw = rlds.bridge_inputs[0]["actions"]

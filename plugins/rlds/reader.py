@@ -89,14 +89,15 @@ class RldsDataset(RobotDataset):
         self.cameras = layout.cameras()
         self.max_episodes, self.strict, self.skip_unlabeled = max_episodes, strict, skip_unlabeled
         self.version_dir = locate_version_dir(data_dir, layout.builder, name)
-        features = read_features(self.version_dir)
-        self._paths = validate_layout(layout, features, self.version_dir, name)
+        self._features = read_features(self.version_dir)
+        self._paths = validate_layout(layout, self._features, self.version_dir, name)
         self._image_paths = [self._paths[k] for k in layout.image_keys]
         try:
             self._info = json.loads((self.version_dir / "dataset_info.json").read_text())
         except ValueError as exc:
             raise UsageError(f"Cannot read {self.version_dir / 'dataset_info.json'}: {exc}") from None
         self._identity: str | None = None
+        self._pipelines: dict[tuple[str, bool], Any] = {}  # (split, images) → tf.data.Dataset
         self.statistics_path: Path | None = None
         self.skipped: dict[str, int] = {}
 
@@ -130,33 +131,95 @@ class RldsDataset(RobotDataset):
                              f"{', '.join(sorted(self.splits))}")
 
     # -- reading -------------------------------------------------------------------------------
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_pipelines": {}}  # tf.data pipelines do not pickle; rebuilt on use
+
     def _tf_episodes(self, split: str, images: bool) -> Iterator[tuple[int, dict, dict]]:
         """(ordinal, flat steps, flat episode-level fields) as NumPy, straight from tfds."""
+        tf, _ = tensorflow()
+        key = (split, images)
+        if key not in self._pipelines:  # built once: tracing its functions cost ~0.3 s per epoch
+            self._pipelines[key] = self._pipeline(split, images)
+        seen = 0
+        try:
+            for ordinal, steps, rest in self._pipelines[key].as_numpy_iterator():
+                seen = int(ordinal) + 1
+                yield int(ordinal), _flatten(steps), _flatten(rest)
+        except tf.errors.OpError as exc:
+            raise self._read_error(split, seen, exc) from None
+
+    def _pipeline(self, split: str, images: bool):
+        """The tf.data pipeline of whole episodes. tfds's decoder would decode every camera's
+        JPEGs on reading; instead they are read as bytes and decoded by `_decode_images`, in a
+        parallel map (off the Python thread) and only for cameras an episode has (Bridge pads
+        absent views with blank frames)."""
         tf, tfds = tensorflow()
         builder = tfds.builder_from_directory(str(self.version_dir))
-        decoders = None
-        if not images:  # statistics never look at pixels: skip JPEG decoding entirely
-            decoders = {}
-            for path in self._image_paths:
-                node = decoders.setdefault("steps", {})
-                *parents, leaf = path.split("/")
-                for part in parents:
-                    node = node.setdefault(part, {})
-                node[leaf] = tfds.decode.SkipDecoding()
-        ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
+        encoded = {path for path in self._image_paths
+                   if getattr(self._features.get(f"steps/{path}"), "kind", None) == "image"}
+        decoders: dict = {}
+        for path in encoded:  # {"steps": {"observation": {"image_0": SkipDecoding()}}}
+            node = decoders
+            *parents, leaf = ["steps", *path.split("/")]
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = tfds.decode.SkipDecoding()
+        ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders or None)
 
         def whole_episode(ordinal, episode):
             rest = {k: v for k, v in episode.items() if k != "steps"}
             return episode["steps"].batch(_ALL_STEPS).map(lambda steps: (ordinal, steps, rest))
 
-        ds = ds.enumerate().flat_map(whole_episode).prefetch(2)
-        seen = 0
-        try:
-            for ordinal, steps, rest in ds.as_numpy_iterator():
-                seen = int(ordinal) + 1
-                yield int(ordinal), _flatten(steps), _flatten(rest)
-        except tf.errors.OpError as exc:
-            raise self._read_error(split, seen, exc) from None
+        ds = ds.enumerate().flat_map(whole_episode)
+        if encoded:
+            decode = self._decode_images(builder.info.features["steps"], encoded, images, tf)
+            ds = ds.map(tf.autograph.experimental.do_not_convert(decode),  # plain Python: no autograph
+                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.prefetch(2)
+
+    def _decode_images(self, step_features, encoded: set[str], images: bool, tf):
+        """The tf.data map function decoding one episode's encoded cameras with tfds's own
+        decoder (so frames are exactly what tfds yields); a camera whose `has_<camera>` episode
+        flag is false (and dropped anyway) becomes an empty stack; without `images`, the encoded
+        bytes are removed (statistics never look at pixels)."""
+        wanted, seen = [], set()
+        for position, (camera, path) in enumerate(zip(self.cameras, self._image_paths)):
+            if path in encoded and path not in seen:  # a key listed twice is decoded once
+                wanted.append((position, camera, path))
+                seen.add(path)
+
+        def none_decoded(feature):
+            return tf.zeros([0, *(d or 0 for d in feature.shape)], feature.tf_dtype)
+
+        def decode_all(feature, data):
+            # tfds's per-image decode over the episode (as its Sequence decoding does)
+            spec = tf.TensorSpec(feature.shape, feature.tf_dtype)
+            return tf.cond(tf.size(data) == 0, lambda: none_decoded(feature),
+                           lambda: tf.map_fn(feature.decode_example, data, fn_output_signature=spec,
+                                             parallel_iterations=10))
+
+        def decode(ordinal, steps, rest):
+            steps = tf.nest.map_structure(lambda t: t, steps)  # a copy we may change
+            flags = rest.get("episode_metadata", {})
+            for position, camera, path in wanted:
+                *parents, leaf = path.split("/")
+                node, feature = steps, step_features
+                for part in parents:
+                    node, feature = node[part], feature[part]
+                if not images:
+                    del node[leaf]
+                    continue
+                feature, data = feature[leaf], node[leaf]
+                flag = flags.get(f"has_{camera}")
+                optional = position > 0 and self.layout.drop_blank_cameras and flag is not None
+                if optional and (flag.dtype.is_bool or flag.dtype.is_integer or flag.dtype.is_floating):
+                    node[leaf] = tf.cond(tf.cast(flag, tf.bool), lambda f=feature, d=data: decode_all(f, d),
+                                         lambda f=feature: none_decoded(f))
+                else:
+                    node[leaf] = decode_all(feature, data)
+            return ordinal, steps, rest
+
+        return decode
 
     def _read_error(self, split: str, seen: int, exc: Exception) -> RefineError:
         tf, _ = tensorflow()
@@ -250,6 +313,11 @@ class RldsDataset(RobotDataset):
     def _images(self, steps: dict, metadata: dict, index: np.ndarray, where: str) -> dict[str, np.ndarray]:
         frames: dict[str, np.ndarray] = {}
         for position, (camera, path) in enumerate(zip(self.cameras, self._image_paths)):
+            optional = position > 0 and self.layout.drop_blank_cameras
+            # Bridge pads views a robot did not have with all-zero frames (and says so in has_image_N);
+            # such cameras were not decoded (an empty stack, see `_decode_images`)
+            if optional and metadata.get(f"has_{camera}") in (False, 0):
+                continue
             stack = np.asarray(steps[path])
             if stack.ndim != 4 or stack.shape[-1] != 3 or stack.dtype != np.uint8:
                 raise UsageError(f"Image '{path}' in {self.version_dir} {where} has shape "
@@ -259,10 +327,8 @@ class RldsDataset(RobotDataset):
                 stack = stack[index[0]:index[-1] + 1]  # kept steps are a run: a view, not a copy
             else:
                 stack = stack[index]
-            if position > 0 and self.layout.drop_blank_cameras:
-                # Bridge pads views a robot did not have with all-zero frames (and says so in has_image_N)
-                if metadata.get(f"has_{camera}") in (False, 0) or not stack.any():
-                    continue
+            if optional and not stack.any():
+                continue
             frames[camera] = stack
         return frames
 

@@ -79,13 +79,17 @@ def pad_batch(samples: Sequence[EncodedSample], pad_id: int):
         raise ValueError("cannot collate an empty batch")
     width = max(len(s) for s in samples)
 
-    def column(values: list[list], fill, dtype):
-        return torch.tensor([v + [fill] * (width - len(v)) for v in values], dtype=dtype)
+    def column(values: list[list], fill, dtype) -> torch.Tensor:
+        # filled row by row in NumPy: several times faster than torch.tensor on padded nested lists
+        out = np.full((len(values), width), fill, dtype=dtype)
+        for row, value in enumerate(values):
+            out[row, :len(value)] = value
+        return torch.from_numpy(out)
 
     return {
-        "input_ids": column([s.input_ids for s in samples], pad_id, torch.long),
-        "attention_mask": column([[1] * len(s) for s in samples], 0, torch.long),
-        "labels": column([s.labels for s in samples], IGNORE, torch.long),
-        "action_mask": column([s.action_mask for s in samples], False, torch.bool),
-        "token_type_ids": column([s.token_type_ids for s in samples], 1, torch.long),
+        "input_ids": column([s.input_ids for s in samples], pad_id, np.int64),
+        "attention_mask": column([[1] * len(s) for s in samples], 0, np.int64),
+        "labels": column([s.labels for s in samples], IGNORE, np.int64),
+        "action_mask": column([s.action_mask for s in samples], False, np.bool_),
+        "token_type_ids": column([s.token_type_ids for s in samples], 1, np.int64),
     }
