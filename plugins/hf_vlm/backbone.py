@@ -17,11 +17,12 @@ from refine_core import (AllowedIds, Backbone, PaliGemmaPrompt, StopRow, UsageEr
     greedy_decode, left_padded, model_dtype, static_decoder, to_pixel_values)
 
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
-SUPPORTED_MODEL_TYPES = ("paligemma",)
 
 
 class HFVLMBackbone(PaliGemmaPrompt, Backbone):
     name = "hf_vlm"
+    # how frames are resized, and what save() writes as the image processor (PIL's resample codes)
+    resample, pil_resample, image_processor_type = "bicubic", 3, "SiglipImageProcessor"
 
     def __init__(self, options) -> None:
         super().__init__(options)
@@ -54,20 +55,13 @@ class HFVLMBackbone(PaliGemmaPrompt, Backbone):
                              "attention only (transformers has no SDPA path for it); use auto or eager")
 
     def load(self, path: str) -> None:
-        from transformers import AutoConfig, AutoTokenizer, PaliGemmaForConditionalGeneration
+        from transformers import AutoTokenizer, PaliGemmaForConditionalGeneration
 
-        local = Path(path)
-        if local.exists() and not (local / "config.json").is_file():
-            raise UsageError(f"backbone.path {path} has no config.json: point it at a saved model directory")
-        try:
-            config = AutoConfig.from_pretrained(path)
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"Cannot read a model config from backbone.path={path!r}: "
-                             f"{str(exc).splitlines()[0]}") from None
-        if config.model_type not in SUPPORTED_MODEL_TYPES:
-            raise UsageError(f"hf_vlm loads PaliGemma-layout models (model_type paligemma); {path} has "
-                             f"model_type {config.model_type!r}. Use the backbone made for it (refine list "
-                             "backbone).")
+        from .layouts import read_model_config, unsupported
+
+        config = read_model_config(path)
+        if config.model_type != "paligemma":
+            raise unsupported(path, config.model_type)
         self._check_attention(config)
         attn = {} if self.options.attn_implementation == "auto" else {
             "attn_implementation": self.options.attn_implementation}
@@ -75,9 +69,13 @@ class HFVLMBackbone(PaliGemmaPrompt, Backbone):
                                                                        dtype=model_dtype(self.options.dtype),
                                                                        **attn)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        vision = config.vision_config
+        self.read_image_settings(path, config.vision_config)
+
+    def read_image_settings(self, path: str, vision) -> None:
+        """SigLIP's normalisation at the vision tower's size, unless the checkpoint's
+        preprocessor_config.json says otherwise."""
         self.image_size, self.image_mean, self.image_std = vision.image_size, SIGLIP_MEAN, SIGLIP_STD
-        preprocessor = local / "preprocessor_config.json"
+        preprocessor = Path(path) / "preprocessor_config.json"
         if preprocessor.is_file():
             spec = json.loads(preprocessor.read_text())
             self.image_mean = tuple(spec.get("image_mean", self.image_mean))
@@ -88,7 +86,8 @@ class HFVLMBackbone(PaliGemmaPrompt, Backbone):
 
     # -- data -----------------------------------------------------------------------------------
     def image_inputs(self, frames: Sequence[np.ndarray]) -> dict[str, Any]:
-        pixels = to_pixel_values(frames, self.image_size, self.image_mean, self.image_std)
+        pixels = to_pixel_values(frames, self.image_size, self.image_mean, self.image_std,
+                                 resample=self.resample)
         return {"pixel_values": pixels.to(self.model.dtype)}
 
     # -- model ----------------------------------------------------------------------------------
@@ -175,7 +174,8 @@ class HFVLMBackbone(PaliGemmaPrompt, Backbone):
         self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
         (directory / "preprocessor_config.json").write_text(json.dumps({
-            "image_processor_type": "SiglipImageProcessor", "image_mean": list(self.image_mean),
+            "image_processor_type": self.image_processor_type, "image_mean": list(self.image_mean),
             "image_std": list(self.image_std), "size": {"height": self.image_size, "width": self.image_size},
-            "do_normalize": True, "do_rescale": True, "rescale_factor": 1 / 255, "resample": 3,
+            "do_normalize": True, "do_rescale": True, "rescale_factor": 1 / 255,
+            "resample": self.pil_resample,
         }, indent=2))

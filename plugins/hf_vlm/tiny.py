@@ -106,3 +106,37 @@ def build_config(vocab_size: int, image_token_id: int):
     return PaliGemmaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
                            image_token_id=image_token_id,
                            projection_dim=64, hidden_size=64, pad_token_id=0, tie_word_embeddings=False)
+
+
+# -- tiny-gemma3: the same tokenizer with Gemma-3's chat and image tokens, a small Gemma-3 ----------
+GEMMA3_SPECIAL_TOKENS = ["<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>",
+                         "<image_soft_token>"]
+GEMMA3_IMAGE_SIZE, GEMMA3_PATCH_SIZE, GEMMA3_IMAGE_TOKENS = 64, 8, 16  # 8x8 patches pooled to 4x4
+
+
+def build_gemma3_tokenizer():
+    """`build_tokenizer` plus Gemma-3's special tokens (added after the vocabulary, as Gemma's
+    image soft token is, so `vocab_size` and the reserved ids at its end are unchanged)."""
+    tokenizer = build_tokenizer()
+    tokenizer.add_tokens(GEMMA3_SPECIAL_TOKENS, special_tokens=True)
+    return tokenizer
+
+
+def build_gemma3_config(tokenizer):
+    from transformers import Gemma3Config, Gemma3TextConfig, SiglipVisionConfig
+
+    ids = dict(zip(GEMMA3_SPECIAL_TOKENS, tokenizer.convert_tokens_to_ids(GEMMA3_SPECIAL_TOKENS)))
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=2, image_size=GEMMA3_IMAGE_SIZE,
+                                patch_size=GEMMA3_PATCH_SIZE, vision_use_head=False)
+    # Gemma-3 interleaves sliding-window and global layers (5:1 in the real models): keep one of each kind
+    text = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                            num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                            query_pre_attn_scalar=16, max_position_embeddings=2048, sliding_window=512,
+                            layer_types=["sliding_attention"] * 3 + ["full_attention"],
+                            pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_embeddings=False)
+    # untied output layer, for the reason given in `build_config`
+    return Gemma3Config(vision_config=vision.to_dict(), text_config=text.to_dict(),
+                        mm_tokens_per_image=GEMMA3_IMAGE_TOKENS, boi_token_index=ids["<start_of_image>"],
+                        eoi_token_index=ids["<end_of_image>"], image_token_index=ids["<image_soft_token>"],
+                        tie_word_embeddings=False)
