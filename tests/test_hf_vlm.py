@@ -15,6 +15,8 @@ from refine_core.errors import UsageError
 from refine_core.loss import reasoning_aware_loss
 from refine_core.registry import Registry
 
+from tiny_policies import overfit
+
 REASONING = ("<Observation>: a red block left of a blue plate. <Situation Analysis>: gripper open. "
              "<Spatial Reasoning>: block is left. <Task Planning>: <logical_steps> <1> reach the block "
              "<sub_action> move left")
@@ -132,15 +134,7 @@ def test_overfit_one_sample_then_generate_reasoning_and_action(registry, stats):
     backbone = make_backbone(registry, stats)
     s = sample(0, reasoning="<Observation>: red block. <Task Planning>: <logical_steps> <1> reach "
                             "<sub_action> move left")
-    optimizer = torch.optim.Adam(backbone.model.parameters(), lr=5e-3)
-    batch = backbone.collate([s])
-    for _ in range(300):
-        out = reasoning_aware_loss(backbone.forward(batch), batch["labels"], batch["action_mask"], 1.0)
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
-        if out.loss < 0.05:  # well past argmax-correct: greedy decoding reproduces every token
-            break
+    overfit(backbone, backbone.collate([s]), lr=5e-3, max_steps=300)
     prediction = backbone.predict(s.image, s.instruction, reasoning=True, max_new_tokens=64)
     assert prediction.error is None, prediction
     assert (

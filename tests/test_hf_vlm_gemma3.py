@@ -14,7 +14,7 @@ from refine_core.data.collate import IGNORE
 from refine_core.errors import UsageError
 from refine_core.loss import reasoning_aware_loss
 from refine_core.registry import Registry
-from tests.tiny_policies import action_statistics
+from tiny_policies import action_statistics, overfit
 
 REASONING = "<Observation>: red block. <Task Planning>: <logical_steps> <1> reach <sub_action> move left"
 
@@ -111,15 +111,7 @@ def test_predict_with_bins_decodes_actions(backbone):
 def test_text_codec_overfit_then_predict_parses_the_generated_text(registry):
     backbone = make_backbone(registry, "text", dims=[0, 1, 2, 6], decimals=2)
     s = sample(0)
-    batch = backbone.collate([s])
-    optimizer = torch.optim.Adam(backbone.model.parameters(), lr=1e-2)
-    for _ in range(200):
-        out = reasoning_aware_loss(backbone.forward(batch), batch["labels"], batch["action_mask"], 1.0)
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
-        if out.loss < 0.05:  # well past argmax-correct: greedy decoding reproduces every token
-            break
+    overfit(backbone, backbone.collate([s]), lr=1e-2, max_steps=200)
     prediction = backbone.predict(s.image, s.instruction, reasoning=True, max_new_tokens=80)
     assert prediction.error is None, prediction
     assert prediction.reasoning == REASONING

@@ -322,19 +322,11 @@ def test_backbone_bad_options_fail_with_one_line(registry, tmp_path):
 def test_tiny_trains_with_the_reasoning_aware_loss_and_predicts_an_action(registry, stats):
     import numpy as np
 
-    from refine_core.loss import reasoning_aware_loss
+    from tiny_policies import overfit
 
     backbone = make_backbone(registry, stats)
     s = sample(0)
-    optimizer = torch.optim.Adam(backbone.model.parameters(), lr=5e-3)
-    batch = backbone.collate([s])
-    for _ in range(300):
-        out = reasoning_aware_loss(backbone.forward(batch), batch["labels"], batch["action_mask"], 1.0)
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
-        if out.loss < 0.05:  # well past argmax-correct: greedy decoding reproduces every token
-            break
+    overfit(backbone, backbone.collate([s]), lr=5e-3, max_steps=300)
     prediction = backbone.predict(s.image, s.instruction, reasoning=True, max_new_tokens=64)
     assert prediction.error is None, prediction
     assert prediction.reasoning == REASONING

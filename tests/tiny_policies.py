@@ -25,6 +25,24 @@ def tiny_backbone(name: str = "hf_vlm", codec: str | None = None, registry: Regi
     return backbone.attach_codec(registry.build("codec", codec, {}), action_statistics())
 
 
+def overfit(backbone, batch, lr: float, max_steps: int) -> float:
+    """Adam on one batch until its loss (action and reasoning weighted alike) is below 0.05, well past
+    argmax-correct, so greedy decoding reproduces every token; the last loss."""
+    import torch
+
+    from refine_core.loss import reasoning_aware_loss
+
+    optimizer = torch.optim.Adam(backbone.model.parameters(), lr=lr)
+    for _ in range(max_steps):
+        out = reasoning_aware_loss(backbone.forward(batch), batch["labels"], batch["action_mask"], 1.0)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        if float(out.loss.detach()) < 0.05:
+            break
+    return float(out.loss.detach())
+
+
 class SlowDoNothing(DoNothingPolicy):
     """Do-nothing taking 10 ms per query: a run slow enough to kill mid-way."""
 
