@@ -83,13 +83,8 @@ def main() -> None:
                         help="the server's batch limit (episodes run one at a time, so batches are 1)")
     parser.add_argument("--seed", type=int, default=0, help="demo-sim seed of the first round's scenes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--full-size", choices=perf_backbones.CHOICES, default="tiny",
-                        help="the untrained backbone when no --checkpoint is given (perf_backbones.py)")
-    parser.add_argument("--work", type=Path, default=None, help="where --full-size openvla-7b keeps its "
-                                                                  "random checkpoint (about 15 GB)")
-    parser.add_argument("--reasoning-to-budget", action="store_true",
-                        help="no repetition guard: an untrained model reasons until the token budget (or an "
-                             "action or end token), as a trained one's long reasoning would")
+    perf_backbones.add_arguments(parser, "the untrained backbone when no --checkpoint is given "
+                                         "(perf_backbones.py)")
     args = parser.parse_args()
 
     import torch
@@ -114,7 +109,7 @@ def main() -> None:
 
     policies, records, walls = {}, {mode: [] for mode in MODES}, {mode: 0.0 for mode in MODES}
     for mode in MODES:
-        guard = {"repetition_limit": 10**9} if args.reasoning_to_budget else {}
+        guard = perf_backbones.guard_settings(args.reasoning_to_budget)
         settings = PolicySettings(reasoning=mode, every=args.every,
                                   max_reasoning_tokens=args.max_reasoning_tokens, **guard)
         policies[mode] = Policy(backbone, settings, trained_order=trained_order)

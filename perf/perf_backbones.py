@@ -14,6 +14,21 @@ from pathlib import Path
 CHOICES = ("tiny", "openvla-7b")
 
 
+def add_arguments(parser, what: str) -> None:
+    """--full-size, --work and --reasoning-to-budget, as P5 and P8 both take them."""
+    parser.add_argument("--full-size", choices=CHOICES, default="tiny", help=what)
+    parser.add_argument("--work", type=Path, default=None,
+                        help="where --full-size openvla-7b keeps its random checkpoint (about 15 GB)")
+    parser.add_argument("--reasoning-to-budget", action="store_true",
+                        help="no repetition guard: an untrained model reasons until the token budget (or an "
+                             "action or end token), as a trained one's long reasoning would")
+
+
+def guard_settings(reasoning_to_budget: bool) -> dict:
+    """PolicySettings overrides for --reasoning-to-budget (the repetition guard never fires)."""
+    return {"repetition_limit": 10**9} if reasoning_to_budget else {}
+
+
 def fixed_statistics():
     """Action statistics of 100 seeded random actions (|xyz|, |rpy| < 0.04, gripper 0 or 1)."""
     import numpy as np

@@ -34,7 +34,6 @@ import argparse
 import logging
 import time
 from collections import Counter
-from pathlib import Path
 
 import perf_backbones
 
@@ -54,8 +53,8 @@ def untrained_policy(args):
     """An untrained backbone of perf_backbones.py (bins codec over fixed statistics) as a Policy."""
     from refine_core.policy import Policy, PolicySettings
 
-    guard = {"repetition_limit": 10**9} if args.reasoning_to_budget else {}
-    settings = PolicySettings(reasoning=args.mode, max_reasoning_tokens=args.max_reasoning_tokens, **guard)
+    settings = PolicySettings(reasoning=args.mode, max_reasoning_tokens=args.max_reasoning_tokens,
+                              **perf_backbones.guard_settings(args.reasoning_to_budget))
     return Policy(perf_backbones.build(args.full_size, args.work), settings)
 
 
@@ -112,13 +111,7 @@ def main() -> None:
     parser.add_argument("--max-wait-time", type=float, default=0.005,
                         help="seconds a server waits for a batch to fill (PolicyModelServer's default)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--full-size", choices=perf_backbones.CHOICES, default="tiny",
-                        help="the untrained backbone served (perf_backbones.py)")
-    parser.add_argument("--work", type=Path, default=None, help="where --full-size openvla-7b keeps its "
-                                                                  "random checkpoint (about 15 GB)")
-    parser.add_argument("--reasoning-to-budget", action="store_true",
-                        help="no repetition guard: reasoning runs to the token budget (or an action or end "
-                             "token)")
+    perf_backbones.add_arguments(parser, "the untrained backbone served (perf_backbones.py)")
     args = parser.parse_args()
 
     import numpy as np

@@ -14,19 +14,14 @@ from refine_benchmarks.retention.measures import (GENERAL_PROMPTS, drift, kl_per
 from refine_benchmarks.retention.questions import build_question_set, scene_image
 from refine_plugins.demo.render import cell_centre
 from refine_plugins.demo.scene import COLOURS, generate_episodes
+from tiny_policies import tiny_backbone
 
 PROMPTS = GENERAL_PROMPTS[:3]  # a few prompts keep the CPU tests fast
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    from refine_core import Statistics
-    from refine_core.registry import Registry
-
-    registry = Registry(entry_points=False)
-    backbone = registry.build("backbone", "hf_vlm", {"preset": "tiny"})
-    actions = np.random.default_rng(0).uniform(-0.05, 0.05, (40, 7))
-    backbone.attach_codec(registry.build("codec", "bins", {}), Statistics.from_array(actions))
+    backbone = tiny_backbone("hf_vlm")
     backbone.model.eval()
     return backbone
 

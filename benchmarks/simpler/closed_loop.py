@@ -4,6 +4,7 @@ in vla-eval's Docker image, one vla-eval task per episode of the upstream grid (
 from __future__ import annotations
 
 import importlib.util
+from abc import abstractmethod
 import os
 import shutil
 import subprocess
@@ -46,8 +47,9 @@ class SimplerClosedLoop(ClosedLoopBenchmark):
         self._shard: tuple[int, int] | None = None
         self._unnorm: dict[str, Any] | None = None
 
+    @abstractmethod
     def cells(self) -> list[Any]:
-        raise NotImplementedError
+        """The benchmark's grid cells (grid.py), before `episodes`/`tasks` narrow them."""
 
     # -- where SimplerEnv runs ---------------------------------------------------------------
     def preflight(self) -> None:
