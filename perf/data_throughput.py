@@ -9,8 +9,12 @@ split, alternating rounds (the machine may be shared; the best round of each is 
 - raw:     `tfds.builder_from_directory(...).as_dataset("train")` flattened to steps, prefetched,
            every feature decoded (all four cameras, as a plain tfds loop does), nothing else;
            built once, each round one pass (as refine's reader, which keeps its pipeline);
+- raw, primary camera: the same with tfds's `SkipDecoding` on image_1..3 (what a tfds loop
+           that knows it trains on one camera does);
 - refine:  the `bridge` reader (OpenVLA conversion) → `SampleStream` (seeded shuffle buffer) →
-           `backbone.collate` of the tiny hf_vlm backbone (tokenise, resize to 224, normalise);
+           `backbone.collate` of the tiny hf_vlm backbone (tokenise, resize to 224, normalise),
+           with `primary_camera_only` (the demo's setting: every backbone feeds the model one
+           camera) and without it (every camera an episode has decoded and returned);
 - CPU:     process CPU time per step (raw) and per sample (refine), and refine's main-thread
            share: load-insensitive, unlike rates on a shared machine;
 - train:   one tiny-backbone training step (forward, loss, backward, AdamW) on a collated batch,
@@ -28,10 +32,12 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def raw_pipeline(version_dir):
+def raw_pipeline(version_dir, primary_only: bool = False):
     import tensorflow_datasets as tfds
 
-    ds = tfds.builder_from_directory(str(version_dir)).as_dataset(split="train", shuffle_files=False)
+    skip = {"steps": {"observation": {f"image_{i}": tfds.decode.SkipDecoding() for i in (1, 2, 3)}}}
+    ds = tfds.builder_from_directory(str(version_dir)).as_dataset(
+        split="train", shuffle_files=False, decoders=skip if primary_only else None)
     return ds.flat_map(lambda episode: episode["steps"]).prefetch(2)
 
 
@@ -98,46 +104,59 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     registry = get_registry()
     demo = registry.build("dataset", "demo", {"episodes": args.episodes})
-    reader = demo.reader  # writes the RLDS folder on first use
+    reader = demo.reader  # writes the RLDS folder on first use; primary camera only
+    from refine_plugins.bridge import BridgeOptions
+    from refine_plugins.bridge.dataset import BridgeDataset
+
+    every_camera = BridgeDataset(BridgeOptions(data_dir=str(demo.folder)))
     backbone = registry.build("backbone", "hf_vlm", {"preset": "tiny"})
     statistics = reader.statistics()
     backbone.attach_codec(registry.build("codec", "bins", {}), statistics.action)
-    pipeline = raw_pipeline(reader.version_dir)
-    raw_tfds(pipeline)  # warm-up: TensorFlow graph building, file cache
-    refine_batches(reader, backbone, args.batch, args.batch)  # warm-up: refine's pipeline is built
+    pipelines = {"raw": raw_pipeline(reader.version_dir),
+                 "raw, primary camera": raw_pipeline(reader.version_dir, primary_only=True)}
+    readers = {"refine, primary camera": reader, "refine, every camera": every_camera}
+    for pipeline in pipelines.values():
+        raw_tfds(pipeline)  # warm-up: TensorFlow graph building, file cache
+    for dataset in readers.values():
+        refine_batches(dataset, backbone, args.batch, args.batch)  # warm-up: refine's pipeline is built
 
-    raw, ours = [], []
+    rates: dict[str, list[float]] = {name: [] for name in [*pipelines, *readers]}
     # CPU time of the whole process (TensorFlow's threads included) per sample barely depends on
     # what else the shared machine runs, unlike samples/s; the main thread's share is what one
     # Python thread must do (it bounds refine's rate on an idle machine)
-    raw_cpu, ours_cpu, ours_thread = [], [], []
-    for _ in range(args.rounds):
-        cpu = time.process_time()
-        steps, seconds = raw_tfds(pipeline)
-        raw.append(steps / seconds)
-        raw_cpu.append((time.process_time() - cpu) / steps * 1e3)
-        cpu, thread = time.process_time(), time.thread_time()
-        samples, seconds = refine_batches(reader, backbone, args.batch, statistics.num_steps)
-        ours.append(samples / seconds)
-        ours_cpu.append((time.process_time() - cpu) / samples * 1e3)
-        ours_thread.append((time.thread_time() - thread) / samples * 1e3)
+    cpu_ms: dict[str, list[float]] = {name: [] for name in rates}
+    thread_ms: dict[str, list[float]] = {name: [] for name in readers}
+    for _ in range(args.rounds):  # alternating, so load swings hit every side
+        for name, pipeline in pipelines.items():
+            cpu = time.process_time()
+            steps, seconds = raw_tfds(pipeline)
+            rates[name].append(steps / seconds)
+            cpu_ms[name].append((time.process_time() - cpu) / steps * 1e3)
+        for name, dataset in readers.items():
+            cpu, thread = time.process_time(), time.thread_time()
+            samples, seconds = refine_batches(dataset, backbone, args.batch, statistics.num_steps)
+            rates[name].append(samples / seconds)
+            cpu_ms[name].append((time.process_time() - cpu) / samples * 1e3)
+            thread_ms[name].append((time.thread_time() - thread) / samples * 1e3)
     train = train_rate(reader, backbone, args.batch)
-    best_raw, best_ours = max(raw), max(ours)
+    best = {name: max(values) for name, values in rates.items()}
     print(f"date {datetime.date.today()}  machine {platform.machine()} {os.cpu_count()} cpus  "
           f"torch threads {args.threads}  episodes {args.episodes} ({steps} recorded steps, {samples} "
-          f"samples)  batch {args.batch}")
-    print(f"raw tfds (decode all cameras)      : {best_raw:8.1f} samples/s   rounds "
-          f"{[round(r, 1) for r in raw]}")
-    print(f"refine reader→stream→collate       : {best_ours:8.1f} samples/s   rounds "
-          f"{[round(r, 1) for r in ours]}")
-    print(f"tiny train step (fwd+bwd+AdamW)    : {train:8.1f} samples/s")
-    print(f"CPU ms per step/sample (least round): raw {min(raw_cpu):.2f}, refine {min(ours_cpu):.2f} "
-          f"(main thread {min(ours_thread):.2f}); raw/refine CPU {min(raw_cpu) / min(ours_cpu):.2f}")
-    # the same files take raw `steps / best_raw` seconds and refine `samples / best_ours` seconds
+          f"samples)  batch {args.batch}  load {os.getloadavg()[0]:.2f}")
+    for name, values in rates.items():
+        unit = "steps/s  " if name.startswith("raw") else "samples/s"
+        thread = f", main thread {min(thread_ms[name]):.2f}" if name in thread_ms else ""
+        print(f"{name:24s}: {best[name]:8.1f} {unit} rounds {[round(r) for r in values]}  CPU ms "
+              f"{min(cpu_ms[name]):.2f}{thread}")
+    print(f"tiny train step (fwd+bwd+AdamW): {train:8.1f} samples/s")
+    # the same files take raw `steps / rate` seconds and refine `samples / rate` seconds
     # (refine yields fewer samples than recorded steps: Bridge's first and last steps are dropped)
-    same_files = (steps / best_raw) / (samples / best_ours)
-    print(f"ratio refine/raw: samples/s {best_ours / best_raw:.2f}, same-files time {same_files:.2f} "
-          f"(target >= 0.8); refine/train = {best_ours / train:.1f}x (target > 1)")
+    for ours in readers:
+        for raw in pipelines:
+            same_files = (steps / best[raw]) / (samples / best[ours])
+            print(f"{ours} / {raw}: samples/s {best[ours] / best[raw]:.2f}, same-files time "
+                  f"{same_files:.2f}, CPU {min(cpu_ms[raw]) / min(cpu_ms[ours]):.2f} (target >= 0.8)")
+    print(f"refine, primary camera / train = {best['refine, primary camera'] / train:.1f}x (target > 1)")
 
 
 if __name__ == "__main__":

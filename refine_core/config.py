@@ -76,6 +76,9 @@ class DataSettings(Section):
     # several processes: each reads only its own episodes (1/N of the decoding) instead of all of
     # them drawing one global batch, which makes N processes equal one with the N-fold batch
     rank_shards: bool = False
+    # draw and collate the next step's batch in a background thread while this step trains
+    # (training is bit-identical either way; false: all on the training thread)
+    prefetch: bool = True
 
 
 class LossSettings(Section):

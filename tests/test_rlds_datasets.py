@@ -115,6 +115,23 @@ def test_bridge_frames_equal_tfds_decoding_and_absent_cameras_stay_encoded(rlds)
         np.testing.assert_array_equal(step.images["image_0"], first[t + 1])
 
 
+def test_primary_camera_only_returns_the_same_primary_frames_and_decodes_no_other_camera(rlds):
+    full, primary = bridge(rlds.root / "data"), bridge(rlds.root / "data", primary_camera_only=True)
+    for (_, steps, _), (_, all_steps, _) in zip(primary._tf_episodes("train", True),
+                                                full._tf_episodes("train", True)):
+        assert [k for k in steps if "image" in k] == ["observation/image_0"]  # the rest never leaves tf.data
+        np.testing.assert_array_equal(steps["observation/image_0"], all_steps["observation/image_0"])
+    seen = 0
+    for a, b in zip(primary.episodes(), full.episodes()):
+        np.testing.assert_array_equal(a.actions(), b.actions())
+        for x, y in zip(a, b):
+            assert list(x.images) == ["image_0"] and x.primary_camera == "image_0"
+            np.testing.assert_array_equal(x.images["image_0"], y.images["image_0"])
+            seen += len(y.images) > 1
+    assert seen > 0  # the full read does have a second camera there
+    assert primary.identity == full.identity  # statistics and annotations are the same data's
+
+
 def test_bridge_relabel_off_keeps_recorded_actions(rlds):
     episode = next(bridge(rlds.root / "data", relabel_actions=False).episodes())
     raw = rlds.bridge_inputs[0]["actions"]

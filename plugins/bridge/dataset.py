@@ -38,4 +38,5 @@ class BridgeDataset(RldsDataset):
             drop_blank_cameras=options.drop_blank_cameras,
         )
         super().__init__(layout, options.data_dir, name="bridge", max_episodes=options.max_episodes,
-                         strict=options.strict, skip_unlabeled=options.skip_unlabeled)
+                         strict=options.strict, skip_unlabeled=options.skip_unlabeled,
+                         primary_camera_only=options.primary_camera_only)

@@ -190,7 +190,7 @@ class DemoDataset(RobotDataset):
             from refine_plugins.bridge.dataset import BridgeDataset
 
             folder = ensure_generated(self.options)
-            self._reader = BridgeDataset(BridgeOptions(data_dir=str(folder),
+            self._reader = BridgeDataset(BridgeOptions(data_dir=str(folder), primary_camera_only=True,
                                                        max_episodes=self.options.max_episodes))
             self._sidecar = json.loads((folder / METADATA_FILE).read_text())["episodes"]
         return self._reader

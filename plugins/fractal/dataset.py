@@ -34,4 +34,5 @@ class FractalDataset(RldsDataset):
             robot="google_robot", control_frequency=3.0,
         )
         super().__init__(layout, options.data_dir, name="fractal", max_episodes=options.max_episodes,
-                         strict=options.strict, skip_unlabeled=options.skip_unlabeled)
+                         strict=options.strict, skip_unlabeled=options.skip_unlabeled,
+                         primary_camera_only=options.primary_camera_only)

@@ -24,6 +24,10 @@ class RldsCommonOptions(BaseModel):
     strict: bool = Field(False, description="Fail on a NaN/inf action instead of skipping the step.")
     skip_unlabeled: bool = Field(True,
                                  description="Skip episodes with no instruction (OpenVLA's skip_unlabeled).")
+    primary_camera_only: bool = Field(
+        False, description="Decode and return only the primary camera (the first): every built-in backbone "
+                           "feeds the model that one alone, so training loses nothing and reads faster. Keep "
+                           "it off for annotating with a teacher that looks at every view.")
 
 
 class RldsOptions(RldsCommonOptions):

@@ -83,10 +83,12 @@ class RldsDataset(RobotDataset):
     """Any RLDS (tfds) dataset on disk, read through an `RldsLayout`."""
 
     def __init__(self, layout: RldsLayout, data_dir: str | Path | None, *, name: str = "rlds",
-                 max_episodes: int | None = None, strict: bool = False, skip_unlabeled: bool = True):
+                 max_episodes: int | None = None, strict: bool = False, skip_unlabeled: bool = True,
+                 primary_camera_only: bool = False):
         self.name, self.layout = name, layout
         self.robot, self.control_frequency = layout.robot, layout.control_frequency
         self.cameras = layout.cameras()
+        self.primary_camera_only = primary_camera_only  # the others stay encoded and are dropped
         self.max_episodes, self.strict, self.skip_unlabeled = max_episodes, strict, skip_unlabeled
         self.version_dir = locate_version_dir(data_dir, layout.builder, name)
         self._features = read_features(self.version_dir)
@@ -206,7 +208,7 @@ class RldsDataset(RobotDataset):
                 node, feature = steps, step_features
                 for part in parents:
                     node, feature = node[part], feature[part]
-                if not images:
+                if not images or (position > 0 and self.primary_camera_only):
                     del node[leaf]
                     continue
                 feature, data = feature[leaf], node[leaf]
@@ -313,6 +315,8 @@ class RldsDataset(RobotDataset):
     def _images(self, steps: dict, metadata: dict, index: np.ndarray, where: str) -> dict[str, np.ndarray]:
         frames: dict[str, np.ndarray] = {}
         for position, (camera, path) in enumerate(zip(self.cameras, self._image_paths)):
+            if position > 0 and self.primary_camera_only:
+                break
             optional = position > 0 and self.layout.drop_blank_cameras
             # Bridge pads views a robot did not have with all-zero frames (and says so in has_image_N);
             # such cameras were not decoded (an empty stack, see `_decode_images`)
@@ -384,4 +388,5 @@ def build_rlds_dataset(options) -> RldsDataset:
         drop_blank_cameras=options.drop_blank_cameras,
     )
     return RldsDataset(layout, options.data_dir, name="rlds", max_episodes=options.max_episodes,
-                       strict=options.strict, skip_unlabeled=options.skip_unlabeled)
+                       strict=options.strict, skip_unlabeled=options.skip_unlabeled,
+                         primary_camera_only=options.primary_camera_only)

@@ -13,6 +13,8 @@ The same code runs on the CPU, one GPU, or several processes under `accelerate l
    With `data.rank_shards` process r instead reads only its own episodes (r, r + N, …) and
    draws `batch_size × grad_accum` of them (dropout from (seed, step, r)); each process's
    stream position is saved as `stream-<r>.json`, and a resume needs the same process count.
+   The next step's batch is drawn and collated on a background thread while a step trains
+   (`data.prefetch`, `prefetch.py`).
 2. Loss. The loss of a step is the reasoning-aware loss of the whole global batch: CE sums over
    every action (reasoning) token of all micro-batches and processes, divided by their global
    counts (counted from the labels before the forward and summed across processes). Each
@@ -54,10 +56,11 @@ from refine_core.training.checkpoint import (CHECKPOINTS, RUN_INFO, TRAINER_STAT
     check_out_dir, resume_difference, finish_checkpoint, latest_checkpoint, load_rng, load_weights_into,
     read_json, rebase_lr, remove_partial, rng_state, run_info, save_rng, save_weights, set_rng_state,
     step_dir_name)
-from refine_core.training.freeze import print_parameter_table
 from refine_core.training.fsdp import (DEEPSPEED_REFUSAL, SHARDED, ShardedBackbone, clip_sharded_gradients,
     fsdp_requested, load_sharded, save_sharded, shard_backbone)
 from refine_core.training.optimizer import build_adamw, mixed_precision
+from refine_core.training.prefetch import StepPrefetcher
+from refine_core.training.progress import announce, progress_bar
 from refine_core.training.metrics import (CollapseDetector, MetricsFile, action_l1, action_predictions,
     rows_collapsed, token_counts)
 from refine_core.training.setup import RunSetup
@@ -67,6 +70,15 @@ METRICS_FILE = "metrics.jsonl"
 
 class TrainingDiverged(RefineError):
     """The loss or the gradient norm stopped being finite."""
+
+
+@dataclass
+class PreparedStep:
+    """A step's collated micro-batches and the stream position before and after drawing them."""
+
+    stream_before: dict
+    stream_after: dict
+    micro: list[tuple[list, dict]]
 
 
 @dataclass
@@ -230,11 +242,11 @@ class Trainer:
     def _is_log_step(self, step: int) -> bool:
         return step % self.settings.log_every == 0 or step == self.settings.max_steps
 
-    def train_step(self, step: int) -> dict[str, Any] | None:
+    def prepare_step(self, step: int) -> PreparedStep:
+        """Draw and collate step's batch (no model, no global RNG: safe on the prefetch thread)."""
         acc, s = self.accelerator, self.settings
         world, rank, size = acc.num_processes, acc.process_index, s.batch_size
-        lambda_r = self.config.loss.lambda_r
-        start = (self.stream.state_dict(), rng_state())
+        before = self.stream.state_dict()
         # one global batch that each process slices, or (rank_shards) each process's own samples
         shards = self.rank_shards
         samples = self._draw(size * s.grad_accum * (1 if shards else world))
@@ -245,6 +257,14 @@ class Trainer:
             lo = a * size if shards else (a * world + rank) * size
             mine = samples[lo:lo + size]
             micro.append((mine, self.backbone.collate(mine, s.reasoning_order, drops[lo:lo + size])))
+        return PreparedStep(before, self.stream.state_dict(), micro)
+
+    def train_step(self, step: int, prepared: PreparedStep | None = None) -> dict[str, Any] | None:
+        acc, s = self.accelerator, self.settings
+        world = acc.num_processes
+        lambda_r = self.config.loss.lambda_r
+        prepared = prepared or self.prepare_step(step)
+        start, micro = (prepared.stream_before, rng_state()), prepared.micro
         counts = torch.tensor([sum(c) for c in zip(*(token_counts(b) for _, b in micro))],
                               dtype=torch.float64, device=acc.device)
         counts = acc.reduce(counts, "sum") if world > 1 else counts
@@ -351,15 +371,17 @@ class Trainer:
         acc, s = self.accelerator, self.settings
         resume_from = self.begin()
         first_step = self.step
-        self._announce(resume_from)
+        announce(self, resume_from)
         checkpoint = resume_from
         last_record = None
         global_batch = s.batch_size * acc.num_processes * s.grad_accum
         window_start, window_steps = time.perf_counter(), 0
-        with self._progress() as progress:
+        prefetcher = StepPrefetcher(self.prepare_step, s.max_steps, enabled=self.config.data.prefetch)
+        with progress_bar(self.console, self.is_main) as progress, prefetcher:
             task = progress.add_task("training", total=s.max_steps, completed=self.step)
             for step in range(self.step + 1, s.max_steps + 1):
-                record = self.train_step(step)
+                prepared = prefetcher.get(step)
+                record = self.train_step(step, prepared)
                 self.step, window_steps = step, window_steps + 1
                 if record is not None:
                     now = time.perf_counter()
@@ -370,30 +392,13 @@ class Trainer:
                     last_record = record
                     progress.update(task, description=f"loss {record['loss']:.4f}")
                 if step % s.save_every == 0 or step == s.max_steps:
-                    checkpoint = self.save_checkpoint(step)
+                    checkpoint = self.save_checkpoint(step, stream_state=prepared.stream_after)
                 progress.update(task, completed=step)
         if resume_from is not None and first_step >= s.max_steps:
             self.console.print(f"{resume_from.name} already reached train.max_steps={s.max_steps}; nothing "
                                "to do")
         return TrainResult(step=self.step, checkpoint=checkpoint, metrics_path=self.metrics.path,
                            last_metrics=last_record)
-
-    def _announce(self, resume_from: Path | None) -> None:
-        acc, s = self.accelerator, self.settings
-        print_parameter_table(self.backbone, self.console,
-                              title=f"{self.backbone.name}: trainable parameters")
-        what = f"resuming from {resume_from} at step {self.step}" if resume_from else "new run"
-        self.console.print(
-            f"{what}: {s.max_steps} steps, batch {s.batch_size} × {acc.num_processes} process(es) × "
-            f"{s.grad_accum} accumulation on {acc.device} ({acc.mixed_precision} mixed precision)\n"
-            f"metrics → {self.metrics.path}\ncheckpoints → {self.out / CHECKPOINTS}", highlight=False)
-
-    def _progress(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        disable = not self.is_main or not self.console.is_terminal or bool(os.environ.get("CI"))
-        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeRemainingColumn(), console=self.console, disable=disable)
 
 
 def train(setup: RunSetup, out: str | Path, resume: bool = False, **kwargs: Any) -> TrainResult:
