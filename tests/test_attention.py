@@ -123,11 +123,11 @@ def test_image_positions_of_the_tiny_backbone_are_the_prompt_placeholders(tiny):
     batch = tiny.collate([_sample()])
     ids = batch["input_ids"][0]
     positions = image_positions(tiny, ids)
-    assert tiny.num_image_tokens == 256
-    assert positions.tolist() == list(range(256))
-    assert set(ids[:256].tolist()) == {tiny.image_token_id}
-    assert int(ids[256]) == tiny.tokenizer.bos_token_id  # the text starts right after the patches
-    assert (ids[257:] != tiny.image_token_id).all()
+    assert tiny.num_image_tokens == 64
+    assert positions.tolist() == list(range(64))
+    assert set(ids[:64].tolist()) == {tiny.image_token_id}
+    assert int(ids[64]) == tiny.tokenizer.bos_token_id  # the text starts right after the patches
+    assert (ids[65:] != tiny.image_token_id).all()
 
 
 def test_attention_map_of_the_tiny_model(tiny, tmp_path):
@@ -138,7 +138,7 @@ def test_attention_map_of_the_tiny_model(tiny, tmp_path):
     action = sample_attention(tiny, sample, "action", top_k=4, mode="max")
     reasoning = sample_attention(tiny, sample, "reasoning", top_k=4, mode="mean")
     for amap in (action, reasoning):
-        assert amap.grid.shape == (16, 16) and amap.heat.shape == (48, 64)
+        assert amap.grid.shape == (8, 8) and amap.heat.shape == (48, 64)
         assert amap.grid.max() == pytest.approx(1.0) and amap.grid.min() == pytest.approx(0.0)
         assert 0.1 <= amap.focus < 1.0
         assert len(amap.heads) == 4 and 0 < amap.image_share <= 1.0 + 1e-6

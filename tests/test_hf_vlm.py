@@ -59,7 +59,7 @@ def test_tiny_preset_is_a_paligemma_with_named_parts(backbone):
     assert backbone.model.config.model_type == "paligemma"
     assert [name for name, _ in backbone.blocks()] == [f"model.language_model.layers.{i}" for i in range(4)]
     assert backbone.vision_modules()[0][1] is backbone.model.model.vision_tower
-    assert backbone.num_image_tokens == 256  # 224 / 14 = 16 x 16 patches
+    assert backbone.num_image_tokens == 64  # 224 / 28 = 8 x 8 patches
     assert len(backbone.tokenizer) <= 10_000
 
 
@@ -77,8 +77,8 @@ def test_batch_layout(backbone):
     assert batch["pixel_values"].shape == (2, 3, 224, 224)
     for row in range(2):
         image = backbone.image_token_positions(ids[row])
-        assert image.tolist() == list(range(256))  # image placeholders lead the prompt
-        assert ids[row, 256].item() == backbone.tokenizer.bos_token_id
+        assert image.tolist() == list(range(64))  # image placeholders lead the prompt
+        assert ids[row, 64].item() == backbone.tokenizer.bos_token_id
         supervised = labels[row] != IGNORE
         assert (batch["token_type_ids"][row][supervised] == 1).all()
     # 7 bins + eos are action positions in each row; the row without reasoning has nothing else

@@ -73,8 +73,11 @@ def test_loss_falls_and_metrics_have_every_key(tmp_path):
     first, last = np.mean([r["loss"] for r in records[:5]]), np.mean([r["loss"] for r in records[-5:]])
     assert last < 0.5 * first, (first, last)
     assert records[0]["action_accuracy"] == 0 and min(r["action_accuracy"] for r in records[-10:]) > 0
-    # the reasoning is learnt too, more slowly (λ_r = 0.3, longer targets)
-    assert records[0]["reasoning_accuracy"] == 0 and max(r["reasoning_accuracy"] for r in records[-10:]) > 0.1
+    # the reasoning is learnt too, more slowly (λ_r = 0.3, longer targets): its loss falls on the steps
+    # whose batch has reasoning (reasoning dropout leaves some without: their reasoning loss is 0)
+    reasoning = [r["reasoning_loss"] for r in records if r["reasoning_loss"] > 0]
+    assert len(reasoning) >= 10 and np.mean(reasoning[-3:]) < 0.7 * np.mean(reasoning[:3]), reasoning
+    assert records[0]["reasoning_accuracy"] == 0
     assert max(r["reasoning_accuracy"] for r in records) <= 1
     # action_l1 is reported exactly when some teacher-forced span decodes
     assert all(0 <= r["action_decoded"] <= 1 and (r["action_l1"] is None) == (r["action_decoded"] == 0)

@@ -88,7 +88,11 @@ def test_scripted_decomposition_splits_a_demo_episode_and_reproduces_its_log():
     plan = asyncio.run(ScriptedTeacher().decompose(TrajectoryRequest.from_episode(episode)))
     assert plan.subtasks() == ["reach the orange block", "grasp the orange block", "lift it",
                                "move it above the green plate", "lower it onto the green plate", "release it"]
-    assert [len(s.actions) for s in plan.steps] == [8, 1, 3, 3, 3, 1]
+    # from cell (3, 0) two diagonal steps reach the block at (2, 2), three descend (hover 4 → grasp 1);
+    # two steps carry it over the plate, three lower it
+    scene = generate_episodes(1, 0)[0]
+    assert scene.cells[0].tolist() == [3, 0, 4] and [o.cell for o in scene.objects][1] == (2, 2)
+    assert [len(s.actions) for s in plan.steps] == [5, 1, 3, 2, 3, 1]
     assert validate_plan(plan, episode.actions()) is None
     assert plan.steps[1].main_movements == "close the gripper"
     assert plan.steps[2].main_movements == "up 0.094 m"
@@ -204,17 +208,17 @@ def test_samples_of_a_demo_episode():
     samples = vlm2vla_samples(episode, plan, chunk_size=5)
     counts = {kind: sum(s.kind == kind for s in samples)
               for kind in ("subtasks", "motion", "actions", "direction", "completion")}
-    # 6 subtasks of 8, 1, 3, 3, 3, 1 steps; every demo move is one 3.125 cm cell, so nothing merges:
-    # actions 2 + 1 + 1 + 1 + 1 + 1 chunks of at most 5; directions on every moving step (8+3+3+3);
-    # completion: "no" per subtask, "yes" for the 5 subtasks followed by a frame
-    assert counts == {"subtasks": 1, "motion": 6, "actions": 7, "direction": 17, "completion": 11}
+    # 6 subtasks of 5, 1, 3, 2, 3, 1 steps (0-4, 5, 6-8, 9-10, 11-13, 14); every demo move is one
+    # 3.125 cm cell, so nothing merges: one chunk of at most 5 per subtask; directions on every moving
+    # step (5+3+2+3); completion: "no" per subtask, "yes" for the 5 subtasks followed by a frame
+    assert counts == {"subtasks": 1, "motion": 6, "actions": 6, "direction": 13, "completion": 11}
     first = samples[0]
     assert first.kind == "subtasks" and first.image[0, 0, 0] == 0
     assert first.answer == ("1. reach the orange block\n2. grasp the orange block\n3. lift it\n"
                             "4. move it above the green plate\n5. lower it onto the green plate\n"
                             "6. release it")
     lift = next(s for s in samples if s.kind == "actions" and "Subtask: lift it" in s.prompt)
-    assert lift.key == "demo-0/9/actions" and lift.image[0, 0, 0] == 9
+    assert lift.key == "demo-0/6/actions" and lift.image[0, 0, 0] == 6
     assert lift.prompt == ("Instruction: put the orange block on the green plate\nSubtask: lift it\n"
                            "Plan: up 0.094 m\nWrite the next actions as [[dx, dy, dz, g], ...] (x forward, "
                            "y left, z up, in metres per step; g is the gripper command, 1 = open, "
@@ -222,10 +226,10 @@ def test_samples_of_a_demo_episode():
     assert lift.answer == ("[[0.000, 0.000, 0.031, 0.0], [0.000, 0.000, 0.031, 0.0], "
                            "[0.000, 0.000, 0.031, 0.0]]")
     reach_chunks = [s for s in samples if s.kind == "actions" and "reach" in s.prompt]
-    assert [s.key for s in reach_chunks] == ["demo-0/0/actions", "demo-0/5/actions"]
+    assert [s.key for s in reach_chunks] == ["demo-0/0/actions"]
     assert {s.answer for s in samples if s.kind == "direction" and "Subtask: lift it" in s.prompt} == {"up"}
     completion = [(s.key, s.answer) for s in samples if s.kind == "completion" and "lift it" in s.prompt]
-    assert completion == [("demo-0/9/completion", "no"), ("demo-0/12/completion", "yes")]
+    assert completion == [("demo-0/6/completion", "no"), ("demo-0/9/completion", "yes")]
     # the plan must be the episode's: another episode's plan is refused
     other = asyncio.run(ScriptedTeacher().decompose(TrajectoryRequest.from_episode(demo_episode(1))))
     with pytest.raises(ValueError, match="does not match"):

@@ -7,8 +7,9 @@ Every answer is read off the scene the image is drawn from, so it is right by co
   columns (+y is left in the world and on the image).
 
 The gripper is parked, open and low, on the free cell farthest from every object, so it hides none
-of them. Scenes come from `refine_plugins.demo.scene.generate_episodes(scenes, seed)`: the set
-depends only on (scenes, seed).
+of them, and the camera shows the whole table (not the training frames' view that follows the
+gripper, which can leave an object out). Scenes come from
+`refine_plugins.demo.scene.generate_episodes(scenes, seed)`: the set depends only on (scenes, seed).
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def scene_image(episode) -> np.ndarray:
 
     x, y = _parking_cell(episode.objects)
     return draw_state(episode.table_tint, episode.objects, {o.name: o.cell for o in episode.objects}, None,
-                      (x, y, GRASP), True)
+                      (x, y, GRASP), True, follow_gripper=False)
 
 
 def scene_questions(index: int, episode) -> list[Question]:

@@ -1,10 +1,11 @@
 """`demo`: a synthetic, learnable table-top pick-and-place task, generated on the fly (seeded).
 
-Each episode is a rendered table (256×256, slightly oblique top-down view) with two to four
-coloured objects (blocks and cups to pick up; plates and bowls to put them on or in) and a
-gripper whose height shows as the distance to its shadow and its size, and whose fingers are
-apart when open and together when closed. Instructions: "put the red block on the blue plate",
-"put the green cup in the yellow bowl", "pick up the purple block". A scripted expert solves
+Each episode is a rendered 5 × 5-cell table (256×256, slightly oblique top-down view from a camera
+that follows the gripper, see `plugins.demo.render`) with two to four coloured objects (blocks and
+cups to pick up; plates and bowls to put them on or in) and a gripper whose height shows as the
+distance to its shadow and its size, and whose fingers are apart when open and together when
+closed. Instructions: "put the red block on the blue plate", "put the green cup in the yellow
+bowl", "pick up the purple block". A scripted expert solves
 each task on a grid, one cell (1/32 m) per axis per step at most: approach → descend → grasp
 (close) → lift → move → place (descend) → release (open); pick-only tasks end after the lift.
 So every translation is −1/32, 0 or +1/32 per axis, rotation is always zero, and the action is a
@@ -27,7 +28,8 @@ the state the step's frame shows — the scripted teacher reads it:
   release;
 - `boxes`: `{"red block": [top, left, bottom, right], …}`, every object's drawn extent in the
   step's (primary) frame as fractions 0..1 of its height and width, parts hidden behind the
-  gripper included; a held object's box is where it is drawn, between the fingers. Not stored:
+  gripper included; a held object's box is where it is drawn, between the fingers; an object out
+  of the view has none. Not stored:
   computed when the sidecar is read, from the positions with the renderer's geometry
   (`render.object_boxes`). A generic key: the attention measurement reads it from any dataset.
 """

@@ -27,7 +27,7 @@ from .render import IMAGE_SIZE, object_boxes, render_episode
 from .scene import CELL, DemoEpisode, SceneObject, generate_episodes
 
 # Bump whenever scenes, rendering or the on-disk layout change: it is part of the cache key.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 METADATA_FILE = "demo_metadata.json"
 # the state before these actions has the target between the fingers (grasp closes on it, release opens)
 HELD_PHASES = ("lift", "move", "place", "release")

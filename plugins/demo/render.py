@@ -1,10 +1,20 @@
-"""Frames of the demo task: a slightly oblique top-down view of the table, drawn with NumPy.
+"""Frames of the demo task: a slightly oblique top-down view of the table from a camera that travels
+with the gripper, drawn with NumPy.
 
 Image layout (256 x 256, like Bridge's image_0): forward (+x) is up, left (+y) is left. Each grid
 cell is `CELL_PX` pixels. The gripper shows its height twice: its shadow stays on the table
 below it while the gripper itself is drawn `LIFT_PX` pixels higher on the image and a little
 larger per cell of height (the camera looks slightly down from the robot's side). Fingers are
 far apart when open and close together when closed; a held object is drawn between them.
+
+The camera follows the gripper (as a wrist camera does): the centre of the gripper's cell (its
+shadow) is always drawn at pixel (`VIEW_CENTRE`, `VIEW_CENTRE`), and what lies beyond the drawn
+table is `FLOOR`. A tiny model learns where things are *relative to the gripper* — all the expert's
+action depends on — in a few thousand steps, and from a fixed camera it did not (closed-loop success
+stayed at the baselines'). The numbers fit the tiny backbone's input: 256 → 224 px makes a cell
+(32 px) exactly one 28-px patch, and `VIEW_CENTRE` a patch centre (144 · 224/256 = 126 = 4.5 · 28),
+so every cell of the table falls on one patch. The view reaches 4 cells forward and to the left of
+the gripper and 3 back and to the right (an object 4 cells back or right is out of view).
 """
 from __future__ import annotations
 
@@ -17,8 +27,10 @@ import numpy as np
 from .scene import COLOURS, GRASPABLE, GRID, DemoEpisode, SceneObject
 
 IMAGE_SIZE = 256
-CELL_PX = 24
-TOP, LEFT = 50, (IMAGE_SIZE - GRID * CELL_PX) // 2  # room above the far row for a lifted gripper
+CELL_PX = 32
+TOP, LEFT = 48, (IMAGE_SIZE - GRID * CELL_PX) // 2  # the table's place on the drawing, before the view
+VIEW_CENTRE = 144  # the pixel row and column the gripper's cell centre is shown at
+FLOOR = np.array((90, 90, 90), np.uint8)  # beyond the drawn table
 LIFT_PX = 9  # image offset per cell of height
 GROWTH = 0.12  # gripper scale per cell of height
 TABLE = np.array((196, 168, 128), np.float32)
@@ -93,28 +105,49 @@ def _in_hand(gripper: Sequence[float]) -> tuple[float, float, float]:
     return row - LIFT_PX * gz, col, 1.0 + GROWTH * gz
 
 
+def view_offset(gripper: Sequence[float]) -> tuple[int, int]:
+    """(rows, cols) the camera shifts the drawing by, so the gripper's cell centre lands on `VIEW_CENTRE`."""
+    row, col = cell_centre(round(float(gripper[0])), round(float(gripper[1])))
+    return int(VIEW_CENTRE - row), int(VIEW_CENTRE - col)
+
+
+def _camera(drawing: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
+    """The drawing shifted by `offset`, `FLOOR` where it has nothing."""
+    frame = np.empty_like(drawing)
+    frame[:] = FLOOR
+    (dr, dc), n = offset, IMAGE_SIZE
+    frame[max(dr, 0):n + min(dr, 0), max(dc, 0):n + min(dc, 0)] = \
+        drawing[max(-dr, 0):n - max(dr, 0), max(-dc, 0):n - max(dc, 0)]
+    return frame
+
+
 def object_boxes(objects: Sequence[SceneObject], cells: Mapping[str, tuple[int, int]], held: str | None,
                  gripper: Sequence[float]) -> dict[str, list[float]]:
     """{name: [top, left, bottom, right]}: each object's drawn extent in `draw_state`'s frame for the same
     arguments, as fractions (0..1) of the frame's height and width; bottom/right are the far edges of
-    the last painted pixel row/column. Parts hidden behind the gripper or its shadow still count."""
+    the last painted pixel row/column. Parts hidden behind the gripper or its shadow still count;
+    an object wholly out of view has no box."""
     boxes = {}
+    dr, dc = view_offset(gripper)
     for obj in objects:
         row, col, scale = _in_hand(gripper) if obj.name == held else (*cell_centre(*cells[obj.name]), 1.0)
-        half = EXTENT[obj.kind] * scale
+        row, col, half = row + dr, col + dc, EXTENT[obj.kind] * scale
         # painted pixels p satisfy |p - centre| <= half (the slack absorbs float32 rounding at scale 1)
         first_row, last_row = math.ceil(row - half - 1e-6), math.floor(row + half + 1e-6)
         first_col, last_col = math.ceil(col - half - 1e-6), math.floor(col + half + 1e-6)
         edges = (first_row, first_col, last_row + 1, last_col + 1)
-        boxes[obj.name] = [min(max(edge / IMAGE_SIZE, 0.0), 1.0) for edge in edges]
+        top, left, bottom, right = (min(max(edge / IMAGE_SIZE, 0.0), 1.0) for edge in edges)
+        if bottom > top and right > left:
+            boxes[obj.name] = [top, left, bottom, right]
     return boxes
 
 
 def draw_state(table_tint: tuple[int, int, int], objects: Sequence[SceneObject],
                cells: Mapping[str, tuple[int, int]], held: str | None,
-               gripper: Sequence[float], is_open: bool) -> np.ndarray:
+               gripper: Sequence[float], is_open: bool, follow_gripper: bool = True) -> np.ndarray:
     """uint8 [256, 256, 3] RGB of one state: each object at `cells[name]` (the held one, if any, between
-    the fingers instead), the gripper at cell `gripper` (x, y, z) with its fingers open or closed."""
+    the fingers instead), the gripper at cell `gripper` (x, y, z) with its fingers open or closed, seen
+    by the camera that follows the gripper (`follow_gripper=False`: from where the whole table shows)."""
     canvas = _table(table_tint)
     # containers first so a placed object lies on top of its plate
     for obj in sorted(objects, key=lambda o: o.kind in GRASPABLE):
@@ -134,7 +167,8 @@ def draw_state(table_tint: tuple[int, int, int], objects: Sequence[SceneObject],
     _paint(canvas, _box(row - 12 * scale, col, 4.5 * scale, gap + 4 * scale), GRIPPER_CLOSED)
     _paint(canvas, _box(row - 12 * scale, col, 3.5 * scale, gap + 3 * scale), colour)  # the palm joining them
     _paint(canvas, _disc(row - 12 * scale, col, 3 * scale), WRIST)
-    return np.clip(canvas, 0, 255).astype(np.uint8)
+    drawing = np.clip(canvas, 0, 255).astype(np.uint8)
+    return _camera(drawing, view_offset(gripper)) if follow_gripper else drawing
 
 
 def render_frame(episode: DemoEpisode, t: int) -> np.ndarray:

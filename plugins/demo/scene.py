@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 CELL = 1.0 / 32.0  # metres per grid cell and per step on one axis
-GRID = 8  # the workspace is GRID x GRID cells
+GRID = 5  # the workspace is GRID x GRID cells
 HOVER, GRASP = 4, 1  # gripper heights in cells: travelling, and fingers around an object
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),

@@ -14,7 +14,9 @@ import json
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"]
 RESERVED_TOKENS = 300
 BPE_VOCAB = 2048
-IMAGE_SIZE, PATCH_SIZE = 224, 14
+# 28-px patches: 8 x 8 = 64 image tokens (PaliGemma-224 has 14-px ones, 256 tokens); the demo draws a
+# table cell as exactly one patch (plugins/demo/render.py), and every step is 4x cheaper in attention
+IMAGE_SIZE, PATCH_SIZE = 224, 28
 
 _COLOURS = "red blue green yellow orange purple black white pink brown gray".split()
 _OBJECTS = ("block cube plate bowl cup can sponge spoon carrot eggplant towel drawer lid cloth banana apple "
