@@ -11,9 +11,10 @@ The camera follows the gripper (as a wrist camera does): the centre of the gripp
 shadow) is always drawn at pixel (`VIEW_CENTRE`, `VIEW_CENTRE`), and what lies beyond the drawn
 table is `FLOOR`. All the expert's action depends on is where things are *relative to the gripper*:
 from this view a tiny action-only model learns it (x/y accuracy 0.95 on held-out steps after 6000
-steps on 1500 episodes), from a fixed camera it stayed near 0.78 (issue 15 notes). The numbers fit the tiny backbone's input: 256 → 224 px makes a cell
-(32 px) exactly one 28-px patch, and `VIEW_CENTRE` a patch centre (144 · 224/256 = 126 = 4.5 · 28),
-so every cell of the table falls on one patch. The view reaches 4 cells forward and to the left of
+steps on 1500 episodes), from a fixed camera it stayed near 0.78 (issue 15 notes). The numbers fit
+the tiny backbone's input: 256 → 224 px makes a cell (32 px) exactly one 28-px patch, and
+`VIEW_CENTRE` a patch centre (144 · 224/256 = 126 = 4.5 · 28), so every cell of the table falls on
+one patch. The view reaches 4 cells forward and to the left of
 the gripper and 3 back and to the right (an object 4 cells back or right is out of view).
 """
 from __future__ import annotations
