@@ -389,4 +389,4 @@ def build_rlds_dataset(options) -> RldsDataset:
     )
     return RldsDataset(layout, options.data_dir, name="rlds", max_episodes=options.max_episodes,
                        strict=options.strict, skip_unlabeled=options.skip_unlabeled,
-                         primary_camera_only=options.primary_camera_only)
+                       primary_camera_only=options.primary_camera_only)
