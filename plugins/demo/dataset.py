@@ -27,7 +27,7 @@ from .render import IMAGE_SIZE, object_boxes, render_episode
 from .scene import CELL, DemoEpisode, SceneObject, generate_episodes
 
 # Bump whenever scenes, rendering or the on-disk layout change: it is part of the cache key.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 METADATA_FILE = "demo_metadata.json"
 # the state before these actions has the target between the fingers (grasp closes on it, release opens)
 HELD_PHASES = ("lift", "move", "place", "release")
@@ -155,7 +155,10 @@ def write_demo(folder: Path, options, identity: str) -> None:
     for index, episode in enumerate(episodes):
         recorded.append(recorded_episode(episode, index, render_episode(episode), f"demo/{identity}"))
         sidecar[str(index)] = sidecar_steps(episode)
-    write_bridge_dataset(folder, recorded, image_size=(IMAGE_SIZE, IMAGE_SIZE))  # quiet: see write_rlds
+    # PNG, not Bridge's JPEG: the simulator hands the policy lossless renders, so training frames must be
+    # those same pixels (JPEG's ringing and chroma subsampling move colours by up to 88 levels at edges)
+    write_bridge_dataset(folder, recorded, image_size=(IMAGE_SIZE, IMAGE_SIZE),  # quiet: see write_rlds
+                         image_encoding="png")
     shutil.rmtree(folder / "downloads", ignore_errors=True)  # tfds' empty download area
     payload = {"generator_version": GENERATOR_VERSION, "identity": identity, "episodes": sidecar}
     (folder / METADATA_FILE).write_text(json.dumps(payload))

@@ -91,11 +91,12 @@ def write_rlds(root: str | Path, name: str, version: str, features: Any,
 
 
 # -- bridge_dataset ------------------------------------------------------------------------
-def bridge_features(image_size: tuple[int, int] = BRIDGE_IMAGE) -> Any:
+def bridge_features(image_size: tuple[int, int] = BRIDGE_IMAGE, image_encoding: str = "jpeg") -> Any:
+    """Bridge's schema; `image_encoding` "png" stores frames losslessly (Bridge itself uses JPEG)."""
     _, tfds = tensorflow()
 
     F = tfds.features
-    image = F.Image(shape=(*image_size, 3), dtype=np.uint8, encoding_format="jpeg")
+    image = F.Image(shape=(*image_size, 3), dtype=np.uint8, encoding_format=image_encoding)
     return F.FeaturesDict({
         "steps": F.Dataset({
             "observation": F.FeaturesDict({**{cam: image for cam in BRIDGE_CAMERAS},
@@ -149,11 +150,12 @@ def _bridge_example(episode: Mapping[str, Any], index: int, image_size: tuple[in
 
 
 def write_bridge_dataset(root: str | Path, episodes: Episodes, *, image_size: tuple[int, int] = BRIDGE_IMAGE,
-                         version: str = BRIDGE_VERSION) -> Path:
-    """`bridge_dataset` under `root`; `episodes` is a list (train split) or {split: list}."""
+                         version: str = BRIDGE_VERSION, image_encoding: str = "jpeg") -> Path:
+    """`bridge_dataset` under `root`; `episodes` is a list (train split) or {split: list}; frames are
+    stored as `image_encoding` ("jpeg" as Bridge, or lossless "png")."""
     splits = {split: [_bridge_example(ep, i, image_size) for i, ep in enumerate(eps)]
               for split, eps in _episode_splits(episodes).items()}
-    return write_rlds(root, BRIDGE_NAME, version, bridge_features(image_size), splits)
+    return write_rlds(root, BRIDGE_NAME, version, bridge_features(image_size, image_encoding), splits)
 
 
 # -- fractal20220817_data ------------------------------------------------------------------
