@@ -4,19 +4,27 @@ A teacher that decomposes offers `async decompose(request, feedback=None) -> Tra
 (`feedback`: why its previous answer was refused, for the re-ask). `decompose_with_retries`
 validates every answer against the action log (`refine_core.plan.validate_plan`); a mismatch is
 re-asked with the mismatch as feedback up to `max_reasks` times, then the episode is rejected
-with that reason. `PlanJournal` appends each outcome to a JSON-lines file, fsynced, so an
-interrupted run resumes with the episodes it has not settled.
+with that reason. A transient failure (429, 5xx, timeout: `TransientTeacherError`) is asked again
+after the reasoning path's backoff (`RetryPolicy`, honouring Retry-After); past its `max_retries` the
+error propagates, leaving the episode unsettled for the next run. `PlanJournal` appends each
+outcome to a JSON-lines file, fsynced, so an interrupted run resumes with the episodes it has not
+settled.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
+from refine_core.annotate.asking import RetryPolicy
 from refine_core.plan import TrajectoryPlan, TrajectoryRequest, validate_plan
-from refine_core.teacher import MalformedAnswer
+from refine_core.teacher import MalformedAnswer, TransientTeacherError
+
+# A whole trajectory's answer takes longer than one step's: a longer limit per attempt.
+DECOMPOSE_POLICY = RetryPolicy(request_timeout=600.0)
 
 
 class Decomposer(Protocol):
@@ -41,13 +49,32 @@ class DecompositionResult:
         return cls(str(record["episode_id"]), plan, int(record["attempts"]), record.get("rejected"))
 
 
+async def _ask(teacher: Decomposer, request: TrajectoryRequest, feedback: str | None,
+               policy: RetryPolicy) -> TrajectoryPlan:
+    """One answer, transient failures asked again with `policy`'s backoff."""
+    retries = 0
+    while True:
+        try:
+            call = teacher.decompose(request, feedback)
+            return await (asyncio.wait_for(call, policy.request_timeout) if policy.request_timeout else call)
+        except (TimeoutError, asyncio.TimeoutError):
+            error = TransientTeacherError(f"no answer within {policy.request_timeout:g} s")
+        except TransientTeacherError as exc:
+            error = exc
+        if retries >= policy.max_retries:
+            raise error
+        await asyncio.sleep(policy.delay(retries, error.retry_after))
+        retries += 1
+
+
 async def decompose_with_retries(teacher: Decomposer, request: TrajectoryRequest, max_reasks: int = 1,
-                                 tolerance: float | None = None) -> DecompositionResult:
+                                 tolerance: float | None = None,
+                                 policy: RetryPolicy = DECOMPOSE_POLICY) -> DecompositionResult:
     """Ask, validate, re-ask on a mismatch or a malformed answer; reject after `max_reasks` re-asks."""
     feedback: str | None = None
     for attempt in range(1, max_reasks + 2):
         try:
-            plan = await teacher.decompose(request, feedback)
+            plan = await _ask(teacher, request, feedback, policy)
         except MalformedAnswer as exc:
             feedback = f"the answer was not a valid plan: {exc}"
             continue
@@ -99,7 +126,8 @@ class PlanJournal:
 
 async def decompose_episodes(teacher: Decomposer, requests: Iterable[TrajectoryRequest],
                              journal: PlanJournal | None = None, max_reasks: int = 1,
-                             retry_rejected: bool = False) -> DecompositionReport:
+                             retry_rejected: bool = False,
+                             policy: RetryPolicy = DECOMPOSE_POLICY) -> DecompositionReport:
     """Every request's plan (sequentially), skipping episodes the journal already settled
     (rejected ones too, unless `retry_rejected`)."""
     report = DecompositionReport()
@@ -109,7 +137,7 @@ async def decompose_episodes(teacher: Decomposer, requests: Iterable[TrajectoryR
         if result is not None and (result.plan is not None or not retry_rejected):
             report.resumed += 1
         else:
-            result = await decompose_with_retries(teacher, request, max_reasks)
+            result = await decompose_with_retries(teacher, request, max_reasks, policy=policy)
             if journal is not None:
                 journal.append(result)
         if result.plan is not None:

@@ -4,15 +4,18 @@ The key comes from GEMINI_API_KEY or GOOGLE_API_KEY (environment only; never sto
 file). The endpoint is the SDK's own: `GOOGLE_GEMINI_BASE_URL` points it elsewhere (a proxy, a
 test server). The SDK's own retries are off: the pipeline retries, honouring Retry-After.
 With `mode: batch` the same requests go through the Batch API instead (`teachers.gemini.batch`).
+`decompose` answers a whole trajectory's VLM2VLA plan (online only; `refine_core.annotate.decompose`).
 """
 from __future__ import annotations
 
 import os
 
 from refine_core import (Annotation, AnnotationRequest, MalformedAnswer, MissingExtra, PROMPT_VERSION, Price,
-    Teacher, TeacherAnswer, TeacherIdentity, TokenUsage, TransientTeacherError, UsageError, build_prompt,
-    reasoning_from_answer)
+    Teacher, TeacherAnswer, TeacherIdentity, TokenUsage, TrajectoryPlan, TrajectoryRequest,
+    TransientTeacherError, UsageError, build_prompt, reasoning_from_answer)
 from refine_teachers.common import encode_png, request_frames, status_error
+from refine_teachers.plan_prompt import (STEP_FIELDS, decompose_prompt, frame_labels, plan_from_text,
+    plan_output_tokens)
 
 # USD per million tokens (input, output), standard online tier, text/image input up to 200k tokens.
 PRICES: dict[str, tuple[float, float]] = {
@@ -50,6 +53,7 @@ class GeminiTeacher(Teacher):
             response_mime_type="application/json", response_schema=TeacherAnswer,
             temperature=options.temperature, max_output_tokens=options.max_output_tokens,
         )
+        self.decompose_usage = TokenUsage()  # every decompose answer's tokens, for the cost (`price`)
 
     @property
     def identity(self) -> TeacherIdentity:
@@ -98,15 +102,79 @@ class GeminiTeacher(Teacher):
 
     def answer(self, response) -> Annotation:
         """The reasoning and token usage in one GenerateContentResponse (online or from a batch)."""
+        tokens = self.usage(response)
+        text = self.text(response)
+        answer = response.parsed if isinstance(response.parsed, TeacherAnswer) else text
+        return Annotation(reasoning=reasoning_from_answer(answer), usage=tokens)
+
+    @staticmethod
+    def usage(response) -> TokenUsage:
+        """A response's tokens; output counts the thinking tokens too (billed at the output price)."""
         usage = response.usage_metadata
-        tokens = TokenUsage(input_tokens=(usage.prompt_token_count or 0) if usage else 0,
-                            output_tokens=(usage.candidates_token_count or 0) if usage else 0)
+        if not usage:
+            return TokenUsage()
+        output = (usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0)
+        return TokenUsage(input_tokens=usage.prompt_token_count or 0, output_tokens=output)
+
+    @staticmethod
+    def text(response) -> str:
+        """The answer text of a response; MalformedAnswer when it has none (blocked, cut off empty)."""
         if not response.candidates:
             feedback = response.prompt_feedback
             reason = getattr(feedback, "block_reason", None) if feedback else None
             raise MalformedAnswer(f"Gemini returned no candidates{f' (blocked: {reason})' if reason else ''}")
-        answer = response.parsed if isinstance(response.parsed, TeacherAnswer) else response.text
-        if answer is None:
+        text = response.text
+        if text is None:
             finish = getattr(response.candidates[0], "finish_reason", None)
             raise MalformedAnswer(f"Gemini returned no text (finish reason {finish})")
-        return Annotation(reasoning=reasoning_from_answer(answer), usage=tokens)
+        return text
+
+    # -- VLM2VLA: a whole trajectory's plan ------------------------------------------------------
+    def plan_contents(self, request: TrajectoryRequest, feedback: str | None = None) -> list:
+        """Each key frame after its step label, in order, then the prompt (with `feedback`)."""
+        types = self._types
+        parts = []
+        for label, frame in zip(frame_labels(request), request.key_frames):
+            parts += [types.Part.from_text(text=label),
+                      types.Part.from_bytes(data=encode_png(frame, self.options.max_image_side),
+                                            mime_type="image/png")]
+        parts.append(types.Part.from_text(text=decompose_prompt(request, feedback)))
+        return [types.Content(role="user", parts=parts)]
+
+    def plan_config(self, request: TrajectoryRequest):
+        """JSON constrained to the plan's shape; room for the whole log in the answer."""
+        return self._types.GenerateContentConfig(
+            response_mime_type="application/json", response_schema=plan_schema(self._types),
+            temperature=self.options.temperature,
+            max_output_tokens=plan_output_tokens(request, self.options.max_output_tokens))
+
+    async def decompose(self, request: TrajectoryRequest, feedback: str | None = None) -> TrajectoryPlan:
+        """The episode's VLM2VLA plan in one generate_content call (`feedback`: why the previous answer
+        was refused). Failures map as in `annotate`: TransientTeacherError (429, 5xx, unreachable;
+        `decompose_with_retries` backs off and asks again), PermanentTeacherError, MalformedAnswer (no
+        text, not JSON, not a plan). Every answer's tokens add to `decompose_usage`."""
+        response = await self.call(self._client.aio.models.generate_content(
+            model=self.options.model, contents=self.plan_contents(request, feedback),
+            config=self.plan_config(request)))
+        tokens = self.usage(response)
+        self.decompose_usage = TokenUsage(self.decompose_usage.input_tokens + tokens.input_tokens,
+                                          self.decompose_usage.output_tokens + tokens.output_tokens)
+        text = self.text(response)
+        try:
+            return plan_from_text(text)
+        except MalformedAnswer as exc:
+            finish = getattr(response.candidates[0], "finish_reason", None)
+            cut = " (cut off at the output-token limit)" if str(finish).endswith("MAX_TOKENS") else ""
+            raise MalformedAnswer(f"{exc}{cut}") from None
+
+
+def plan_schema(types):
+    """`TrajectoryPlan` as a Gemini response schema: every field required, in the order asked, and
+    each action row exactly 4 numbers."""
+    text = types.Schema(type="STRING")
+    row = types.Schema(type="ARRAY", items=types.Schema(type="NUMBER"), min_items=4, max_items=4)
+    step = types.Schema(type="OBJECT", required=list(STEP_FIELDS), property_ordering=list(STEP_FIELDS),
+                        properties={"subtask": text, "reasoning": text, "main_movements": text,
+                                    "actions": types.Schema(type="ARRAY", items=row, min_items=1)})
+    return types.Schema(type="OBJECT", required=["steps"],
+                        properties={"steps": types.Schema(type="ARRAY", items=step, min_items=1)})
