@@ -37,9 +37,10 @@ Benchmarks
     (a reasoning training format: its `opening`, render, parse); free-running reasoning against
     the teacher's, per section: compare_reasoning, summarise_reasoning; closed loop through
     vla-eval: ClosedLoopBenchmark (subclass it naming a vla-eval benchmark), ClosedLoopOptions,
-    wilson_interval, ScriptedPolicy (a reference policy acting through the same server)
+    ClosedLoopMode, wilson_interval, ScriptedPolicy (a reference policy acting through the same server)
 Acting (closed loop)
-    Policy, PolicySettings, PolicySession, ActionChunk, ReasoningMode (every_step, every_k, never)
+    Policy, PolicySettings, PolicySession, ActionChunk, ReasoningMode (every_step, every_k, never);
+    HierarchicalPolicy, HierarchicalPolicySettings (VLM2VLA: subtasks, then plan → chunk → verifier)
 Files
     atomic_write (a file a reader sees whole or not at all; durable before it counts)
 """
@@ -85,7 +86,9 @@ for _module, _names in {
     "refine_core.data.samples": "SampleStream episode_samples",
     "refine_core.data.reasoning_formats": "get_reasoning_format",
     "refine_core.policy": "ActionChunk Policy PolicySession PolicySettings ReasoningMode",
-    "refine_core.evaluate.closed_loop": "ClosedLoopBenchmark ClosedLoopOptions wilson_interval",
+    "refine_core.vlm2vla_policy": "HierarchicalPolicy HierarchicalPolicySettings",
+    "refine_core.evaluate.closed_loop": ("ClosedLoopBenchmark ClosedLoopMode ClosedLoopOptions "
+                                         "wilson_interval"),
     "refine_core.evaluate.baselines": "ScriptedPolicy",
     "refine_core.evaluate.reasoning_quality": "compare_reasoning summarise_reasoning",
 }.items():

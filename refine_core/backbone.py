@@ -64,7 +64,11 @@ class BackboneOptions(BaseModel):
 
 @dataclass
 class TrainingSample:
-    """One supervised step: frames, instruction, the action chunk to predict, optional reasoning text."""
+    """One supervised step: frames, instruction, the action chunk to predict, optional reasoning text.
+
+    A text-answer sample (VLM2VLA's, `refine_core.data.vlm2vla`) sets `answer`: `instruction` is then
+    the whole question, `actions` is not read, and the answer's tokens and eos are the supervised
+    suffix (plain cross-entropy: they count as action tokens, so λ_r does not weigh them)."""
 
     images: dict[str, np.ndarray]
     primary_camera: str
@@ -72,6 +76,8 @@ class TrainingSample:
     actions: np.ndarray  # [chunk, 7] in refine's convention
     reasoning: str | None = None
     key: str = ""  # "<episode_id>/<step_index>", for messages and annotation joins
+    answer: str | None = None
+    answer_kind: str | None = None  # the VLM2VLA task ("actions": written with the codec, see answer_ids)
 
     @property
     def image(self) -> np.ndarray:
@@ -195,8 +201,23 @@ class Backbone(ABC):
     def reasoning_ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def answer_ids(self, text: str, kind: str | None = None) -> list[int]:
+        """A text answer's ids: tokenized, except action answers under a codec that writes action text
+        with its own ids (`encode_action_text`: least-likely, VLM2VLA's AT ablation)."""
+        writer = getattr(self.codec, "encode_action_text", None) if kind == "actions" else None
+        return list(writer(text)) if writer is not None else self.reasoning_ids(text)
+
+    def answer_text(self, ids: Sequence[int], kind: str | None = None) -> str:
+        """Generated ids back to answer text (the inverse of `answer_ids`)."""
+        reader = getattr(self.codec, "decode_action_text", None) if kind == "actions" else None
+        return reader(ids) if reader is not None else self.tokenizer.decode(ids, skip_special_tokens=True)
+
     def encode(self, sample: TrainingSample, order: ReasoningOrder = "reason_then_act",
                with_reasoning: bool = True) -> EncodedSample:
+        if sample.answer is not None:  # a text answer: every token (and eos) supervised alike
+            answer = self.answer_ids(sample.answer, sample.answer_kind)
+            return assemble(self.cached_prompt_ids(sample.instruction), answer, [True] * len(answer),
+                            self.eos_id)
         action_ids = self.codec.encode(sample.actions if self.codec.chunk_size > 1 else sample.actions[0])
         reasoning = self.reasoning_ids(sample.reasoning) if (with_reasoning and sample.reasoning) else None
         return assemble(self.cached_prompt_ids(sample.instruction), action_ids,  # assemble copies
@@ -285,7 +306,44 @@ class Backbone(ABC):
                                                 allowed, stop)
         finally:
             self.model.train(was_training)
+        return self._cut_at_eos(rows)
+
+    def _cut_at_eos(self, rows: list[list[int]]) -> list[list[int]]:
         return [row[: row.index(self.eos_id)] if self.eos_id in row else row for row in rows]
+
+    def sample_ids_batch(self, images: Sequence[np.ndarray], instructions: Sequence[str], max_new_tokens: int,
+                         temperature: float, top_p: float = 1.0,
+                         seed: int | Sequence[int] = 0) -> list[list[int]]:
+        """Sampled continuations of the prompts (eos excluded), batched: softmax(logits / temperature)
+        cut to its top-p nucleus. Row i draws from its own random stream seeded with `seed[i]` (an int:
+        the same seed for every row), so it equals row i sampled alone with that seed, reruns repeat,
+        and torch's global RNG is left alone. `temperature` <= 0 is greedy (`generate_ids_batch`).
+        Runs the model in eval mode without gradients."""
+        if temperature <= 0:
+            return self.generate_ids_batch(images, instructions, max_new_tokens)
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        seeds = [int(seed)] * len(images) if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
+        if len(seeds) != len(images):
+            raise ValueError(f"{len(seeds)} seeds for {len(images)} rows")
+        import torch
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                rows = self.sampled_continuation(list(images), list(instructions), max_new_tokens,
+                                                 float(temperature), float(top_p), seeds)
+        finally:
+            self.model.train(was_training)
+        return self._cut_at_eos(rows)
+
+    def sampled_continuation(self, images: list[np.ndarray], instructions: list[str], max_new_tokens: int,
+                             temperature: float, top_p: float, seeds: list[int]) -> list[list[int]]:
+        """The sampled new ids of each row (see `sample_ids_batch`; rows may run past eos). A backbone
+        that can sample implements this."""
+        raise UsageError(f"{self.name} cannot sample (temperature {temperature}): it decodes greedily only; "
+                         "set the temperature to 0")
 
     def greedy_continuation(self, images: list[np.ndarray], instructions: list[str], max_new_tokens: int,
                             prefix_ids: list[list[int]], allowed: AllowedIds | None,

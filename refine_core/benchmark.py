@@ -30,6 +30,7 @@ class EvalContext:
     reasoning_format: str = "refinevla"  # the training text of the reasoning (its opening is forced)
     reasoning_dropout: float = 0.0  # how often training dropped the reasoning (acting without it was taught)
     lambda_r: float = 0.3
+    with_plan: bool = True  # VLM2VLA: the action prompts the model learnt carry the motion plan
     extra: dict[str, Any] = field(default_factory=dict)
     # builds the model before fine-tuning (same backbone and codec, no trained weights) on demand,
     # for benchmarks that compare the two (knowledge retention); None where there is no base

@@ -80,6 +80,18 @@ class DataSettings(Section):
     # draw and collate the next step's batch in a background thread while this step trains
     # (training is bit-identical either way; false: all on the training thread)
     prefetch: bool = True
+    # steps: one sample per step (actions, with the step's reasoning); vlm2vla: the text tasks built
+    # from each episode's plan (annotate.task=decomposition), see `vlm2vla.*`
+    samples: Literal["steps", "vlm2vla"] = "steps"
+
+
+class VLM2VLASettings(Section):
+    """The VLM2VLA text tasks trained when data.samples=vlm2vla (refine_core/data/vlm2vla.py)."""
+
+    kinds: list[Literal["subtasks", "motion", "actions", "direction", "completion"]] = [
+        "subtasks", "motion", "actions", "direction", "completion"]
+    chunk_size: int = Field(5, ge=1)  # merged moves per action answer
+    with_plan: bool = True  # false: action prompts without the motion plan (the no-reasoning ablation)
 
 
 class LossSettings(Section):
@@ -105,6 +117,9 @@ class LoraSettings(Section):
 
 
 class AnnotateSettings(Section):
+    # reasoning: the teacher reasons about steps (ReFineVLA); decomposition: it splits each whole
+    # trajectory into subtasks with their share of the actions (VLM2VLA plans, annotate/plans.py)
+    task: Literal["reasoning", "decomposition"] = "reasoning"
     strategy: Literal["every_step", "every_k", "keyframes"] = "every_step"
     every: int = Field(5, ge=1)  # every_k: ask steps 0, k, 2k, …
     concurrency: int = Field(8, ge=1)  # requests in flight (in all workers together)
@@ -132,6 +147,7 @@ class EvalSettings(Section):
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    recipe: str | None = None  # the named preset applied under the file and --set (refine_core/recipes.py)
     backbone: Component = Component(name="hf_vlm", preset="tiny")
     # unset: the backbone's own codec (BackboneSpec.default_codec), else bins; `resolve_components` decides
     codec: Component | None = None
@@ -142,6 +158,7 @@ class RunConfig(BaseModel):
     dataset: Component = Component(name="demo")
     benchmark: Component = Component(name="offline")
     data: DataSettings = DataSettings()
+    vlm2vla: VLM2VLASettings = VLM2VLASettings()
     train: TrainSettings = TrainSettings()
     loss: LossSettings = LossSettings()
     freeze: FreezeSettings = FreezeSettings()
@@ -220,24 +237,37 @@ def _apply(data: dict[str, Any], keys: list[str], value: Any) -> None:
     node[keys[-1]] = value
 
 
+def _merge_layer(data: dict[str, Any], layer: dict[str, Any], where: str) -> None:
+    for key, value in layer.items():
+        if key in SLOTS:
+            data[key] = _merge_component(data[key] or {}, value, f"{key} in {where}")
+        elif isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+
+
 def resolve_config(
     config_file: str | Path | None = None,
     sets: list[str] | None = None,
     components: dict[str, str | None] | None = None,
     base: RunConfig | None = None,
+    recipe: str | None = None,
 ) -> RunConfig:
-    """Defaults (or `base`) < file < component flags < --set, validated (stage settings only;
-    component options are checked, and an unset codec chosen, by resolve_components)."""
+    """Defaults (or `base`) < recipe < file < component flags < --set, validated (stage settings only;
+    component options are checked, and an unset codec chosen, by resolve_components). The recipe is
+    `recipe`, else the one the file names (`recipe: NAME`)."""
+    from refine_core.recipes import recipe_values
+
     data = (base or RunConfig()).to_dict()
-    if config_file:
-        file_data = read_config_file(config_file)
-        for key, value in file_data.items():
-            if key in SLOTS:
-                data[key] = _merge_component(data[key] or {}, value, f"{key} in {config_file}")
-            elif isinstance(value, dict) and isinstance(data.get(key), dict):
-                data[key] = {**data[key], **value}
-            else:
-                data[key] = value
+    file_data = read_config_file(config_file) if config_file else {}
+    recipe = recipe or file_data.get("recipe")
+    if recipe and base is None:  # a saved run's config (base) already holds its recipe's values
+        _merge_layer(data, recipe_values(recipe), f"recipe {recipe}")
+        data["recipe"] = recipe
+    elif recipe and base is not None and base.recipe != recipe:
+        raise UsageError(f"this run was made with recipe {base.recipe!r}, not {recipe!r}; choose a new --out")
+    _merge_layer(data, file_data, str(config_file))
     for kind, name in (components or {}).items():
         if name:
             _apply(data, [kind, "name"], name)

@@ -74,6 +74,10 @@ class ActionChunk:
     forced: bool = False  # free reasoning never reached a valid span: the span was generated after it
     repetition_stopped: bool = False  # the repetition guard ended the reasoning
     error: str | None = None  # the span did not decode (codecs without reserved ids only)
+    # seconds per generation stage this query took part in (the hierarchical policy's subtasks, plan,
+    # actions, verify), each the wall time of its batched call
+    stage_latency_s: dict[str, float] = field(default_factory=dict)
+    decomposition: str | None = None  # the subtask list predicted at this query (hierarchical policy)
 
 
 @dataclass

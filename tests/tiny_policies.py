@@ -25,9 +25,10 @@ def tiny_backbone(name: str = "hf_vlm", codec: str | None = None, registry: Regi
     return backbone.attach_codec(registry.build("codec", codec, {}), action_statistics())
 
 
-def overfit(backbone, batch, lr: float, max_steps: int) -> float:
-    """Adam on one batch until its loss (action and reasoning weighted alike) is below 0.05, well past
-    argmax-correct, so greedy decoding reproduces every token; the last loss."""
+def overfit(backbone, batch, lr: float, max_steps: int, target: float = 0.05) -> float:
+    """Adam on one batch until its loss (action and reasoning weighted alike) is below `target` (0.05:
+    well past argmax-correct, so greedy decoding reproduces every token; lower for sampling); the last
+    loss."""
     import torch
 
     from refine_core.loss import reasoning_aware_loss
@@ -38,7 +39,7 @@ def overfit(backbone, batch, lr: float, max_steps: int) -> float:
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
-        if float(out.loss.detach()) < 0.05:
+        if float(out.loss.detach()) < target:
             break
     return float(out.loss.detach())
 

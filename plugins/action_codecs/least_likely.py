@@ -64,6 +64,28 @@ class LeastLikelyCodec(TextCodec):
     def encode(self, actions: np.ndarray) -> list[int]:
         return [self.symbol_ids[symbol] for symbol in self.encode_text(actions)]
 
+    # VLM2VLA's action answers (`refine_core.data.vlm2vla.format_actions`) written with the symbol ids:
+    # the AT ablation of the vlm2vla recipe (`Backbone.answer_ids` / `answer_text` call these)
+    def encode_action_text(self, text: str) -> list[int]:
+        """`[[dx, dy, dz, g], ...]` answer text → symbol ids (spaces dropped: the compact form)."""
+        self._require_bound()
+        compact = "".join(text.split())
+        unknown = sorted(set(compact) - set(SYMBOLS))
+        if unknown:
+            raise ValueError(f"least-likely: the action text holds {unknown}, outside the symbols "
+                             f"{SYMBOLS!r}")
+        return [self.symbol_ids[symbol] for symbol in compact]
+
+    def decode_action_text(self, ids: Sequence[int]) -> str:
+        """Generated ids → the answer text they spell; an id that is no symbol ends it (it cannot parse)."""
+        self._require_bound()
+        symbols = []
+        for token in ids:
+            if int(token) not in self._symbol_of:
+                break
+            symbols.append(self._symbol_of[int(token)])
+        return "".join(symbols)
+
     def decode(self, ids: Sequence[int]) -> np.ndarray:
         self._require_bound()
         array = self._id_array(ids)

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from refine_core import BenchmarkSpec, ClosedLoopOptions, DatasetSpec, ReasoningMode, hookimpl
+from refine_core import BenchmarkSpec, ClosedLoopMode, ClosedLoopOptions, DatasetSpec, hookimpl
 
 
 class DemoOptions(BaseModel):
@@ -71,7 +71,7 @@ def refine_datasets():
 class DemoSimOptions(ClosedLoopOptions):
     # The default run's budget (~15 min on 2 cores): the paper's two modes, with and without
     # reasoning; every_k is one --set away (closed_loop.modes=[every_step,every_k,never]).
-    modes: list[ReasoningMode] = Field(
+    modes: list[ClosedLoopMode] = Field(
         ["every_step", "never"], description="Reasoning modes the model is evaluated in.")
     shards: int = Field(2, ge=1, description="vla-eval processes running episodes in parallel: two "
                                              "sessions share one batched generation on the server.")

@@ -1,6 +1,7 @@
 """`demo-sim` as a refine benchmark: the trained model (in each reasoning mode), the baselines and
 the scripted expert act in the demo simulator (`vla_benchmark.DemoSimBenchmark`), run by vla-eval's
-orchestrator through refine's policy server."""
+orchestrator through refine's policy server. The hierarchical mode's `verifier=scripted` is
+`verifier.DemoSubtaskVerifier`, which reads the scene state the run then sends."""
 from __future__ import annotations
 
 from typing import Any
@@ -15,9 +16,17 @@ class DemoSimClosedLoop(ClosedLoopBenchmark):
 
     def params(self, policy: str) -> dict[str, Any]:
         params = {"seed": self.options.seed, "pick_only_fraction": self.options.pick_only_fraction}
-        if policy == "expert":  # only the expert sees the scene's state
+        # only the expert, and the hierarchical model's scripted verifier, see the scene's state
+        if policy == "expert" or (policy == "model-hierarchical" and self.verifier_name() == "scripted"):
             params["send_privileged"] = True
         return params
+
+    def verifier(self, name: str) -> Any:
+        if name == "scripted":
+            from .verifier import DemoSubtaskVerifier
+
+            return DemoSubtaskVerifier()
+        return super().verifier(name)
 
     def policies(self, context: Any) -> list[tuple[str, str | None, Any]]:
         from .expert import DemoExpertPolicy

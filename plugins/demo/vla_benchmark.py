@@ -87,6 +87,7 @@ class DemoSimBenchmark(StepBenchmark):
         return {
             "success": sim.success, "grasp": sim.grasp, "steps": sim.steps, "expert_steps": sim.expert_steps,
             "step_limit": sim.step_limit, "instruction": sim.instruction, "seed": self.seed,
+            "target": sim.target, "destination": sim.destination,
             "episode_index": sim.episode_index,
         }
 

@@ -7,6 +7,7 @@ Prompt (PaliGemma's): image tokens × num_patches, bos, lower-cased instruction,
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,10 +20,43 @@ from refine_core import (AllowedIds, Backbone, PaliGemmaPrompt, StopRow, UsageEr
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 
 
+@dataclass
+class Sampling:
+    """How `_generate_dynamic` draws tokens instead of taking the argmax (`Backbone.sample_ids_batch`)."""
+
+    temperature: float
+    top_p: float
+    seeds: list[int]  # one per row
+
+
+def _row_sampler(sampling: Sampling, device):
+    """A logits processor that draws each row's token from that row's own seeded generator and leaves
+    only it possible (greedy generate then takes it). transformers' own sampling draws the whole
+    batch from torch's global RNG, so a row's tokens would depend on the rows beside it."""
+    from transformers import LogitsProcessor
+
+    generators = [torch.Generator(device=device).manual_seed(seed) for seed in sampling.seeds]
+
+    class RowSampler(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            probs = torch.softmax(scores.float() / sampling.temperature, dim=-1)
+            ranked, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+            # the nucleus: the most likely tokens until their mass reaches top_p (the first always kept)
+            ranked = ranked.masked_fill(ranked.cumsum(-1) - ranked >= sampling.top_p, 0.0)
+            out = torch.full_like(scores, float("-inf"))
+            for row, generator in enumerate(generators):
+                pick = torch.multinomial(ranked[row], 1, generator=generator)
+                out[row, order[row, pick]] = 0.0
+            return out
+
+    return RowSampler()
+
+
 class HFVLMBackbone(PaliGemmaPrompt, Backbone):
     name = "hf_vlm"
     # how frames are resized, and what save() writes as the image processor (PIL's resample codes)
     resample, pil_resample, image_processor_type = "bicubic", 3, "SiglipImageProcessor"
+    _sampling: Sampling | None = None  # set while `sampled_continuation` runs a layout's continuation
 
     def __init__(self, options) -> None:
         super().__init__(options)
@@ -127,7 +161,8 @@ class HFVLMBackbone(PaliGemmaPrompt, Backbone):
         pixels = self.image_inputs(images)["pixel_values"].to(device)
         decoder = choose_decoder(self.options.decoder, device.type == "cuda", self.model.config,
                                  ids.shape[1] + max_new_tokens)
-        if decoder == "dynamic" or not bool(mask.all()):  # the static cache takes unpadded rows
+        if decoder == "dynamic" or not bool(mask.all()) or self._sampling is not None:
+            # the static cache takes unpadded rows and decodes greedily
             return self._generate_dynamic(ids, mask, token_types, pixels, max_new_tokens, allowed, stop)
         cached = static_decoder(self.model, self.model, len(images), ids.shape[1] + max_new_tokens,
                                 graph=decoder == "graph" and device.type == "cuda", position_offset=1)
@@ -137,12 +172,26 @@ class HFVLMBackbone(PaliGemmaPrompt, Backbone):
         return greedy_decode(first, lambda tokens, step: cached.step(tokens, length + step - 1),
                              max_new_tokens, self.eos_id, allowed, stop)[0].tolist()
 
+    def sampled_continuation(self, images: list[np.ndarray], instructions: list[str], max_new_tokens: int,
+                             temperature: float, top_p: float, seeds: list[int]) -> list[list[int]]:
+        # every layout's own continuation (its prompt and inputs) ends in `_generate_dynamic`, which
+        # samples while `_sampling` is set
+        self._sampling = Sampling(temperature, top_p, seeds)
+        try:
+            return self.greedy_continuation(images, instructions, max_new_tokens, [[] for _ in images],
+                                            None, None)
+        finally:
+            self._sampling = None
+
     def _generate_dynamic(self, ids, mask, token_types, pixels, max_new_tokens: int,
                           allowed: AllowedIds | None,
-                          stop: StopRow | None) -> list[list[int]]:
+                          stop: StopRow | None, extra_inputs: dict | None = None,
+                          sampling: Sampling | None = None) -> list[list[int]]:
         """transformers' generate (dynamic cache, left-padded rows); `allowed` through
-        prefix_allowed_tokens_fn, `stop` as a stopping criterion (a stopped row is filled with eos)."""
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        prefix_allowed_tokens_fn, `stop` as a stopping criterion (a stopped row is filled with eos).
+        `token_types` None passes none; `extra_inputs` are further model inputs (Qwen's image_grid_thw).
+        `sampling` (default: the one `sampled_continuation` set, else greedy) draws each token."""
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         start = ids.shape[1]
         constraint = None
@@ -161,11 +210,15 @@ class HFVLMBackbone(PaliGemmaPrompt, Backbone):
                                               seq[start:].tolist()) for row, seq in enumerate(input_ids)],
                                         dtype=torch.bool, device=input_ids.device)
             criteria = StoppingCriteriaList([Guard()])
+        sampling = sampling or self._sampling
+        processors = LogitsProcessorList([_row_sampler(sampling, ids.device)]) if sampling else None
         out = self.model.generate(
-            input_ids=ids, attention_mask=mask, token_type_ids=token_types, pixel_values=pixels,
+            input_ids=ids, attention_mask=mask, pixel_values=pixels, **(extra_inputs or {}),
+            **({} if token_types is None else {"token_type_ids": token_types}),
             max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.eos_id,
             pad_token_id=self.eos_id,  # what finished rows are filled with: cut there
-            use_cache=True, prefix_allowed_tokens_fn=constraint, stopping_criteria=criteria)
+            use_cache=True, prefix_allowed_tokens_fn=constraint, stopping_criteria=criteria,
+            logits_processor=processors)
         return out[:, start:].tolist()
 
     # -- persistence ----------------------------------------------------------------------------

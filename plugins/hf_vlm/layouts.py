@@ -8,8 +8,10 @@ from typing import Any
 from refine_core import UsageError
 
 # model_type → (module, class) inside this package; imported only when chosen
-LAYOUTS = {"paligemma": ("backbone", "HFVLMBackbone"), "gemma3": ("gemma3", "Gemma3Backbone")}
-PRESETS = {"tiny": "paligemma", "tiny-gemma3": "gemma3"}
+LAYOUTS = {"paligemma": ("backbone", "HFVLMBackbone"), "gemma3": ("gemma3", "Gemma3Backbone"),
+           "qwen2_5_vl": ("qwen_vl", "QwenVLBackbone"), "qwen3_vl": ("qwen_vl", "Qwen3VLBackbone")}
+PRESETS = {"tiny": "paligemma", "tiny-gemma3": "gemma3", "tiny-qwen2_5_vl": "qwen2_5_vl",
+           "tiny-qwen3_vl": "qwen3_vl"}
 SUPPORTED_MODEL_TYPES = tuple(LAYOUTS)
 
 

@@ -142,3 +142,57 @@ def build_gemma3_config(tokenizer):
                         mm_tokens_per_image=GEMMA3_IMAGE_TOKENS, boi_token_index=ids["<start_of_image>"],
                         eoi_token_index=ids["<end_of_image>"], image_token_index=ids["<image_soft_token>"],
                         tie_word_embeddings=False)
+
+
+# -- tiny-qwen2_5_vl / tiny-qwen3_vl: the same tokenizer with Qwen's chat and vision tokens ---------
+QWEN_SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                       "<|video_pad|>"]
+# 8-px patches merged 2x2: a 64x64 frame is 8x8 patches, 16 image tokens (Qwen2.5-VL: 14-px patches)
+QWEN_IMAGE_SIZE, QWEN_PATCH_SIZE = 64, 8
+
+
+def build_qwen_tokenizer():
+    """`build_tokenizer` plus Qwen's special tokens, added after the vocabulary (as Qwen's are)."""
+    tokenizer = build_tokenizer()
+    tokenizer.add_tokens(QWEN_SPECIAL_TOKENS, special_tokens=True)
+    return tokenizer
+
+
+def _qwen_token_ids(tokenizer) -> dict:
+    ids = dict(zip(QWEN_SPECIAL_TOKENS, tokenizer.convert_tokens_to_ids(QWEN_SPECIAL_TOKENS)))
+    return dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+
+
+def _qwen_text(tokenizer, **extra) -> dict:
+    # head_dim 16: 8 rotary frequencies split over (temporal, height, width) positions
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    return dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
+                rope_parameters={**rope, **extra.pop("rope", {})}, pad_token_id=0, tie_word_embeddings=False,
+                eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), **extra)
+
+
+def build_qwen2_5_vl_config(tokenizer):
+    from transformers import Qwen2_5_VLConfig
+
+    # window_size 32 px = 2x2 merged tokens per window, so block 0 attends in windows and block 1
+    # (fullatt_block_indexes) globally, as Qwen2.5-VL's vision tower interleaves them
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=QWEN_PATCH_SIZE,
+                  spatial_merge_size=2, temporal_patch_size=2, window_size=32, out_hidden_size=64,
+                  fullatt_block_indexes=[1])
+    # untied output layer, for the reason given in `build_config`
+    return Qwen2_5_VLConfig(vision_config=vision, text_config=_qwen_text(tokenizer, bos_token_id=None),
+                            tie_word_embeddings=False, **_qwen_token_ids(tokenizer))
+
+
+def build_qwen3_vl_config(tokenizer):
+    from transformers import Qwen3VLConfig
+
+    # block 0's features also feed the language model (DeepStack), as Qwen3-VL's chosen blocks do
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=QWEN_PATCH_SIZE,
+                  spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64, num_position_embeddings=64,
+                  deepstack_visual_indexes=[0])
+    text = _qwen_text(tokenizer, rope={"mrope_interleaved": True})
+    return Qwen3VLConfig(vision_config=vision, text_config=text, tie_word_embeddings=False,
+                         **_qwen_token_ids(tokenizer))

@@ -18,7 +18,8 @@ import typer
 
 from refine_core.errors import RefineError, UsageError
 from refine_core.registry import get_registry
-from refine_core.cli.options import ConfigOpt, DatasetOpt, JsonOpt, SetOpt, TeacherOpt, load_config
+from refine_core.cli.options import (ConfigOpt, DatasetOpt, JsonOpt, RecipeOpt, SetOpt, TeacherOpt,
+    load_config)
 from refine_core.cli.output import console, err_console
 
 
@@ -50,6 +51,22 @@ def _progress_display(enabled: bool):
     return progress, update
 
 
+def _decompose(dataset, teacher, out: Path, settings, unsupported: bool, as_json: bool) -> None:
+    """annotate.task=decomposition: every episode's VLM2VLA plan into OUT (annotate/plans.py)."""
+    from refine_core.annotate.plans import decompose_dataset
+
+    if unsupported:
+        raise UsageError("annotate.task=decomposition runs in one process, without --dry-run or --shard; "
+                         "drop them")
+    report = decompose_dataset(dataset, teacher, out, settings, log=lambda line: console.print(line))
+    counts = {"planned": len(report.plans), "rejected": len(report.rejected), "resumed": report.resumed}
+    if as_json:
+        typer.echo(json.dumps({"out": str(out), **counts, "rejected_episodes": report.rejected}, indent=2))
+    else:
+        console.print(f"{counts['planned']} episodes decomposed into {out} ({counts['resumed']} from an "
+                      f"earlier run), {counts['rejected']} rejected", highlight=False)
+
+
 def annotate(
     out: Annotated[Path, typer.Option("--out", "-o",
                                       help="Annotation directory (created; resumed if it exists).")],
@@ -57,6 +74,7 @@ def annotate(
     set_: SetOpt = None,
     dataset: DatasetOpt = None,
     teacher: TeacherOpt = None,
+    recipe: RecipeOpt = None,
     strategy: Annotated[Optional[str], typer.Option(
         "--strategy", help="every_step | every_k | keyframes (annotate.strategy).")] = None,
     every: Annotated[Optional[int], typer.Option("--every", min=1,
@@ -82,7 +100,7 @@ def annotate(
                        ("workers", workers)):
         if value is not None:
             sets.append(f"annotate.{key}={value}")
-    cfg = load_config(config, sets, teacher=teacher, dataset=dataset)
+    cfg = load_config(config, sets, teacher=teacher, dataset=dataset, recipe=recipe)
     settings = cfg.annotate
     shard_spec = parse_shard(shard)
     if not resume and not dry_run and (out / MANIFEST).is_file():
@@ -92,6 +110,10 @@ def annotate(
     # The teacher first: a missing key or SDK fails at once, before a dataset is opened.
     teacher_obj = registry.build("teacher", cfg.teacher.name, cfg.teacher.options)
     dataset_obj = registry.build("dataset", cfg.dataset.name, cfg.dataset.options)
+    if settings.task == "decomposition":
+        one_process = not (dry_run or shard is not None or settings.workers > 1)
+        _decompose(dataset_obj, teacher_obj, out, settings, not one_process, as_json)
+        return
 
     if dry_run:
         estimate = estimate_run(dataset_obj, teacher_obj, out, settings, shard_spec)

@@ -22,6 +22,10 @@ DatasetOpt = Annotated[Optional[str], typer.Option("--dataset",
                                                    help="Shorthand for --set dataset.name=NAME.")]
 BenchmarkOpt = Annotated[Optional[str], typer.Option("--benchmark",
                                                      help="Shorthand for --set benchmark.name=NAME.")]
+RecipeOpt = Annotated[Optional[str], typer.Option(
+    "--recipe", help="A paper's preset of config values under --config and --set: refinevla (the "
+                     "defaults), vlm2vla, vlm2vla-nr, vlm2vla-at (refine config show --recipe NAME "
+                     "prints it).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
@@ -33,7 +37,8 @@ def load_config(
     teacher: str | None = None,
     dataset: str | None = None,
     benchmark: str | None = None,
+    recipe: str | None = None,
 ) -> RunConfig:
     components = {"backbone": backbone, "codec": codec, "teacher": teacher, "dataset": dataset,
                   "benchmark": benchmark}
-    return resolve_config(config, sets, components)
+    return resolve_config(config, sets, components, recipe=recipe)

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from refine_core.cli.options import (BackboneOpt, BenchmarkOpt, CodecOpt, ConfigOpt, DatasetOpt, SetOpt,
-    TeacherOpt)
+from refine_core.cli.options import (BackboneOpt, BenchmarkOpt, CodecOpt, ConfigOpt, DatasetOpt, RecipeOpt,
+    SetOpt, TeacherOpt)
 from refine_core.cli.output import console
 
 
@@ -23,6 +23,7 @@ def run(
     teacher: TeacherOpt = None,
     dataset: DatasetOpt = None,
     benchmark: BenchmarkOpt = None,
+    recipe: RecipeOpt = None,
     stages: Annotated[Optional[str], typer.Option(
         "--stages", help="Comma-separated subset of annotate,train,eval,report.")] = None,
 ) -> None:
@@ -40,7 +41,7 @@ def run(
     # setting given must leave it unchanged (run_pipeline refuses a different run).
     components = {"backbone": backbone, "codec": codec, "teacher": teacher, "dataset": dataset,
                   "benchmark": benchmark}
-    cfg = resolve_config(config, set_, components, base=saved_config(out))
+    cfg = resolve_config(config, set_, components, base=saved_config(out), recipe=recipe)
     console.print(f"run directory: {out}", highlight=False)
     outcome = run_pipeline(cfg, out, chosen, log=lambda line: console.print(line, highlight=False,
                                                                             markup=False))

@@ -11,7 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from refine_core.cli.options import BackboneOpt, CodecOpt, ConfigOpt, DatasetOpt, SetOpt, load_config
+from refine_core.cli.options import (BackboneOpt, CodecOpt, ConfigOpt, DatasetOpt, RecipeOpt, SetOpt,
+    load_config)
 
 
 def train(
@@ -21,16 +22,18 @@ def train(
     backbone: BackboneOpt = None,
     codec: CodecOpt = None,
     dataset: DatasetOpt = None,
+    recipe: RecipeOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT's newest checkpoint.")] = False,
     annotations: Annotated[Optional[Path], typer.Option(
-        "--annotations", help="Reasoning annotations made by `refine annotate` for this dataset.")] = None,
+        "--annotations", help="Reasoning annotations (or, for data.samples=vlm2vla, trajectory plans) "
+                              "made by `refine annotate` for this dataset.")] = None,
 ) -> None:
     """Train a policy; metrics go to OUT/metrics.jsonl, checkpoints to OUT/checkpoints/step-*."""
     from refine_core.training import prepare_run
     from refine_core.training.checkpoint import check_out_dir
     from refine_core.training.trainer import Trainer
 
-    cfg = load_config(config, set_, backbone=backbone, codec=codec, dataset=dataset)
+    cfg = load_config(config, set_, backbone=backbone, codec=codec, dataset=dataset, recipe=recipe)
     check_out_dir(out, resume)
     setup = prepare_run(cfg, annotations_dir=annotations)
     trainer = Trainer(setup, out, resume=resume)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 
@@ -72,13 +72,39 @@ def episode_samples(episode: Episode, chunk_size: int, annotations: AnnotationSe
                              key=f"{episode.episode_id}/{step.step_index}")
 
 
+def plan_samples(episode: Episode, plan, settings, counts: SampleCounts | None = None
+                 ) -> Iterator[TrainingSample]:
+    """An episode's VLM2VLA text-task samples (`settings`: the `vlm2vla.*` config section) as
+    text-answer training samples; `plan` None (no accepted plan): none, counted as skipped."""
+    from refine_core.data.vlm2vla import vlm2vla_samples
+
+    counts = counts if counts is not None else SampleCounts()
+    if not episode.steps:
+        return
+    counts.episodes += 1
+    if plan is None:
+        counts.skipped += len(episode.steps)
+        return
+    hold = np.zeros((1, 7), dtype=np.float32)  # text answers carry their own actions; never read
+    built = vlm2vla_samples(episode, plan, settings.chunk_size, tuple(settings.kinds), settings.with_plan)
+    for sample in built:
+        counts.samples += 1
+        yield TrainingSample(images=sample.images, primary_camera=sample.primary_camera,
+                             instruction=sample.prompt, actions=hold, answer=sample.answer,
+                             answer_kind=sample.kind,
+                             key=f"{episode.episode_id}/{sample.key.split('/', 1)[1]}")
+
+
 class SampleStream:
-    """Training samples of one split, shuffled through a seeded buffer, epoch after epoch."""
+    """Training samples of one split, shuffled through a seeded buffer, epoch after epoch.
+    With `plans` (episode id → VLM2VLA plan) and `vlm2vla` settings, the samples are the episodes'
+    text tasks (`plan_samples`) instead of one per step."""
 
     def __init__(self, dataset: RobotDataset, chunk_size: int = 1, split: str = "train",
                  val_fraction: float = 0.1, max_episodes: int | None = None, shuffle_buffer: int = 1000,
                  seed: int = 0, annotations: AnnotationSet | None = None,
-                 missing_annotation: MissingAnnotation = "action_only", rank: int = 0, world_size: int = 1):
+                 missing_annotation: MissingAnnotation = "action_only", rank: int = 0, world_size: int = 1,
+                 plans: dict | None = None, vlm2vla: Any = None):
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -88,6 +114,9 @@ class SampleStream:
         self.val_fraction, self.max_episodes = val_fraction, max_episodes
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
         self.annotations, self.missing = annotations, missing_annotation
+        if (plans is None) != (vlm2vla is None):
+            raise ValueError("VLM2VLA samples need both the plans and the vlm2vla settings")
+        self.plans, self.vlm2vla = plans, vlm2vla
         self.counts = SampleCounts()
         self.epoch, self.position = 0, 0  # samples consumed in the current epoch
 
@@ -108,7 +137,12 @@ class SampleStream:
     def samples(self) -> Iterator[TrainingSample]:
         """One unshuffled pass over the split."""
         for episode in self.episodes():
-            yield from episode_samples(episode, self.chunk_size, self.annotations, self.missing, self.counts)
+            if self.plans is not None:
+                plan = self.plans.get(episode.episode_id)
+                yield from plan_samples(episode, plan, self.vlm2vla, self.counts)
+            else:
+                yield from episode_samples(episode, self.chunk_size, self.annotations, self.missing,
+                                           self.counts)
 
     def _shuffled(self, epoch: int) -> Iterator[TrainingSample]:
         # one rank keeps the single-process order; several ranks shuffle with their own streams

@@ -19,6 +19,8 @@ only the cap changes how far the arm goes.
 """
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -117,17 +119,69 @@ class VLM2VLASample:
 
 
 def _context(instruction: str, subtask: str | None = None, plan: str | None = None) -> str:
-    lines = [f"Instruction: {instruction}"]
+    lines = [f"Instruction: {' '.join(instruction.split())}"]
     lines += [f"Subtask: {subtask}"] if subtask else []
     lines += [f"Plan: {plan}"] if plan else []
     return "\n".join(lines)
 
 
+# The prompts of the five kinds: training builds its samples with them and the hierarchical policy
+# (refine_core.vlm2vla_policy) asks the trained model the same questions.
+def subtasks_prompt(instruction: str) -> str:
+    return _context(instruction) + "\nList the subtasks that complete the instruction, in order."
+
+
+def motion_prompt(instruction: str, subtask: str) -> str:
+    return _context(instruction, subtask) + "\nDescribe the movements that complete the subtask."
+
+
+def actions_prompt(instruction: str, subtask: str, plan: str | None) -> str:
+    """`plan` None: the no-reasoning variant (NR), the chunk straight from the subtask."""
+    return (_context(instruction, subtask, plan)
+            + f"\nWrite the next actions as [[dx, dy, dz, g], ...] ({AXIS_CONVENTIONS}).")
+
+
+def direction_prompt(instruction: str, subtask: str) -> str:
+    return _context(instruction, subtask) + "\nWhich way should the gripper move next?"
+
+
+def completion_prompt(instruction: str, subtask: str) -> str:
+    return _context(instruction, subtask) + "\nIs the subtask complete?"
+
+
+def format_subtasks(subtasks: list[str]) -> str:
+    return "\n".join(f"{i}. {s}" for i, s in enumerate(subtasks, 1))
+
+
+def parse_subtasks(text: str) -> list[str]:
+    """The subtasks of a numbered list answer ("1. reach the red block\n2. …"); [] when none parse."""
+    found = re.findall(r"(?:^|\n)\s*\d+\.\s*([^\n]+)", text)
+    return [" ".join(item.split()) for item in found if item.strip()]
+
+
+def parse_actions(text: str) -> np.ndarray:
+    """`[[dx, dy, dz, g], …]` answer text → [n, 4] float64, or ValueError saying what is wrong."""
+    body = text.strip()
+    try:
+        rows = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"the action text is not a JSON list: {exc.msg}") from None
+    if not isinstance(rows, list) or not rows or any(
+            not isinstance(row, list) or len(row) != 4 or not all(isinstance(v, (int, float)) for v in row)
+            for row in rows):
+        raise ValueError("the action text is not a non-empty list of [dx, dy, dz, g] number rows")
+    values = np.asarray(rows, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("the action text holds a non-finite number")
+    return values
+
+
 def vlm2vla_samples(episode: Episode, plan: TrajectoryPlan, chunk_size: int = 5,
-                    kinds: tuple[str, ...] = KINDS) -> list[VLM2VLASample]:
+                    kinds: tuple[str, ...] = KINDS, with_plan: bool = True) -> list[VLM2VLASample]:
     """Every sample of `kinds` for one episode. The plan must match the episode's actions
     (`validate_plan`), else ValueError; the action text is cut from the episode's exact actions at
-    the plan's subtask boundaries."""
+    the plan's subtask boundaries. `with_plan` False: action prompts leave the motion plan out (the
+    paper's no-reasoning ablation, NR)."""
     unknown = set(kinds) - set(KINDS)
     if unknown or chunk_size < 1:
         raise ValueError(f"kinds must be among {KINDS} and chunk_size >= 1; "
@@ -136,7 +190,7 @@ def vlm2vla_samples(episode: Episode, plan: TrajectoryPlan, chunk_size: int = 5,
     mismatch = validate_plan(plan, log)
     if mismatch is not None:
         raise ValueError(f"episode {episode.episode_id!r}: the plan does not match its actions: {mismatch}")
-    instruction = " ".join(episode.instruction.split())
+    instruction = episode.instruction
     out: list[VLM2VLASample] = []
 
     def add(kind: str, t: int, prompt: str, answer: str) -> None:
@@ -145,25 +199,20 @@ def vlm2vla_samples(episode: Episode, plan: TrajectoryPlan, chunk_size: int = 5,
             out.append(VLM2VLASample(kind, prompt, answer, step.images, step.primary_camera,
                                      f"{episode.episode_id}/{t}/{kind}"))
 
-    numbered = "\n".join(f"{i}. {s}" for i, s in enumerate(plan.subtasks(), 1))
-    add("subtasks", 0, _context(instruction) + "\nList the subtasks that complete the instruction, in order.",
-        numbered)
+    add("subtasks", 0, subtasks_prompt(instruction), format_subtasks(plan.subtasks()))
     for step, (start, stop) in zip(plan.steps, plan.boundaries()):
-        add("motion", start, _context(instruction, step.subtask)
-            + "\nDescribe the movements that complete the subtask.", step.main_movements)
+        add("motion", start, motion_prompt(instruction, step.subtask), step.main_movements)
         moves = merge_moves(log[start:stop])
         for first in range(0, len(moves), chunk_size):
             chunk = moves[first:first + chunk_size]
             add("actions", start + chunk[0].start,
-                _context(instruction, step.subtask, step.main_movements)
-                + f"\nWrite the next actions as [[dx, dy, dz, g], ...] ({AXIS_CONVENTIONS}).",
+                actions_prompt(instruction, step.subtask, step.main_movements if with_plan else None),
                 format_actions(np.stack([m.values for m in chunk])))
         for t in range(start, stop):
             label = direction_label(log[start:stop], t - start)
             if label:
-                add("direction", t, _context(instruction, step.subtask)
-                    + "\nWhich way should the gripper move next?", label)
-        question = _context(instruction, step.subtask) + "\nIs the subtask complete?"
+                add("direction", t, direction_prompt(instruction, step.subtask), label)
+        question = completion_prompt(instruction, step.subtask)
         add("completion", start, question, "no")
         if stop < len(episode.steps):
             add("completion", stop, question, "yes")

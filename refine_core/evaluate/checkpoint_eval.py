@@ -73,6 +73,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out: str | Path, config: RunConf
                           val_fraction=config.data.val_fraction, reasoning_order=config.train.reasoning_order,
                           reasoning_format=config.train.reasoning_format,
                           reasoning_dropout=config.train.reasoning_dropout, lambda_r=config.loss.lambda_r,
+                          with_plan=run_config.vlm2vla.with_plan,
                           extra={"shard": shard} if shard is not None else {},
                           base_backbone=lambda: base_backbone(run_config, registry, backbone))
     result = benchmark.evaluate(context)

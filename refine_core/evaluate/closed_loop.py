@@ -41,9 +41,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from refine_core.benchmark import Benchmark, BenchmarkResult
 from refine_core.files import atomic_write
-from refine_core.policy import ReasoningMode
 
 Baseline = Literal["do-nothing", "random"]
+# the Policy's reasoning modes, and VLM2VLA's hierarchical loop (refine_core.vlm2vla_policy)
+ClosedLoopMode = Literal["every_step", "every_k", "never", "hierarchical"]
 EPISODES_FILE, LOG_FILE = "episodes.jsonl", "policy_log.jsonl"
 
 
@@ -53,8 +54,16 @@ class ClosedLoopOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     episodes: int = Field(24, ge=1, description="Episodes per task for every evaluated policy.")
-    modes: list[ReasoningMode] = Field(
-        ["every_step", "every_k", "never"], description="Reasoning modes the model is evaluated in.")
+    modes: list[ClosedLoopMode] = Field(
+        ["every_step", "every_k", "never"], description="Reasoning modes the model is evaluated in "
+                                                        "(hierarchical: VLM2VLA's subtask loop).")
+    verifier: Literal["auto", "model", "scripted"] = Field(
+        "auto", description="hierarchical: who says a subtask is complete (scripted: the benchmark's "
+                            "own verifier reading the simulator's state; model: the fine-tuned model on "
+                            "the completion question; auto: scripted where the benchmark has one).")
+    with_plan: bool | None = Field(None, description="hierarchical: ask for the motion plan before each "
+                                                     "chunk (false: the NR ablation); unset: as the "
+                                                     "checkpoint was trained (vlm2vla.with_plan).")
     every: int = Field(5, ge=1, description="K of the every_k mode.")
     max_reasoning_tokens: int = Field(256, ge=1)
     baselines: list[Baseline] = Field(["do-nothing", "random"],
@@ -217,6 +226,8 @@ def _join(rows: list[dict[str, Any]], log: Path, description: dict[str, Any],
             "tokens_per_query": server.get("tokens_per_query"), "queries": server.get("queries"),
             "forced": server.get("forced"), "repetition_stopped": server.get("repetition_stopped"),
             "reasoning_sample": server.get("reasoning_sample"),
+            "stage_latency_s": server.get("stage_latency_s"),  # the hierarchical policy's, per stage
+            "decomposition": server.get("decomposition"),  # its subtask list
             "protocol": {**protocol, "policy": description, "refine_version": __version__,
                          "vla_eval_version": row.get("vla_eval_version")},
         })
@@ -276,6 +287,27 @@ class ClosedLoopBenchmark(Benchmark):
         """Where vla-eval's benchmark side runs (None: in this interpreter; see run_policy)."""
         return None
 
+    def verifier_name(self) -> str:
+        """`options.verifier` with auto decided: scripted where this benchmark has one, else model."""
+        from refine_core.errors import UsageError
+
+        if self.options.verifier != "auto":
+            return self.options.verifier
+        try:
+            self.verifier("scripted")
+        except UsageError:
+            return "model"
+        return "scripted"
+
+    def verifier(self, name: str) -> Any:
+        """The hierarchical policy's subtask verifier `name` (None: the model's own, built by the
+        policy); a benchmark with a scripted one overrides this."""
+        if name == "model":
+            return None
+        from refine_core.errors import UsageError
+
+        raise UsageError(f"benchmark {self.name} has no {name} verifier; use closed_loop.verifier=model")
+
     def finish_records(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """A policy's joined records as the results hold them (a subclass adds what it knows)."""
         return rows
@@ -288,6 +320,16 @@ class ClosedLoopBenchmark(Benchmark):
         options = self.options
         out: list[tuple[str, str | None, Any]] = []
         for mode in options.modes:
+            if mode == "hierarchical":
+                from refine_core.vlm2vla_policy import HierarchicalPolicy, HierarchicalPolicySettings
+
+                with_plan = context.with_plan if options.with_plan is None else options.with_plan
+                verifier = self.verifier_name()
+                settings = HierarchicalPolicySettings(verifier=verifier, with_plan=with_plan,
+                                                      seed=options.seed)
+                out.append((f"model-{mode}", mode, HierarchicalPolicy(context.backbone, settings,
+                                                                      self.verifier(verifier))))
+                continue
             settings = PolicySettings(reasoning=mode, every=options.every, order=context.reasoning_order,
                                       max_reasoning_tokens=options.max_reasoning_tokens)
             out.append((f"model-{mode}", mode, Policy(context.backbone, settings,
@@ -310,6 +352,12 @@ class ClosedLoopBenchmark(Benchmark):
             role = getattr(policy, "role", "model")  # model, baseline, or reference (a scripted expert)
             records += [{"policy": name, "mode": mode, "role": role, **row} for row in rows]
             table[name] = {"mode": mode, "role": role, **summarise(rows)}
+            scored = [r for r in rows if r.get("decomposition") is not None and r.get("target")]
+            if scored:  # the hierarchical policy's subtask lists, where the benchmark names the objects
+                from refine_core.evaluate.decomposition import decomposition_score
+
+                table[name]["decomposition"] = decomposition_score(
+                    {**r, "episode_id": r.get("episode")} for r in scored).summary()
         summary = {"benchmark": self.name, "policies": table, "episodes": len(records)}
         files = self.aggregate(records, summary)
         return BenchmarkResult(records=records, summary=summary, files=files)

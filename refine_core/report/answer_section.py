@@ -87,6 +87,20 @@ def _attention_rows(numbers: dict[str, Any] | None) -> list[list[str]]:
     return rows
 
 
+def _retention_row(summary: dict[str, Any]) -> list[str]:
+    """VLM2VLA's claim (knowledge kept through LoRA fine-tuning), when the retention benchmark ran."""
+    base, tuned = summary.get("base") or {}, summary.get("fine_tuned") or {}
+    drift = summary.get("drift") or {}
+    value = (f"questions right: base {rate_with_interval(base.get('rate'), base.get('ci95'))}, fine-tuned "
+             f"{rate_with_interval(tuned.get('rate'), tuned.get('ci95'))}; drift KL "
+             f"{cell(drift.get('kl_mean'), 4)} nats/token")
+    tuned_ci, base_ci = (tuned.get("ci95") or [0, 1]), (base.get("ci95") or [0, 1])
+    verdict = ("no: it answers fewer questions than its base" if tuned_ci[1] < base_ci[0] else
+               "yes: it answers the questions as well as its base (the intervals overlap or lie above)")
+    return ["keeps its knowledge (retention questions, base vs fine-tuned)", value,
+            f"{verdict} ({cell(tuned.get('trials'))} questions)"]
+
+
 def _pct(estimate: dict[str, float]) -> str:
     return f"{100 * estimate['mean']:.1f}% [{100 * estimate['low']:.1f}, {100 * estimate['high']:.1f}]"
 
@@ -99,6 +113,8 @@ def answer_section(run_dir: Path, attention_numbers: dict[str, Any] | None) -> S
     summary = _read_json(run_dir / "eval" / "summary.json")
     quality = summary.get("reasoning_quality") if isinstance(summary, dict) else None
     rows = [_reasoning_row(quality), *_closed_loop_rows(run_dir), *_attention_rows(attention_numbers)]
+    if isinstance(summary, dict) and summary.get("benchmark") == "retention":
+        rows.append(_retention_row(summary))
     return Section(TITLE, [
         Text("The method's three claims on this run, each with its 95% interval; the sections below hold "
              "the details."),

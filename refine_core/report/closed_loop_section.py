@@ -192,6 +192,13 @@ def closed_loop_section(directory: Path, report_dir: Path) -> Section | None:
         Text(interpretation(policies)),
         *extra_tables(summary),
     ]
+    for name, stats in policies.items():  # the hierarchical policy's subtask lists, judged
+        score = stats.get("decomposition")
+        if isinstance(score, dict) and score.get("episodes"):
+            rate = rate_with_interval(score.get("decomposition_score"), score.get("interval"))
+            blocks.append(Text(f"Task decomposition, {name}: {rate} of {score['episodes']} episodes' subtask "
+                               "lists name the object and, where the task has one, the destination "
+                               "(VLM2VLA's rubric)."))
     for record in _samples(_read_jsonl(directory / "results.jsonl")):
         outcome = "success" if record.get("success") else "failure"
         where = f"task {cell(record.get('task'))}, episode {cell(record.get('episode'))}"

@@ -91,6 +91,17 @@ def data_section(run_dir: Path, config: Any) -> Section:
             ["dataset", config.dataset.name], ["dataset options", options],
             ["held-out fraction (data.val_fraction)", cell(config.data.val_fraction)],
             ["teacher", config.teacher.name], ["annotation strategy", config.annotate.strategy]]))
+    plans = _read_json(run_dir / "annotations" / "plans.json")
+    if isinstance(plans, dict):  # annotate.task=decomposition: VLM2VLA plans instead of step reasoning
+        counts = plans.get("counts", {})
+        section.blocks.append(Table(["trajectory plans", "value"], [
+            ["dataset", f"{plans.get('dataset', '—')} ({plans.get('dataset_identity', '—')})"],
+            ["teacher", plans.get("teacher", "—")],
+            *[[f"episodes {key}", cell(counts.get(key))] for key in ("planned", "rejected", "resumed")],
+            ["cost of the last run's answers (USD)", f"{plans.get('cost_usd') or 0.0:.4f}"]]))
+        for episode, reason in list((plans.get("rejected") or {}).items())[:5]:
+            section.blocks.append(Text(f"rejected {episode}: {reason}"))
+        return section
     manifest = _read_json(run_dir / "annotations" / "manifest.json")
     if not isinstance(manifest, dict):
         section.blocks.append(Text("Missing: annotations have not been made (no annotations/manifest.json)."))

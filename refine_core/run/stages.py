@@ -117,6 +117,12 @@ def _annotate(config: RunConfig, out: Path, registry: Any, log) -> tuple[str, bo
 
     teacher = registry.build("teacher", config.teacher.name, config.teacher.options)
     dataset = registry.build("dataset", config.dataset.name, config.dataset.options)
+    if config.annotate.task == "decomposition":
+        from refine_core.annotate.plans import decompose_dataset
+
+        report = decompose_dataset(dataset, teacher, out / "annotations", config.annotate, log)
+        return (f"{len(report.plans)} episodes decomposed into plans by {teacher.identity.key()}, "
+                f"{len(report.rejected)} rejected"), True
     if config.annotate.workers > 1:
         from refine_core.annotate.workers import annotate_with_workers, build_from_config, check_workers
 
@@ -134,15 +140,20 @@ def _annotate(config: RunConfig, out: Path, registry: Any, log) -> tuple[str, bo
     return summary, not failed
 
 
+def _annotations_dir(out: Path) -> Path | None:
+    """OUT/annotations when the annotate stage wrote reasoning (manifest.json) or plans (plans.json)."""
+    from refine_core.annotate.plans import holds_plans
+
+    annotations = out / "annotations"
+    return annotations if (annotations / "manifest.json").is_file() or holds_plans(annotations) else None
+
+
 def _train(config: RunConfig, out: Path, registry: Any, log) -> tuple[str, bool]:
     from refine_core.training import prepare_run
     from refine_core.training.checkpoint import latest_checkpoint
     from refine_core.training.trainer import Trainer
 
-    annotations = out / "annotations"
-    setup = prepare_run(config, registry,
-                        annotations_dir=annotations if (annotations / "manifest.json").is_file()
-                        else None)
+    setup = prepare_run(config, registry, annotations_dir=_annotations_dir(out))
     train_dir = out / "train"
     resume = latest_checkpoint(train_dir) is not None
     if resume:
@@ -165,7 +176,8 @@ def _eval(config: RunConfig, out: Path, registry: Any, log) -> tuple[str, bool]:
         summary = evaluate_checkpoint(out / "train", out / "eval", config, annotations_dir, registry).summary
     accuracy = summary.get("action_token_accuracy")
     chance = summary.get("action_token_chance")
-    text = f"{summary.get('episodes')} held-out episodes"
+    text = (f"{summary.get('episodes')} held-out episodes" if summary.get("episodes") is not None
+            else f"benchmark {summary.get('benchmark', config.benchmark.name)} written to eval/summary.json")
     if accuracy is not None:
         text += f", action token accuracy {accuracy:.3f}" + (f" (chance {chance:.4f})" if chance else "")
     closed = config.closed_loop

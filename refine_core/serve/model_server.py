@@ -82,7 +82,8 @@ class PolicyModelServer(PredictModelServer):
             self.episodes[ctx.session_id] = {
                 "sid": ctx.session_id, "eid": ctx.episode_id, "task": config.get("task") or {},
                 "observations": 0, "queries": 0, "latency_s": 0.0, "tokens_generated": 0,
-                "forced": 0, "repetition_stopped": 0, "decode_errors": 0, "reasoning_sample": None}
+                "forced": 0, "repetition_stopped": 0, "decode_errors": 0, "reasoning_sample": None,
+                "stage_latency_s": {}, "decomposition": None}
 
     async def on_observation(self, obs: dict[str, Any], ctx: Any) -> None:
         self.observation_image(obs)  # a bad observation fails its own session, before any batch
@@ -144,6 +145,10 @@ class PolicyModelServer(PredictModelServer):
                 record["forced"] += int(chunk.forced)
                 record["repetition_stopped"] += int(chunk.repetition_stopped)
                 record["decode_errors"] += int(chunk.error is not None)
+                for stage, seconds in chunk.stage_latency_s.items():  # summed over the episode
+                    record["stage_latency_s"][stage] = record["stage_latency_s"].get(stage, 0.0) + seconds
+                if chunk.decomposition is not None:  # the hierarchical policy's subtask list
+                    record["decomposition"] = chunk.decomposition
                 if record["reasoning_sample"] is None and chunk.reasoning:
                     record["reasoning_sample"] = chunk.reasoning
         if self.rotation == "axis_angle":

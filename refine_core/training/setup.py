@@ -17,6 +17,7 @@ import torch
 from refine_core.data.annotation_set import AnnotationSet
 from refine_core.config import RunConfig, resolve_components
 from refine_core.dataset import RobotDataset
+from refine_core.errors import UsageError
 from refine_core.statistics import Statistics
 from refine_core.training.freeze import apply_freeze, frozen_block_count
 from refine_core.training.lora import apply_lora
@@ -34,6 +35,7 @@ class RunSetup:
     resized_embeddings: bool = False  # the codec added tokens: embedding rows must be saved
     frozen_blocks: int = 0
     lora_modules: list[str] = field(default_factory=list)
+    plans: dict[str, Any] | None = None  # data.samples=vlm2vla: episode id → TrajectoryPlan
 
 
 def build_backbone(config: RunConfig, registry: Any) -> Any:
@@ -72,8 +74,17 @@ def prepare_run(config: RunConfig, registry: Any = None, annotations_dir: str | 
     config = resolve_components(config, registry, kinds)
     if dataset is None:
         dataset = registry.build("dataset", config.dataset.name, config.dataset.options)
-    annotations = None
-    if annotations_dir is not None:
+    annotations = plans = None
+    if config.data.samples == "vlm2vla":
+        from refine_core.annotate.plans import load_plans
+
+        if annotations_dir is None:
+            raise UsageError("data.samples=vlm2vla trains on trajectory plans: pass the folder of `refine "
+                             "annotate --set annotate.task=decomposition` (--annotations DIR)")
+        plans = load_plans(annotations_dir, dataset)
+        if not plans:
+            raise UsageError(f"{annotations_dir} holds no accepted plan to train on; see its plans.json")
+    elif annotations_dir is not None:
         annotations = AnnotationSet.load(annotations_dir)
         annotations.check_matches(dataset.name, dataset.identity)
         annotations = annotations.with_format(config.train.reasoning_format)
@@ -85,4 +96,4 @@ def prepare_run(config: RunConfig, registry: Any = None, annotations_dir: str | 
     frozen, lora_modules = apply_transfer(backbone, config)
     return RunSetup(config=config, backbone=backbone, dataset=dataset, action_stats=backbone.codec.stats,
                     annotations=annotations, resized_embeddings=resized, frozen_blocks=frozen,
-                    lora_modules=lora_modules)
+                    lora_modules=lora_modules, plans=plans)

@@ -169,7 +169,8 @@ class Trainer:
             self.setup.dataset, chunk_size=self.backbone.codec.chunk_size, split="train",
             val_fraction=data.val_fraction, max_episodes=data.max_episodes, seed=self.settings.seed,
             shuffle_buffer=data.shuffle_buffer, annotations=self.setup.annotations,
-            missing_annotation=data.missing_annotation,
+            missing_annotation=data.missing_annotation, plans=self.setup.plans,
+            vlm2vla=self.config.vlm2vla if self.setup.plans is not None else None,
             **({"rank": self.accelerator.process_index, "world_size": self.accelerator.num_processes}
                if self.rank_shards else {}))
 
