@@ -80,8 +80,7 @@ class Gemma3Backbone(HFVLMBackbone):
     def prompt_ids(self, instruction: str) -> list[int]:
         # Special tokens split the processor's text into independently tokenised pieces, so
         # tokenising the pieces apart gives the processor's ids.
-        def text(piece: str) -> list[int]:
-            return list(self.tokenizer(piece, add_special_tokens=False)["input_ids"])
+        text = self.reasoning_ids
 
         image = [self.boi_id] + [self.image_token_id] * self.num_image_tokens + [self.eoi_id]
         return ([int(self.tokenizer.bos_token_id)] + text("<start_of_turn>user\n\n\n") + image

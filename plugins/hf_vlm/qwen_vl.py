@@ -128,8 +128,7 @@ class QwenVLBackbone(HFVLMBackbone):
     def prompt_ids(self, instruction: str) -> list[int]:
         # Special tokens split the processor's text into independently tokenised pieces, so
         # tokenising the pieces apart gives the processor's ids.
-        def text(piece: str) -> list[int]:
-            return list(self.tokenizer(piece, add_special_tokens=False)["input_ids"])
+        text = self.reasoning_ids
 
         system = f"<|im_start|>system\n{self.system_prompt}<|im_end|>\n" if self.system_prompt else ""
         image = [self.image_token_id] * self.num_image_tokens
