@@ -36,8 +36,8 @@ class Component(BaseModel):
 
 class TrainSettings(Section):
     # Defaults suit `refine run`'s offline demo in ~10 min: after 1000 steps at 1e-3 on 48 episodes the
-    # tiny preset's free-running compact reasoning has token F1 0.60-0.64 on held-out steps (0.83 to 0.96
-    # over three runs of 6000 steps on 1500 episodes, all sections exact on 0-59%; 0.69 after 3500 on
+    # tiny preset's free-running compact reasoning has token F1 0.60-0.64 on held-out steps (0.79 to 0.96
+    # over four runs of 6000 steps on 1500 episodes, all sections exact on 0-59%; 0.69 after 3500 on
     # 700).
     # A real backbone's config sets its own (ReFineVLA/OpenVLA fine-tune around 1e-4 to 2e-5).
     max_steps: int = Field(1000, ge=1)
