@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections import OrderedDict
+from contextlib import contextmanager
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,8 +289,6 @@ class Backbone(ABC):
         """`generate_ids` for several observations in one batched generation (prompts left-padded,
         one forward per new token for the batch); row i equals `generate_ids` of row i alone.
         `stop(row, ids)` ends a row early. Runs the model in eval mode without gradients."""
-        import torch
-
         prefixes = [list(p) for p in (prefix_ids or [()] * len(images))]
         if type(self).greedy_continuation is Backbone.greedy_continuation:
             if type(self).generate_ids is Backbone.generate_ids:
@@ -298,15 +297,23 @@ class Backbone(ABC):
             # a backbone written before batched generation: one row at a time
             return [self.generate_ids(image, instruction, max_new_tokens, prefix, allowed)
                     for image, instruction, prefix in zip(images, instructions, prefixes)]
+        with self.inference():
+            rows = self.greedy_continuation(list(images), list(instructions), max_new_tokens, prefixes,
+                                            allowed, stop)
+        return self._cut_at_eos(rows)
+
+    @contextmanager
+    def inference(self):
+        """The model in eval mode without gradients, its training mode given back after."""
+        import torch
+
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad():
-                rows = self.greedy_continuation(list(images), list(instructions), max_new_tokens, prefixes,
-                                                allowed, stop)
+                yield
         finally:
             self.model.train(was_training)
-        return self._cut_at_eos(rows)
 
     def _cut_at_eos(self, rows: list[list[int]]) -> list[list[int]]:
         return [row[: row.index(self.eos_id)] if self.eos_id in row else row for row in rows]
@@ -326,16 +333,9 @@ class Backbone(ABC):
         seeds = [int(seed)] * len(images) if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
         if len(seeds) != len(images):
             raise ValueError(f"{len(seeds)} seeds for {len(images)} rows")
-        import torch
-
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                rows = self.sampled_continuation(list(images), list(instructions), max_new_tokens,
-                                                 float(temperature), float(top_p), seeds)
-        finally:
-            self.model.train(was_training)
+        with self.inference():
+            rows = self.sampled_continuation(list(images), list(instructions), max_new_tokens,
+                                             float(temperature), float(top_p), seeds)
         return self._cut_at_eos(rows)
 
     def sampled_continuation(self, images: list[np.ndarray], instructions: list[str], max_new_tokens: int,

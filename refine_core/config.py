@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from refine_core.errors import UsageError, explain_validation
 from refine_core.data.reasoning_formats import DEFAULT_FORMAT, format_names
+from refine_core.data.vlm2vla import KINDS as VLM2VLA_KINDS
 from refine_core.specs import KINDS
 
 
@@ -89,10 +90,17 @@ class DataSettings(Section):
 class VLM2VLASettings(Section):
     """The VLM2VLA text tasks trained when data.samples=vlm2vla (refine_core/data/vlm2vla.py)."""
 
-    kinds: list[Literal["subtasks", "motion", "actions", "direction", "completion"]] = [
-        "subtasks", "motion", "actions", "direction", "completion"]
+    kinds: list[str] = Field(default_factory=lambda: list(VLM2VLA_KINDS))
     chunk_size: int = Field(5, ge=1)  # merged moves per action answer
     with_plan: bool = True  # false: action prompts without the motion plan (the no-reasoning ablation)
+
+    @field_validator("kinds")
+    @classmethod
+    def _known_kinds(cls, kinds: list[str]) -> list[str]:
+        unknown = [k for k in kinds if k not in VLM2VLA_KINDS]
+        if unknown or not kinds:
+            raise ValueError(f"choose among {', '.join(VLM2VLA_KINDS)} (at least one)")
+        return kinds
 
 
 class LossSettings(Section):

@@ -40,6 +40,8 @@ def test_the_vlm2vla_recipe_sets_the_papers_values_and_later_layers_override_it(
     assert resolve_config().recipe is None and resolve_config().data.samples == "steps"
     with pytest.raises(UsageError, match="Unknown recipe 'vlm3vla'. Available: refinevla, vlm2vla"):
         resolve_config(recipe="vlm3vla")
+    with pytest.raises(UsageError, match="vlm2vla.kinds.*choose among subtasks, motion, actions"):
+        resolve_config(sets=["vlm2vla.kinds=[actions, dance]"])
 
 
 def test_config_show_prints_the_recipe(refine_cli):

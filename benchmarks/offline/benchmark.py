@@ -44,17 +44,13 @@ class OfflineBenchmark(Benchmark):
         stream = SampleStream(context.dataset, chunk_size=backbone.codec.chunk_size, split="val",
                               val_fraction=context.val_fraction, annotations=context.annotations)
         records = []
-        was_training = backbone.model.training
-        backbone.model.eval()
-        try:
+        with backbone.inference():
             for episode in stream.episodes():
                 if self.options.max_episodes is not None and len(records) >= self.options.max_episodes:
                     break
                 samples = list(episode_samples(episode, backbone.codec.chunk_size, context.annotations))
                 if samples:
                     records.append(self._episode(context, episode.episode_id, samples))
-        finally:
-            backbone.model.train(was_training)
         if not records:
             raise ValueError(f"dataset '{context.dataset.name}' has no held-out episodes "
                              f"(data.val_fraction={context.val_fraction}); raise data.val_fraction")

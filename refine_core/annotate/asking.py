@@ -15,7 +15,7 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from refine_core.errors import RefineError
 from refine_core.reasoning import Reasoning
@@ -83,6 +83,17 @@ class RetryPolicy:
     initial_delay: float = 1.0
     max_delay: float = 60.0
     request_timeout: float | None = 120.0
+
+    @classmethod
+    def from_settings(cls, settings: Any, min_timeout: float | None = None) -> "RetryPolicy":
+        """The `annotate.*` retry settings; `min_timeout` raises the per-request limit (a set limit
+        only: none stays none)."""
+        timeout = settings.request_timeout
+        if timeout is not None and min_timeout is not None:
+            timeout = max(timeout, min_timeout)
+        return cls(max_retries=settings.max_retries, max_reasks=settings.max_reasks,
+                   initial_delay=settings.backoff_initial, max_delay=settings.backoff_max,
+                   request_timeout=timeout)
 
     def delay(self, retry: int, retry_after: float | None = None) -> float:
         """Seconds before retry number `retry` (0-based): half fixed, half random ("equal

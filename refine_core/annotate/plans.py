@@ -54,11 +54,7 @@ def decompose_dataset(dataset: RobotDataset, teacher: Any, out: str | Path, sett
     requests = (TrajectoryRequest.from_episode(episode)
                 for episode in select_episodes(dataset, settings.split, (0, 1), settings.max_episodes))
     # the user's retry settings; a whole trajectory's answer may take longer than one step's
-    timeout = None if settings.request_timeout is None else max(settings.request_timeout,
-                                                                 DECOMPOSE_POLICY.request_timeout)
-    policy = RetryPolicy(max_retries=settings.max_retries, max_reasks=settings.max_reasks,
-                         initial_delay=settings.backoff_initial, max_delay=settings.backoff_max,
-                         request_timeout=timeout)
+    policy = RetryPolicy.from_settings(settings, min_timeout=DECOMPOSE_POLICY.request_timeout)
     report = asyncio.run(decompose_episodes(teacher, requests, PlanJournal(out / PLANS_JOURNAL),
                                             settings.max_reasks, policy=policy))
     atomic_write(manifest, json.dumps({

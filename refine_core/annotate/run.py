@@ -77,9 +77,7 @@ class AnnotationRun:
         self.price = effective_price(teacher, settings)
         self.cache = ContentCache(settings.cache_dir) if settings.cache and teacher.cacheable else None
         self.limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
-        self.policy = RetryPolicy(max_retries=settings.max_retries, max_reasks=settings.max_reasks,
-                                  initial_delay=settings.backoff_initial, max_delay=settings.backoff_max,
-                                  request_timeout=settings.request_timeout)
+        self.policy = RetryPolicy.from_settings(settings)
         self.stats = AnnotationProgress()
         self.on_progress = on_progress or (lambda stats: None)
 

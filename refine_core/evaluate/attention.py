@@ -204,20 +204,13 @@ def sample_image_maps(backbone: Any, sample: Any, targets: Sequence[Target] = ("
                       order: str = "reason_then_act") -> dict[str, tuple[np.ndarray, int]]:
     """{target: ([layers, heads, n_image] maps, target token count)} of one TrainingSample (its primary
     frame) under `backbone`, all targets from one forward pass."""
-    import torch
-
     if "reasoning" in targets and not sample.reasoning:
         raise UsageError(f"Sample {sample.key or sample.instruction!r} has no reasoning text; "
                          f"--target reasoning needs an annotated run")
     _ensure_eager(backbone)
     batch = backbone.collate([sample], order=order)
-    was_training = backbone.model.training
-    backbone.model.eval()
-    try:
-        with torch.no_grad():
-            out = backbone.forward(batch, output_attentions=True)
-    finally:
-        backbone.model.train(was_training)
+    with backbone.inference():
+        out = backbone.forward(batch, output_attentions=True)
     attentions = getattr(out, "attentions", None)
     if not attentions or any(a is None for a in attentions):
         raise UsageError(f"Backbone '{backbone.name}' returned no attention weights; load it with eager "
